@@ -1,0 +1,30 @@
+# The two commands of operations.md; everything else is a convenience.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell cksum < requirements.txt | cut -d' ' -f1)
+# Independent tests run in parallel; PYTEST_WORKERS=0 runs them in one process.
+PYTEST_WORKERS ?= 2
+
+.PHONY: run test lint migrate clean
+
+$(STAMP): requirements.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --disable-pip-version-check -q -r requirements.txt
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+run: $(STAMP)
+	$(PY) manage.py runmail
+
+test: $(STAMP)
+	$(PY) -m pytest -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+migrate: $(STAMP)
+	$(PY) manage.py migrate
+
+clean:
+	rm -rf $(VENV) .pytest_cache

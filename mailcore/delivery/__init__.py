@@ -1,0 +1,1 @@
+"""Outbound delivery: the queue runner, MX routing, the SMTP client and bounces."""

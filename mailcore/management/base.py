@@ -1,0 +1,30 @@
+"""What every operator command shares: one-line errors and a non-zero exit on bad input."""
+
+from __future__ import annotations
+
+import sys
+
+from django.core.management.base import BaseCommand, CommandError
+
+from mailcore.addresses import AddressError
+from mailcore.services.accounts import AccountError
+
+
+class MailCommand(BaseCommand):
+    """A command whose expected failures print one line and exit 1, never a traceback."""
+
+    expected_errors: tuple[type[Exception], ...] = (AccountError, AddressError)
+
+    def execute(self, *args, **options):
+        try:
+            return super().execute(*args, **options)
+        except self.expected_errors as exc:
+            raise CommandError(str(exc)) from None
+
+    def read_password(self, options) -> str:
+        if not options.get("password_stdin"):
+            raise CommandError("give the password on standard input with --password-stdin")
+        password = sys.stdin.readline().rstrip("\r\n")
+        if not password:
+            raise CommandError("no password on standard input")
+        return password

@@ -1,0 +1,24 @@
+"""The data of the mail server, one module per concern."""
+
+from mailcore.models.domain import Alias, Domain, Mailbox, MailboxLock, UnverifiedPolicy
+from mailcore.models.message import Delivery, DeliveryState, Message, Transport, Verification
+from mailcore.models.outbound import QueueItem, QueueState
+from mailcore.models.verification import Announcement, AnnouncementState, SourcedMessage
+
+__all__ = [
+    "Alias",
+    "Announcement",
+    "AnnouncementState",
+    "Delivery",
+    "DeliveryState",
+    "Domain",
+    "Mailbox",
+    "MailboxLock",
+    "Message",
+    "QueueItem",
+    "QueueState",
+    "SourcedMessage",
+    "Transport",
+    "UnverifiedPolicy",
+    "Verification",
+]

@@ -1,0 +1,1 @@
+"""The POP3 listener (RFC 1939)."""

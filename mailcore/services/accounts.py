@@ -1,0 +1,234 @@
+"""Domains, mailboxes and aliases: provisioning, authentication and recipient routing."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from django.db import IntegrityError, transaction
+
+from mailcore.addresses import AddressError, domain_of, normalize_address, normalize_domain
+from mailcore.models import Alias, Domain, Mailbox, UnverifiedPolicy
+
+MAX_ALIAS_DEPTH = 10
+
+
+class AccountError(Exception):
+    """A provisioning request that cannot be carried out; the message is one line for the operator."""
+
+
+# --- domains ---------------------------------------------------------------------------------
+
+
+def add_domain(name: str, unverified_policy: str = UnverifiedPolicy.ACCEPT) -> Domain:
+    name = _domain_name(name)
+    _check_policy(unverified_policy)
+    try:
+        with transaction.atomic():
+            return Domain.objects.create(name=name, unverified_policy=unverified_policy)
+    except IntegrityError:
+        raise AccountError(f"domain {name} already exists") from None
+
+
+def set_domain(name: str, *, unverified_policy: str | None = None, active: bool | None = None) -> Domain:
+    domain = get_domain(name)
+    if unverified_policy is not None:
+        _check_policy(unverified_policy)
+        domain.unverified_policy = unverified_policy
+    if active is not None:
+        domain.active = active
+    domain.save()
+    return domain
+
+
+def get_domain(name: str) -> Domain:
+    name = _domain_name(name)
+    try:
+        return Domain.objects.get(name=name)
+    except Domain.DoesNotExist:
+        raise AccountError(f"unknown domain {name}") from None
+
+
+def remove_domain(name: str) -> None:
+    domain = get_domain(name)
+    with transaction.atomic():
+        if domain.mailboxes.filter(deliveries__isnull=False).exists():
+            raise AccountError(f"domain {domain.name} has mailboxes holding mail; remove them first")
+        domain.delete()
+
+
+def list_domains():
+    return Domain.objects.all()
+
+
+def _domain_name(name: str) -> str:
+    try:
+        return normalize_domain(name)
+    except AddressError as exc:
+        raise AccountError(str(exc)) from None
+
+
+def _check_policy(policy: str) -> None:
+    if policy not in UnverifiedPolicy.values:
+        raise AccountError(f"unknown policy {policy!r}: use one of {', '.join(UnverifiedPolicy.values)}")
+
+
+# --- mailboxes -------------------------------------------------------------------------------
+
+
+def add_mailbox(address: str, password: str, quota_bytes: int | None = None) -> Mailbox:
+    address = _address(address)
+    _check_password(password)
+    domain = get_domain(domain_of(address))
+    mailbox = Mailbox(domain=domain, address=address, quota_bytes=quota_bytes)
+    mailbox.set_password(password)
+    try:
+        with transaction.atomic():
+            mailbox.save()
+    except IntegrityError:
+        raise AccountError(f"mailbox {address} already exists") from None
+    return mailbox
+
+
+def get_mailbox(address: str) -> Mailbox:
+    address = _address(address)
+    try:
+        return Mailbox.objects.select_related("domain").get(address=address)
+    except Mailbox.DoesNotExist:
+        raise AccountError(f"unknown mailbox {address}") from None
+
+
+def set_password(address: str, password: str) -> Mailbox:
+    _check_password(password)
+    mailbox = get_mailbox(address)
+    mailbox.set_password(password)
+    mailbox.save(update_fields=["password"])
+    return mailbox
+
+
+def remove_mailbox(address: str) -> None:
+    mailbox = get_mailbox(address)
+    with transaction.atomic():
+        # Deliveries go with the mailbox; bodies that nobody refers to any more are released by
+        # the store's garbage collection, not here, so that no file is removed before the commit.
+        mailbox.delete()
+
+
+def list_mailboxes(domain: str | None = None):
+    mailboxes = Mailbox.objects.select_related("domain")
+    if domain:
+        mailboxes = mailboxes.filter(domain=get_domain(domain))
+    return mailboxes
+
+
+def authenticate(address: str, password: str) -> Mailbox | None:
+    """The active mailbox for these credentials, or None. Runs the password hasher: slow by design."""
+    try:
+        mailbox = Mailbox.objects.select_related("domain").get(address=normalize_address(address))
+    except (AddressError, Mailbox.DoesNotExist):
+        # Spend the same time as a real check, so timing does not reveal which addresses exist.
+        Mailbox().set_password(password)
+        return None
+    if not (mailbox.active and mailbox.domain.active) or not mailbox.check_password(password):
+        return None
+    return mailbox
+
+
+def _address(address: str) -> str:
+    try:
+        return normalize_address(address)
+    except AddressError as exc:
+        raise AccountError(str(exc)) from None
+
+
+def _check_password(password: str) -> None:
+    if not password:
+        raise AccountError("empty password")
+
+
+# --- aliases ---------------------------------------------------------------------------------
+
+
+def add_alias(source: str, target: str) -> Alias:
+    if source.strip().startswith("@"):
+        domain = get_domain(source.strip()[1:])
+        source = f"@{domain.name}"
+    else:
+        source = _address(source)
+        domain = get_domain(domain_of(source))
+    target = _address(target)
+    if source == target:
+        raise AccountError(f"alias {source} would point at itself")
+    try:
+        with transaction.atomic():
+            return Alias.objects.create(domain=domain, source=source, target=target)
+    except IntegrityError:
+        raise AccountError(f"alias {source} -> {target} already exists") from None
+
+
+def remove_alias(source: str, target: str | None = None) -> int:
+    source = source.strip().lower()
+    aliases = Alias.objects.filter(source=source)
+    if target:
+        aliases = aliases.filter(target=_address(target))
+    removed, _ = aliases.delete()
+    if not removed:
+        raise AccountError(f"unknown alias {source}")
+    return removed
+
+
+def list_aliases():
+    return Alias.objects.select_related("domain")
+
+
+# --- routing ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Route:
+    """Where mail for one envelope recipient goes."""
+
+    address: str
+    local_domain: bool
+    mailboxes: list[Mailbox] = field(default_factory=list)
+    remote: list[str] = field(default_factory=list)
+
+    @property
+    def exists(self) -> bool:
+        return bool(self.mailboxes or self.remote)
+
+
+def is_local_domain(name: str) -> bool:
+    return Domain.objects.filter(name=name.lower(), active=True).exists()
+
+
+def route(address: str) -> Route:
+    """Expand aliases (catch-alls last, as Postfix's virtual_alias_maps do) to mailboxes and remote targets.
+
+    A mailbox that exists takes precedence over a catch-all of its domain. Raises AddressError for a
+    malformed address.
+    """
+    address = normalize_address(address)
+    result = Route(address=address, local_domain=is_local_domain(domain_of(address)))
+    if not result.local_domain:
+        return result
+    seen: set[str] = set()
+    _expand(address, result, seen, depth=0)
+    return result
+
+
+def _expand(address: str, result: Route, seen: set[str], depth: int) -> None:
+    if address in seen or depth > MAX_ALIAS_DEPTH:
+        return
+    seen.add(address)
+    domain = domain_of(address)
+    if not is_local_domain(domain):
+        result.remote.append(address)
+        return
+    targets = list(Alias.objects.filter(source=address).values_list("target", flat=True))
+    mailbox = Mailbox.objects.select_related("domain").filter(address=address, active=True).first()
+    if mailbox is not None and mailbox not in result.mailboxes:
+        result.mailboxes.append(mailbox)
+    if not targets and mailbox is None:
+        targets = list(Alias.objects.filter(source=f"@{domain}").values_list("target", flat=True))
+    for target in targets:
+        _expand(target, result, seen, depth + 1)

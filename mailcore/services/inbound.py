@@ -1,0 +1,192 @@
+"""Accepting a message for local recipients: trace headers, one durable body, deliveries, policy.
+
+`receive` is the one path into mailboxes, whether the body came by DATA, was pulled by GET,
+was submitted by a local user or is a bounce we generate.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from email.parser import BytesHeaderParser
+from email.utils import format_datetime, parseaddr
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from mailcore.addresses import AddressError, domain_of
+from mailcore.models import Delivery, DeliveryState, Message, Transport, UnverifiedPolicy, Verification
+from mailcore.models.message import new_queue_id
+from mailcore.services import accounts
+from mailcore.store import message_store
+
+log = logging.getLogger("mailcore.inbound")
+
+
+@dataclass
+class Envelope:
+    """What the SMTP session (or the pull) knows about a message besides its content."""
+
+    mail_from: str
+    rcpt_tos: list[str]
+    client_address: str = ""
+    client_name: str = ""  # reverse DNS, when known
+    helo_name: str = ""
+    tls: bool = False
+    transport: str = Transport.DATA
+    protocol: str = "ESMTP"  # RFC 3848: ESMTP, ESMTPS, ESMTPA, ESMTPSA
+    verification: str = Verification.UNVERIFIED
+    # The x-source result and its comment for Authentication-Results (RFC 8601 §2.2).
+    auth_result: str = "none"
+    auth_comment: str = ""
+    reject_policy_applies: bool = True
+
+
+@dataclass
+class Receipt:
+    queue_id: str
+    delivered: list[str] = field(default_factory=list)
+    quarantined: list[str] = field(default_factory=list)
+    forwarded: list[str] = field(default_factory=list)
+    rejected: list[str] = field(default_factory=list)
+    message: Message | None = None
+
+    @property
+    def accepted(self) -> bool:
+        return bool(self.delivered or self.quarantined or self.forwarded)
+
+
+class PolicyRejection(Exception):
+    """Every recipient's domain rejects unverified mail (reverse-delivery.md §5)."""
+
+
+def rejects_unverified(address: str) -> bool:
+    """True when the local domain of `address` takes only verified mail."""
+    from mailcore.models import Domain
+
+    return Domain.objects.filter(name=domain_of(address), unverified_policy=UnverifiedPolicy.REJECT).exists()
+
+
+def authentication_results(envelope: Envelope) -> str:
+    """The value of our Authentication-Results header (RFC 8601), method x-source."""
+    value = f"{settings.MAIL_HOSTNAME}; x-source={envelope.auth_result}"
+    if envelope.mail_from:
+        value += f" smtp.mailfrom={envelope.mail_from}"
+    if envelope.auth_comment:
+        value += f" ({envelope.auth_comment})"
+    return value
+
+
+def received_header(envelope: Envelope, queue_id: str, recipient: str | None) -> str:
+    """RFC 5321 §4.4 trace header; `for` names the recipient only when there is exactly one."""
+    client = envelope.client_name or envelope.client_address or "localhost"
+    line = f"from {envelope.helo_name or 'unknown'} ({client} [{envelope.client_address or '127.0.0.1'}])"
+    line += f"\r\n\tby {settings.MAIL_HOSTNAME} with {envelope.protocol} id {queue_id}"
+    if recipient:
+        line += f"\r\n\tfor <{recipient}>"
+    line += f";\r\n\t{format_datetime(timezone.now())}"
+    return line
+
+
+def trace_headers(envelope: Envelope, queue_id: str) -> bytes:
+    recipient = envelope.rcpt_tos[0] if len(envelope.rcpt_tos) == 1 else None
+    headers = [
+        f"Return-Path: <{envelope.mail_from}>",
+        f"Authentication-Results: {authentication_results(envelope)}",
+        f"Received: {received_header(envelope, queue_id, recipient)}",
+    ]
+    return ("\r\n".join(headers) + "\r\n").encode("utf-8")
+
+
+def summary_headers(content: bytes) -> tuple[str, str]:
+    """(Subject, From address) of a message, for listings; never fails."""
+    try:
+        head = content.split(b"\r\n\r\n", 1)[0][:65536]
+        parsed = BytesHeaderParser().parsebytes(head)
+        subject = str(parsed.get("Subject", ""))[:255]
+        header_from = parseaddr(str(parsed.get("From", "")))[1][:320]
+        return subject, header_from
+    except Exception:  # a header we cannot parse must not stop delivery
+        return "", ""
+
+
+def receive(envelope: Envelope, content: bytes) -> Receipt:
+    """Store `content` once and deliver it to the local recipients of `envelope`.
+
+    Unverified mail follows each recipient domain's policy: accept, quarantine, or reject. Raises
+    PolicyRejection when every recipient rejects it, so that DATA can answer 550 before anything
+    is stored. Returns only after the body is durable and the rows are committed.
+    """
+    queue_id = new_queue_id()
+    unverified = envelope.verification != Verification.VERIFIED
+    routes = []
+    receipt = Receipt(queue_id=queue_id)
+    for rcpt in envelope.rcpt_tos:
+        try:
+            r = accounts.route(rcpt)
+        except AddressError:
+            receipt.rejected.append(rcpt)
+            continue
+        if unverified and envelope.reject_policy_applies and rejects_unverified(rcpt):
+            receipt.rejected.append(rcpt)
+            continue
+        routes.append(r)
+    if not routes:
+        raise PolicyRejection(", ".join(receipt.rejected))
+
+    content = trace_headers(envelope, queue_id) + content
+    body = message_store().put(content)
+    subject, header_from = summary_headers(content)
+    try:
+        with transaction.atomic():
+            message = Message.objects.create(
+                queue_id=queue_id,
+                body_ref=body.ref,
+                size=body.size,
+                sha256=body.sha256,
+                mail_from=envelope.mail_from,
+                rcpt_tos=list(envelope.rcpt_tos),
+                client_address=envelope.client_address,
+                helo_name=envelope.helo_name,
+                tls=envelope.tls,
+                transport=envelope.transport,
+                verification=envelope.verification,
+                auth_results=authentication_results(envelope),
+                subject=subject,
+                header_from=header_from,
+            )
+            seen: set[int] = set()
+            remote: list[str] = []
+            for r in routes:
+                policy = _policy_for(r.address)
+                quarantine = unverified and policy == UnverifiedPolicy.QUARANTINE
+                for mailbox in r.mailboxes:
+                    if mailbox.pk in seen:
+                        continue
+                    seen.add(mailbox.pk)
+                    Delivery.objects.create(
+                        message=message,
+                        mailbox=mailbox,
+                        state=DeliveryState.QUARANTINED if quarantine else DeliveryState.INBOX,
+                        reason="unverified" if quarantine else "",
+                    )
+                    (receipt.quarantined if quarantine else receipt.delivered).append(mailbox.address)
+                remote.extend(t for t in r.remote if t not in remote)
+            if remote:
+                from mailcore.services import outbound
+
+                outbound.forward(message, remote)
+                receipt.forwarded.extend(remote)
+    except BaseException:
+        message_store().delete(body.ref)
+        raise
+    receipt.message = message
+    return receipt
+
+
+def _policy_for(address: str) -> str:
+    from mailcore.models import Domain
+
+    domain = Domain.objects.filter(name=domain_of(address)).values_list("unverified_policy", flat=True).first()
+    return domain or UnverifiedPolicy.ACCEPT

@@ -1,0 +1,1 @@
+"""The SMTP listeners (inbound MX and submission), on aiosmtpd."""

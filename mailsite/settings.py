@@ -1,0 +1,137 @@
+"""Django settings: everything an operator sets comes from the environment (operations.md)."""
+
+from pathlib import Path
+
+from mailsite import env
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+env.load_dotenv(BASE_DIR / ".env")
+
+VAR_DIR = BASE_DIR / "var"
+
+SECRET_KEY = env.secret_key(VAR_DIR)
+DEBUG = env.get_bool("DJANGO_DEBUG", False)
+ALLOWED_HOSTS = [h.strip() for h in env.get("DJANGO_ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]").split(",") if h.strip()]
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "django_q",
+    "mailcore",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "mailsite.urls"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+WSGI_APPLICATION = "mailsite.wsgi.application"
+ASGI_APPLICATION = "mailsite.asgi.application"
+
+DATABASES = {"default": env.database_from_url(env.get("DATABASE_URL", "sqlite:///var/db.sqlite3"), BASE_DIR)}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATICFILES_DIRS = [BASE_DIR / "static"]
+STATIC_ROOT = VAR_DIR / "static"
+
+# --- Mail settings (operations.md, "Settings") -------------------------------------------------
+
+MAIL_HOSTNAME = env.get("MAIL_HOSTNAME") or env.fqdn()
+MAIL_SMTP_BIND = env.parse_binds(env.get("MAIL_SMTP_BIND", "127.0.0.1:2525"))
+MAIL_SUBMISSION_BIND = env.parse_binds(env.get("MAIL_SUBMISSION_BIND", "127.0.0.1:2587"))
+MAIL_POP3_BIND = env.parse_binds(env.get("MAIL_POP3_BIND", "127.0.0.1:2110"))
+MAIL_WEB_BIND = env.parse_binds(env.get("MAIL_WEB_BIND", "127.0.0.1:8000"))
+MAIL_TLS_CERT = env.get("MAIL_TLS_CERT")
+MAIL_TLS_KEY = env.get("MAIL_TLS_KEY")
+MAIL_MAX_MESSAGE_SIZE = env.get_int("MAIL_MAX_MESSAGE_SIZE", 26214400)
+MAIL_DNS_SERVERS = env.parse_dns_servers(env.get("MAIL_DNS_SERVERS", ""))
+MAIL_REMOTE_SMTP_PORT = env.get_int("MAIL_REMOTE_SMTP_PORT", 25)
+MAIL_ALLOW_PRIVATE_DESTINATIONS = env.get_bool("MAIL_ALLOW_PRIVATE_DESTINATIONS", False)
+MAIL_CALLBACK_INTERVAL = env.get_int("MAIL_CALLBACK_INTERVAL", 30)
+MAIL_SOURCE_RETENTION = env.get_int("MAIL_SOURCE_RETENTION", 432000)
+MAIL_CALLBACK_MAX_AGE = env.get_int("MAIL_CALLBACK_MAX_AGE", 86400)
+MAIL_USE_SOURCE = env.get_bool("MAIL_USE_SOURCE", True)
+MAIL_DATA_DIR = Path(env.get("MAIL_DATA_DIR", "var/mail"))
+if not MAIL_DATA_DIR.is_absolute():
+    MAIL_DATA_DIR = BASE_DIR / MAIL_DATA_DIR
+
+# Message bodies live in their own storage: the file system by default; an S3-compatible store
+# is a change of this entry only (e.g. django-storages' S3Storage), never of code.
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+    "mailbodies": {
+        "BACKEND": env.get("MAIL_STORAGE_BACKEND", "mailcore.store.backends.DurableFileSystemStorage"),
+        "OPTIONS": {"location": str(MAIL_DATA_DIR)},
+    },
+}
+
+# --- django-q2 --------------------------------------------------------------------------------
+
+REDIS_URL = env.get("REDIS_URL")
+Q_CLUSTER = {
+    "name": "mailcore",
+    "workers": env.get_int("MAIL_Q_WORKERS", 2),
+    "timeout": 300,
+    "retry": 360,
+    "max_attempts": 1,
+    "catch_up": False,
+    "ack_failures": True,
+    "save_limit": 1000,
+    "poll": 0.1,
+    "label": "Task queue",
+}
+if REDIS_URL:
+    Q_CLUSTER["redis"] = REDIS_URL
+else:
+    Q_CLUSTER["orm"] = "default"
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(name)s %(levelname)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "loggers": {
+        "mailcore": {"handlers": ["console"], "level": env.get("MAIL_LOG_LEVEL", "INFO"), "propagate": False},
+        "django_q": {"handlers": ["console"], "level": "WARNING", "propagate": False},
+    },
+}

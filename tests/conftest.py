@@ -1,0 +1,142 @@
+"""Fixtures shared by the whole suite: isolated message stores, and real server processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+from django.db import connection
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def mail_store(settings, tmp_path):
+    """Each test gets its own body store, so no test sees another's files."""
+    data_dir = tmp_path / "mail"
+    settings.MAIL_DATA_DIR = data_dir
+    settings.STORAGES = {
+        **settings.STORAGES,
+        "mailbodies": {
+            "BACKEND": "mailcore.store.backends.DurableFileSystemStorage",
+            "OPTIONS": {"location": str(data_dir)},
+        },
+    }
+    return data_dir
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def database_url() -> str:
+    """A DATABASE_URL that points a child process at the database this test is using."""
+    sd = connection.settings_dict
+    if connection.vendor == "sqlite":
+        return f"sqlite:///{sd['NAME']}"
+    auth = quote(sd["USER"] or "")
+    if sd.get("PASSWORD"):
+        auth += ":" + quote(sd["PASSWORD"])
+    return f"postgres://{auth}@{sd['HOST'] or '127.0.0.1'}:{sd['PORT'] or 5432}/{sd['NAME']}"
+
+
+def child_env(data_dir: Path, **extra: str) -> dict[str, str]:
+    """The environment of a server process that shares this test's database and body store."""
+    env = dict(os.environ)
+    env.update(
+        DATABASE_URL=database_url(),
+        MAIL_DATA_DIR=str(data_dir),
+        MAIL_HOSTNAME="mx.test.example",
+        PYTHONUNBUFFERED="1",
+    )
+    env.update(extra)
+    return env
+
+
+def wait_for_port(host: str, port: int, proc: subprocess.Popen | None = None, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode} before listening on {host}:{port}")
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on {host}:{port}")
+
+
+class ServerProcess:
+    """A `manage.py <command>` child process; stopped with SIGTERM, killed if it hangs."""
+
+    def __init__(self, args: list[str], env: dict[str, str], log_path: Path):
+        self.args = args
+        self.env = env
+        self.log_path = log_path
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, wait: tuple[str, int] | None = None) -> ServerProcess:
+        self.log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, str(ROOT / "manage.py"), *self.args],
+            env=self.env,
+            cwd=ROOT,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+        if wait:
+            wait_for_port(*wait, proc=self.proc)
+        return self
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else 0
+        self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait()
+        finally:
+            self.log.close()
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+@pytest.fixture
+def server_factory(tmp_path, mail_store):
+    """Start `manage.py` server commands that share this test's database and store."""
+    servers: list[ServerProcess] = []
+
+    def start(*args: str, wait: tuple[str, int] | None = None, **env: str) -> ServerProcess:
+        log_path = tmp_path / f"{args[0]}-{len(servers)}.log"
+        server = ServerProcess(list(args), child_env(mail_store, **env), log_path).start(wait)
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+def manage(*args: str, stdin: str | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Run a management command in a child process, as an operator would."""
+    return subprocess.run(
+        [sys.executable, str(ROOT / "manage.py"), *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=60,
+    )

@@ -1,0 +1,82 @@
+"""The durable body store: what is put comes back identical; a failed write leaves nothing."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from mailcore.models import Message
+from mailcore.services import inbound
+from mailcore.services.accounts import add_domain, add_mailbox
+from mailcore.store import message_store
+
+
+def files_under(path):
+    return sorted(os.path.relpath(os.path.join(r, f), path) for r, _d, fs in os.walk(path) for f in fs)
+
+
+def test_put_bytes_reads_back_identical(mail_store):
+    body = b"Subject: hi\r\n\r\n" + bytes(range(256)) * 1000
+    stored = message_store().put(body)
+    assert message_store().read(stored.ref) == body
+    assert stored.size == len(body)
+    assert b"".join(message_store().iter_chunks(stored.ref, 1000)) == body
+    assert not [f for f in files_under(mail_store) if ".tmp-" in f]
+
+
+def test_put_chunks_streams_and_hashes(mail_store):
+    import hashlib
+
+    chunks = [b"a" * 70000, b"b" * 3, b"c" * 100000]
+    stored = message_store().put(iter(chunks))
+    assert stored.size == 170003
+    assert stored.sha256 == hashlib.sha256(b"".join(chunks)).hexdigest()
+    assert message_store().read(stored.ref) == b"".join(chunks)
+
+
+def test_failed_write_leaves_no_file(mail_store):
+    def broken():
+        yield b"half a body"
+        raise OSError("disk gone")
+
+    with pytest.raises(OSError):
+        message_store().put(broken())
+    assert files_under(mail_store) == []
+
+
+def test_delete(mail_store):
+    stored = message_store().put(b"x")
+    message_store().delete(stored.ref)
+    assert not message_store().exists(stored.ref)
+
+
+@pytest.mark.django_db
+def test_failed_commit_leaves_no_row_and_no_file(mail_store, monkeypatch):
+    add_domain("a.test")
+    add_mailbox("bob@a.test", "pw")
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("database gone")
+
+    monkeypatch.setattr("mailcore.models.Delivery.objects.create", fail)
+    envelope = inbound.Envelope(mail_from="x@else.test", rcpt_tos=["bob@a.test"])
+    with pytest.raises(RuntimeError):
+        inbound.receive(envelope, b"Subject: x\r\n\r\nbody\r\n")
+    assert not Message.objects.exists()
+    assert files_under(mail_store) == []
+
+
+@pytest.mark.django_db
+def test_receive_stores_once_for_many_recipients(mail_store, settings):
+    add_domain("a.test")
+    add_mailbox("bob@a.test", "pw")
+    add_mailbox("carol@a.test", "pw")
+    envelope = inbound.Envelope(mail_from="x@else.test", rcpt_tos=["bob@a.test", "carol@a.test"], client_address="192.0.2.1")
+    receipt = inbound.receive(envelope, b"Subject: x\r\n\r\nbody\r\n")
+    assert sorted(receipt.delivered) == ["bob@a.test", "carol@a.test"]
+    assert len(files_under(mail_store)) == 1
+    body = message_store().read(receipt.message.body_ref)
+    assert body.startswith(b"Return-Path: <x@else.test>\r\nAuthentication-Results: " + settings.MAIL_HOSTNAME.encode())
+    assert b"x-source=none smtp.mailfrom=x@else.test" in body
+    assert body.endswith(b"Subject: x\r\n\r\nbody\r\n")
