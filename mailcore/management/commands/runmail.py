@@ -37,10 +37,10 @@ class Command(BaseCommand):
             if name not in available:
                 self.stdout.write(f"runmail: {role} not started: `{name}` is not built yet")
                 continue
-            children.append((name, subprocess.Popen([*manage, name])))
+            children.append((name, self._spawn([*manage, name])))
         host, port = settings.MAIL_WEB_BIND[0]
         web_address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        children.append(("web", subprocess.Popen([*manage, "runserver", "--noreload", "--insecure", web_address])))
+        children.append(("web", self._spawn([*manage, "runserver", "--noreload", "--insecure", web_address])))
         self.stdout.write(f"runmail: web UI listening on http://{web_address}/admin/")
         self.stdout.flush()
 
@@ -61,6 +61,12 @@ class Command(BaseCommand):
                 time.sleep(0.2)
         finally:
             self._stop(children)
+
+    @staticmethod
+    def _spawn(args: list[str]) -> subprocess.Popen:
+        # Each child gets its own session, so a terminal's Ctrl-C reaches only runmail, which then
+        # stops the children one by one (signalling qcluster's whole process group can hang it).
+        return subprocess.Popen(args, start_new_session=True)
 
     def _stop(self, children) -> None:
         self.stdout.write("runmail: stopping")
