@@ -49,6 +49,11 @@ class Message(models.Model):
     auth_results = models.TextField(blank=True, help_text="The Authentication-Results header we added.")
     subject = models.CharField(max_length=255, blank=True)
     header_from = models.CharField(max_length=320, blank=True)
+    pop3_size = models.BigIntegerField(
+        null=True,
+        blank=True,
+        help_text="Octets as POP3 sends the body (bare LF counted as CRLF, RFC 1939 §11); computed on first listing.",
+    )
 
     class Meta:
         ordering = ["-received_at"]
