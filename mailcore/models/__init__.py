@@ -1,7 +1,7 @@
 """The data of the mail server, one module per concern."""
 
 from mailcore.models.domain import Alias, Domain, Mailbox, MailboxLock, UnverifiedPolicy
-from mailcore.models.message import Delivery, DeliveryState, Message, Transport, Verification
+from mailcore.models.message import Delivery, DeliveryState, Message, SpamStatus, Transport, Verification
 from mailcore.models.outbound import QueueItem, QueueState
 from mailcore.models.verification import Announcement, AnnouncementState, SourcedMessage
 
@@ -18,6 +18,7 @@ __all__ = [
     "QueueItem",
     "QueueState",
     "SourcedMessage",
+    "SpamStatus",
     "Transport",
     "UnverifiedPolicy",
     "Verification",

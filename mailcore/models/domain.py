@@ -23,6 +23,19 @@ class Domain(models.Model):
         default=UnverifiedPolicy.ACCEPT,
         help_text="What to do with mail that arrives by plain DATA instead of a verified SOURCE.",
     )
+    # Spam scores (issue 9): mail from a verified sender gets a lenient threshold, the rest a
+    # strict one; at or above its threshold a message is quarantined with reason "spam".
+    spam_threshold_verified = models.FloatField(
+        default=8.0, help_text="SpamAssassin score at which verified mail is quarantined as spam."
+    )
+    spam_threshold_unverified = models.FloatField(
+        default=3.0, help_text="SpamAssassin score at which unverified mail is quarantined as spam."
+    )
+    spam_reject_score = models.FloatField(
+        null=True,
+        blank=True,
+        help_text="Score at which spam is refused (550 5.7.1) instead of quarantined; empty: never.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

@@ -33,6 +33,14 @@ class Verification(models.TextChoices):
     FAILED = "failed", "failed"
 
 
+class SpamStatus(models.TextChoices):
+    """Whether spamd scored a message (issue 9)."""
+
+    SCORED = "scored", "scored"
+    UNSCORED = "unscored", "unscored: spamd down or too slow"
+    SKIPPED = "skipped", "not checked"
+
+
 class Message(models.Model):
     queue_id = models.CharField(max_length=32, unique=True, default=new_queue_id)
     body_ref = models.CharField(max_length=255, help_text="The body's name in the message store.")
@@ -54,6 +62,14 @@ class Message(models.Model):
         blank=True,
         help_text="Octets as POP3 sends the body (bare LF counted as CRLF, RFC 1939 §11); computed on first listing.",
     )
+    spam_status = models.CharField(
+        max_length=10,
+        choices=SpamStatus.choices,
+        default=SpamStatus.SKIPPED,
+        help_text="unscored: spamd down or slow; skipped: check off or not applicable.",
+    )
+    spam_score = models.FloatField(null=True, blank=True, help_text="The SpamAssassin score, when scored.")
+    spam_rules = models.JSONField(default=list, blank=True, help_text="The SpamAssassin rules that hit, when scored.")
 
     class Meta:
         ordering = ["-received_at"]
