@@ -34,6 +34,7 @@ class Envelope:
     client_name: str = ""  # reverse DNS, when known
     helo_name: str = ""
     tls: bool = False
+    tls_cipher: str = ""  # e.g. "TLSv1.3 with cipher TLS_AES_256_GCM_SHA384", for the Received comment
     transport: str = Transport.DATA
     protocol: str = "ESMTP"  # RFC 3848: ESMTP, ESMTPS, ESMTPA, ESMTPSA
     verification: str = Verification.UNVERIFIED
@@ -68,6 +69,27 @@ def rejects_unverified(address: str) -> bool:
     return Domain.objects.filter(name=domain_of(address), unverified_policy=UnverifiedPolicy.REJECT).exists()
 
 
+@dataclass(frozen=True)
+class RecipientCheck:
+    """What RCPT TO needs to know about one envelope recipient."""
+
+    valid: bool  # a well-formed address
+    local_domain: bool
+    exists: bool  # a mailbox or an alias (catch-all included) takes it
+    policy: str  # the recipient domain's policy for unverified mail
+
+
+def check_recipient(address: str) -> RecipientCheck:
+    """Whether we receive mail for `address`, and its domain's unverified-mail policy."""
+    try:
+        r = accounts.route(address)
+    except AddressError:
+        return RecipientCheck(valid=False, local_domain=False, exists=False, policy=UnverifiedPolicy.ACCEPT)
+    if not r.local_domain:
+        return RecipientCheck(valid=True, local_domain=False, exists=False, policy=UnverifiedPolicy.ACCEPT)
+    return RecipientCheck(valid=True, local_domain=True, exists=r.exists, policy=_policy_for(r.address))
+
+
 def authentication_results(envelope: Envelope) -> str:
     """The value of our Authentication-Results header (RFC 8601), method x-source."""
     value = f"{settings.MAIL_HOSTNAME}; x-source={envelope.auth_result}"
@@ -83,6 +105,8 @@ def received_header(envelope: Envelope, queue_id: str, recipient: str | None) ->
     client = envelope.client_name or envelope.client_address or "localhost"
     line = f"from {envelope.helo_name or 'unknown'} ({client} [{envelope.client_address or '127.0.0.1'}])"
     line += f"\r\n\tby {settings.MAIL_HOSTNAME} with {envelope.protocol} id {queue_id}"
+    if envelope.tls_cipher:
+        line += f"\r\n\t(using {envelope.tls_cipher})"
     if recipient:
         line += f"\r\n\tfor <{recipient}>"
     line += f";\r\n\t{format_datetime(timezone.now())}"

@@ -1,0 +1,136 @@
+"""The DATA form of a message (RFC 5321 §4.5.2): reading it in chunks, and writing it for GET.
+
+Both directions work on whole chunks with bytes methods that run in C (find, replace, count,
+split), never a Python loop per line, so the cost stays linear in the size of the message.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from mailcore.smtp import replies
+from mailcore.smtp.replies import Reply
+
+END_OF_DATA = b"\r\n.\r\n"
+# RFC 5321 §4.5.3.1.6: 1000 octets per line including the CRLF.
+MAX_LINE_OCTETS = 998
+
+
+@dataclass
+class DataOutcome:
+    content: bytes | None  # the message, dots unstuffed; None when refused
+    problem: Reply | None
+    received: int  # octets read off the wire for this message
+
+
+class DataReceiver:
+    """Fed the octets that follow `354`; says when the terminating `CRLF . CRLF` has arrived.
+
+    Past `max_size` it stops keeping the data (only enough to find the end) so an oversized
+    message costs no memory; past `abandon_after` it gives up waiting for the end at all.
+    """
+
+    def __init__(self, max_size: int, abandon_after: int | None = None):
+        # A virtual CRLF in front: the DATA command's own line end, so that "." on the very
+        # first line ends the message and a leading "." is unstuffed like any other.
+        self._buffer = bytearray(b"\r\n")
+        self.max_size = max_size
+        self.abandon_after = abandon_after if abandon_after is not None else 2 * max_size + 1024 * 1024
+        self.received = 0
+        self.too_big = False
+        self.done = False
+        self.abandoned = False
+        self.leftover = b""
+        self._message_end = -1
+
+    def feed(self, chunk: bytes) -> bool:
+        """Take the next chunk; True once the end of the data has been seen."""
+        start = len(self._buffer)
+        self._buffer += chunk
+        self.received += len(chunk)
+        end = self._buffer.find(END_OF_DATA, max(0, start - 4))
+        if end >= 0:
+            self.done = True
+            self._message_end = end + 2  # the CRLF of the last line belongs to the message
+            self.leftover = bytes(self._buffer[end + len(END_OF_DATA):])
+            self.received -= len(self.leftover) + 3
+            return True
+        if self.received > self.max_size:
+            # RFC 5321 §4.5.3.1.10: refuse after the end, but keep nothing meanwhile.
+            self.too_big = True
+            del self._buffer[:-4]
+            if self.received > self.abandon_after:
+                self.abandoned = True
+        return False
+
+    def outcome(self) -> DataOutcome:
+        if self.too_big or self.received > self.max_size:
+            return DataOutcome(None, replies.DATA_TOO_BIG, self.received)
+        raw = bytes(self._buffer[: self._message_end])
+        self._buffer = bytearray()
+        problem = check_content(raw)
+        if problem is not None:
+            return DataOutcome(None, problem, self.received)
+        # RFC 5321 §4.5.2: the first "." of every line that starts with one is removed.
+        content = raw.replace(b"\r\n.", b"\r\n")[2:]
+        return DataOutcome(content, None, self.received)
+
+
+def check_content(raw: bytes) -> Reply | None:
+    """Refuse what a CRLF-only, line-limited, 8-bit (RFC 6152 §3: no NUL) channel cannot carry.
+
+    Bare LF and bare CR are refused rather than repaired: a receiver that reads them as line ends
+    where another does not is how SMTP smuggling works.
+    """
+    if b"\x00" in raw:
+        return replies.DATA_NUL
+    crlf = raw.count(b"\r\n")
+    if raw.count(b"\n") != crlf or raw.count(b"\r") != crlf:
+        return replies.DATA_BARE_LF
+    # +1: a line may carry one stuffed dot on the wire.
+    if len(raw) > MAX_LINE_OCTETS and max(map(len, raw.split(b"\r\n"))) > MAX_LINE_OCTETS + 1:
+        return replies.DATA_LINE_TOO_LONG
+    return None
+
+
+_LINE_END = re.compile(rb"\r?\n")
+
+
+class DotStuffer:
+    """Turns stored message octets into DATA form: CRLF line ends, leading dots doubled, final dot."""
+
+    def __init__(self) -> None:
+        self._at_line_start = True
+        self._held = b""
+
+    def feed(self, chunk: bytes) -> bytes:
+        data = self._held + chunk
+        # A CR at the end of a chunk may be half of a CRLF that the next chunk completes.
+        if data.endswith(b"\r"):
+            data, self._held = data[:-1], b"\r"
+        else:
+            self._held = b""
+        if not data:
+            return b""
+        data = _LINE_END.sub(b"\r\n", data)
+        stuffed = data.replace(b"\r\n.", b"\r\n..")
+        if self._at_line_start and stuffed.startswith(b"."):
+            stuffed = b"." + stuffed
+        self._at_line_start = stuffed.endswith(b"\r\n")
+        return stuffed
+
+    def finish(self) -> bytes:
+        tail = self._held
+        self._held = b""
+        if tail:
+            tail = tail + b"\n"
+            self._at_line_start = True
+        elif not self._at_line_start:
+            tail = b"\r\n"
+        return tail + b".\r\n"
+
+
+def dot_stuff(content: bytes) -> bytes:
+    stuffer = DotStuffer()
+    return stuffer.feed(content) + stuffer.finish()

@@ -1,0 +1,161 @@
+"""The MX listener's policy, and its one `sync_to_async` boundary into the service layer.
+
+The protocol class (server.py) decides what is well-formed and in sequence; this handler decides
+what is acceptable (who exists, who may be relayed to, what is delivered) by calling services in
+worker threads. Every database or file-system call of a session goes through `call`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any, BinaryIO
+
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.db import DatabaseError, close_old_connections
+
+from mailcore.addresses import domain_of
+from mailcore.models import UnverifiedPolicy
+from mailcore.services import inbound, verification
+from mailcore.smtp import replies
+from mailcore.smtp.replies import Reply
+from mailcore.store import message_store
+from mailcore.store.bodies import CHUNK_SIZE
+
+if TYPE_CHECKING:
+    from mailcore.smtp.server import InboundSMTP
+
+log = logging.getLogger("mailcore.smtp")
+
+
+class TemporaryFault(Exception):
+    """Our own fault (database, store): the client gets 4xx and tries again (style.md)."""
+
+
+def _unit_of_work(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Run `fn` with a usable database connection in a worker thread, as a request would."""
+
+    def run(*args, **kwargs):
+        close_old_connections()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            close_old_connections()
+
+    return run
+
+
+class InboundHandler:
+    """Policy of the inbound MX: local recipients only, unverified-mail policy, reverse delivery."""
+
+    def __init__(self, workers: int | None = None):
+        # A pool rather than asgiref's single thread: deliveries fsync their bodies in parallel,
+        # and each worker thread keeps its own database connection.
+        self.executor = ThreadPoolExecutor(
+            max_workers=workers or settings.MAIL_SMTP_WORKER_THREADS, thread_name_prefix="smtp-services"
+        )
+
+    async def call(self, fn: Callable[..., Any], *args, **kwargs) -> Any:
+        """The one boundary between the event loop and the (blocking) service layer."""
+        try:
+            return await sync_to_async(_unit_of_work(fn), thread_sensitive=False, executor=self.executor)(
+                *args, **kwargs
+            )
+        except DatabaseError as exc:
+            log.warning("database unavailable: %s", exc)
+            raise TemporaryFault(str(exc)) from exc
+        except OSError as exc:
+            log.warning("message store unavailable: %s", exc)
+            raise TemporaryFault(str(exc)) from exc
+
+    def close(self) -> None:
+        """Wait for deliveries in flight to commit, then stop the workers."""
+        self.executor.shutdown(wait=True)
+
+    # --- RCPT ----------------------------------------------------------------------------------
+
+    async def recipient_verdict(self, server: InboundSMTP, address: str) -> tuple[Reply, str | None]:
+        """The reply to `RCPT TO:<address>`, and the recipient domain's unverified-mail policy."""
+        try:
+            check = await self.call(inbound.check_recipient, address)
+        except TemporaryFault:
+            return replies.RECIPIENT_TEMPFAIL, None
+        if not check.valid:
+            return replies.BAD_RECIPIENT_SYNTAX, None
+        if not check.local_domain:
+            # Relaying is the submission listener's job, for authenticated users only.
+            return replies.RELAY_DENIED, None
+        if not check.exists:
+            return replies.USER_UNKNOWN, None
+        return replies.RECIPIENT_OK, check.policy
+
+    # --- DATA ----------------------------------------------------------------------------------
+
+    async def deliver(self, server: InboundSMTP, content: bytes) -> tuple[Reply, str | None]:
+        """Store and deliver a message received by DATA: (reply, queue id or None)."""
+        envelope = server.delivery_envelope()
+        try:
+            receipt = await self.call(inbound.receive, envelope, content)
+        except inbound.PolicyRejection:
+            return replies.ONLY_VERIFIED(domain=domain_of(envelope.rcpt_tos[0])), None
+        except TemporaryFault:
+            return replies.TEMPORARY_FAILURE, None
+        return replies.QUEUED(queue_id=receipt.queue_id), receipt.queue_id
+
+    # --- SOURCE (reverse-delivery.md §3, receiving role) ---------------------------------------
+
+    async def announce(self, server: InboundSMTP, source_id: str) -> Reply:
+        envelope = server.envelope
+        try:
+            result = await self.call(
+                verification.announce,
+                source_id,
+                envelope.mail_from,
+                list(envelope.rcpt_tos),
+                server.client_address,
+                server.session.host_name or "",
+            )
+        except TemporaryFault:
+            return replies.TEMPORARY_FAILURE
+        if result is verification.AnnounceResult.TOO_MANY_FROM_CLIENT:
+            return replies.SOURCE_TOO_MANY_PENDING(what="your address")
+        if result is verification.AnnounceResult.TOO_MANY_FROM_DOMAIN:
+            return replies.SOURCE_TOO_MANY_PENDING(what=f"the domain {domain_of(envelope.mail_from)}")
+        return replies.SOURCE_ACCEPTED(id=source_id)
+
+    # --- GET (reverse-delivery.md §4, origin role) ---------------------------------------------
+
+    async def fetch(self, server: InboundSMTP, source_id: str) -> tuple[Reply, verification.SourcedBody | None]:
+        try:
+            body = await self.call(verification.fetch_sourced, source_id, server.client_address)
+        except verification.FetchRefused:
+            return replies.GET_REFUSED(id=source_id), None
+        except TemporaryFault:
+            return replies.TEMPORARY_FAILURE, None
+        except Exception:  # a DNS failure in strict mode, say: ours, so temporary
+            log.exception("GET %s failed", source_id)
+            return replies.TEMPORARY_FAILURE, None
+        if body is None:
+            return replies.GET_UNKNOWN(id=source_id), None
+        return replies.GET_MESSAGE_FOLLOWS(id=source_id), body
+
+    async def open_body(self, body_ref: str) -> BinaryIO:
+        return await self.call(message_store().open, body_ref)
+
+    async def body_chunks(self, stream: BinaryIO) -> AsyncIterator[bytes]:
+        """The stored body in chunks, each read in a worker thread: never all of it in memory."""
+        loop = asyncio.get_running_loop()
+        try:
+            while chunk := await loop.run_in_executor(self.executor, stream.read, CHUNK_SIZE):
+                yield chunk
+        finally:
+            await loop.run_in_executor(self.executor, stream.close)
+
+    # --- policy --------------------------------------------------------------------------------
+
+    @staticmethod
+    def rejects_unverified(policy: str | None) -> bool:
+        return policy == UnverifiedPolicy.REJECT

@@ -1,0 +1,106 @@
+"""SMTP replies as named constants, each with its enhanced status code (RFC 2034, RFC 3463)."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+
+class Reply(NamedTuple):
+    """One reply line: `code status text`. Tests assert on `prefix`, the part that never changes."""
+
+    code: int
+    status: str
+    text: str
+
+    def __str__(self) -> str:
+        return f"{self.prefix} {self.text}"
+
+    @property
+    def prefix(self) -> str:
+        # RFC 2034 §3: 354 and the greeting carry no enhanced status code.
+        return f"{self.code} {self.status}" if self.status else str(self.code)
+
+    @property
+    def permanent(self) -> bool:
+        return self.code >= 500
+
+    def __call__(self, **values: str) -> Reply:
+        """The same reply with its `{placeholders}` filled in."""
+        return self._replace(text=self.text.format(**values))
+
+
+# --- session ---------------------------------------------------------------------------------
+OK = Reply(250, "2.0.0", "OK")
+BYE = Reply(221, "2.0.0", "Bye")
+HELP = Reply(214, "2.0.0", "See RFC 5321")
+VRFY_CANNOT = Reply(252, "2.5.0", "Cannot VRFY user, but will accept message and attempt delivery")
+EXPN_DISABLED = Reply(502, "5.5.1", "EXPN not available")
+READY_FOR_TLS = Reply(220, "2.0.0", "Ready to start TLS")
+TLS_NOT_AVAILABLE = Reply(454, "4.7.0", "TLS not available")
+TLS_ALREADY_ACTIVE = Reply(503, "5.5.1", "TLS already active")
+TLS_REQUIRED = Reply(530, "5.7.0", "Must issue a STARTTLS command first")
+SHUTTING_DOWN = Reply(421, "4.3.2", "Service shutting down, try again later")
+TIMEOUT = Reply(421, "4.4.2", "Timeout exceeded, closing connection")
+TOO_MANY_CONNECTIONS = Reply(421, "4.7.0", "Too many connections, try again later")
+TOO_MANY_CONNECTIONS_FROM_CLIENT = Reply(421, "4.7.0", "Too many connections from your address, try again later")
+TOO_MANY_ERRORS = Reply(421, "4.7.0", "Too many errors, closing connection")
+TEMPORARY_FAILURE = Reply(451, "4.3.0", "Temporary local problem, try again later")
+
+# --- syntax (RFC 5321 §4.2.2, §4.5.3.1) ------------------------------------------------------
+COMMAND_UNRECOGNIZED = Reply(500, "5.5.1", "Command unrecognized")
+LINE_TOO_LONG = Reply(500, "5.5.2", "Command line too long (RFC 5321 §4.5.3.1.4: 512 octets)")
+BARE_LF = Reply(500, "5.5.2", "Syntax error: lines must end in CRLF (RFC 5321 §2.3.8)")
+NUL_IN_COMMAND = Reply(500, "5.5.2", "Syntax error: NUL character in command")
+BAD_SYNTAX = Reply(501, "5.5.4", "Syntax: {usage}")
+BAD_SEQUENCE = Reply(503, "5.5.1", "{text}")
+NOT_SMTP = Reply(502, "5.5.1", "This is an SMTP server, not a web server")
+PARAMETER_UNKNOWN = Reply(555, "5.5.4", "Parameter {name} not recognized")
+
+# --- envelope --------------------------------------------------------------------------------
+HELO_OK = "{hostname}"  # the 250 reply to HELO/EHLO carries no status code (RFC 2034 §3)
+SENDER_OK = Reply(250, "2.1.0", "Sender OK")
+RECIPIENT_OK = Reply(250, "2.1.5", "Recipient OK")
+NESTED_MAIL = Reply(503, "5.5.1", "Sender already specified")
+NEED_HELO = Reply(503, "5.5.1", "Send EHLO or HELO first")
+NEED_MAIL = Reply(503, "5.5.1", "Need MAIL before RCPT")
+NEED_RCPT = Reply(503, "5.5.1", "Need RCPT before DATA")
+BAD_SENDER_SYNTAX = Reply(501, "5.1.7", "Bad sender address syntax")
+BAD_RECIPIENT_SYNTAX = Reply(501, "5.1.3", "Bad recipient address syntax")
+NON_ASCII_ADDRESS = Reply(553, "5.6.7", "Non-ASCII address needs the SMTPUTF8 parameter (RFC 6531 §3.4)")
+MESSAGE_SIZE_EXCEEDS_LIMIT = Reply(552, "5.3.4", "Message size exceeds fixed maximum message size")
+USER_UNKNOWN = Reply(550, "5.1.1", "No such user here")
+RELAY_DENIED = Reply(554, "5.7.1", "Relay access denied")
+TOO_MANY_RECIPIENTS = Reply(452, "4.5.3", "Too many recipients")
+POLICY_MIXES = Reply(
+    452, "4.5.3", "Recipient domains differ in their policy for unverified mail; send to this one in a separate transaction"
+)
+RECIPIENT_TEMPFAIL = Reply(451, "4.3.0", "Temporary local problem looking up the recipient, try again later")
+
+# --- DATA ------------------------------------------------------------------------------------
+START_MAIL_INPUT = Reply(354, "", "End data with <CR><LF>.<CR><LF>")
+QUEUED = Reply(250, "2.0.0", "Ok: queued as {queue_id}")
+DATA_TOO_BIG = Reply(552, "5.3.4", "Message size exceeds fixed maximum message size")
+DATA_LINE_TOO_LONG = Reply(554, "5.6.0", "Message has a line longer than 1000 octets (RFC 5321 §4.5.3.1.6)")
+DATA_BARE_LF = Reply(554, "5.6.0", "Message has a bare LF or CR: lines must end in CRLF (RFC 5321 §2.3.8)")
+DATA_NUL = Reply(554, "5.6.0", "Message contains NUL characters")
+ONLY_VERIFIED = Reply(
+    550, "5.7.1", "{domain} accepts only verified mail: it must be announced with SOURCE (reverse delivery), not sent by DATA"
+)
+
+# --- SOURCE: reverse-delivery.md §3 ----------------------------------------------------------
+SOURCE_ACCEPTED = Reply(250, "2.6.0", "{id} accepted for retrieval")
+SOURCE_BAD_ID = Reply(501, "5.5.4", "SOURCE needs an id of exactly 32 letters and digits")
+SOURCE_NEED_EHLO = Reply(503, "5.5.1", "SOURCE is valid only in a session begun with EHLO")
+SOURCE_NEED_MAIL = Reply(503, "5.5.1", "Need MAIL before SOURCE")
+SOURCE_NEED_RCPT = Reply(503, "5.5.1", "Need RCPT before SOURCE")
+SOURCE_NULL_SENDER = Reply(550, "5.7.1", "A null reverse-path has no domain to call back: use DATA")
+SOURCE_TOO_MANY_PENDING = Reply(452, "4.3.1", "Too many unverified announcements from {what}, try again later")
+
+# --- GET: reverse-delivery.md §4 -------------------------------------------------------------
+GET_MESSAGE_FOLLOWS = Reply(250, "2.0.0", "{id} message follows")
+GET_UNKNOWN = Reply(550, "5.1.0", "{id} unknown")
+GET_REFUSED = Reply(554, "5.7.1", "{id} is not for this client")
+GET_BAD_ID = Reply(501, "5.5.4", "GET needs an id of exactly 32 letters and digits")
+GET_NEED_EHLO = Reply(503, "5.5.1", "GET is valid only in a session begun with EHLO")
+GET_IN_TRANSACTION = Reply(503, "5.5.1", "GET is not valid inside a mail transaction")
+GET_TOO_MANY_UNKNOWN = Reply(421, "4.7.0", "Too many unknown ids from your address, closing connection")
