@@ -90,6 +90,11 @@ MAIL_CALLBACK_INTERVAL = env.get_int("MAIL_CALLBACK_INTERVAL", 30)
 MAIL_SOURCE_RETENTION = env.get_int("MAIL_SOURCE_RETENTION", 432000)
 MAIL_CALLBACK_MAX_AGE = env.get_int("MAIL_CALLBACK_MAX_AGE", 86400)
 MAIL_USE_SOURCE = env.get_bool("MAIL_USE_SOURCE", True)
+# Spam check (issue 9): spamd's HOST:PORT (unset: no spam check), how long to wait for a score,
+# and the size above which a message is not scored (spamc's own default limit is 500 KiB).
+MAIL_SPAMD = (env.parse_binds(env.get("MAIL_SPAMD", "")) or [None])[0]
+MAIL_SPAMD_TIMEOUT = env.get_float("MAIL_SPAMD_TIMEOUT", 5.0)
+MAIL_SPAMD_MAX_SIZE = env.get_int("MAIL_SPAMD_MAX_SIZE", 512000)
 # Inbound SMTP listener (issue 3) and the SOURCE/GET verbs (reverse-delivery.md §3, §4, §6).
 MAIL_SMTP_MAX_CONNECTIONS = env.get_int("MAIL_SMTP_MAX_CONNECTIONS", 1000)
 MAIL_SMTP_MAX_CONNECTIONS_PER_CLIENT = env.get_int("MAIL_SMTP_MAX_CONNECTIONS_PER_CLIENT", 50)
