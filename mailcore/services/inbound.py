@@ -7,7 +7,7 @@ was submitted by a local user or is a bounce we generate.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from email.parser import BytesHeaderParser
 from email.utils import format_datetime, parseaddr
 
@@ -42,6 +42,7 @@ class Envelope:
     auth_result: str = "none"
     auth_comment: str = ""
     reject_policy_applies: bool = True
+    spam_result: str = ""  # the x-spam resinfo for Authentication-Results (issue 9), set by receive
 
 
 @dataclass
@@ -97,6 +98,8 @@ def authentication_results(envelope: Envelope) -> str:
         value += f" smtp.mailfrom={envelope.mail_from}"
     if envelope.auth_comment:
         value += f" ({envelope.auth_comment})"
+    if envelope.spam_result:
+        value += f"; {envelope.spam_result}"
     return value
 
 
@@ -159,7 +162,13 @@ def receive(envelope: Envelope, content: bytes) -> Receipt:
     if not routes:
         raise PolicyRejection(", ".join(receipt.rejected))
 
-    content = trace_headers(envelope, queue_id) + content
+    # Issue 9: spamd's verdict before anything is stored, so that a refusal is still a 550 to DATA;
+    # raises SpamRejection (a PolicyRejection) when every recipient's domain refuses it.
+    from mailcore.spam import check as spam_check
+
+    spam = spam_check.check(envelope, trace_headers(envelope, queue_id) + content, [r.address for r in routes], queue_id)
+    envelope = replace(envelope, spam_result=spam.auth_result())
+    content = trace_headers(envelope, queue_id) + spam.headers() + content
     body = message_store().put(content)
     subject, header_from = summary_headers(content)
     try:
@@ -179,12 +188,16 @@ def receive(envelope: Envelope, content: bytes) -> Receipt:
                 auth_results=authentication_results(envelope),
                 subject=subject,
                 header_from=header_from,
+                **spam.message_fields(),
             )
             seen: set[int] = set()
             remote: list[str] = []
             for r in routes:
                 policy = _policy_for(r.address)
                 quarantine = unverified and policy == UnverifiedPolicy.QUARANTINE
+                reason = "unverified" if quarantine else ""
+                if spam.quarantines(r.address):  # issue 9: "spam" says more than "unverified"
+                    quarantine, reason = True, "spam"
                 for mailbox in r.mailboxes:
                     if mailbox.pk in seen:
                         continue
@@ -193,7 +206,7 @@ def receive(envelope: Envelope, content: bytes) -> Receipt:
                         message=message,
                         mailbox=mailbox,
                         state=DeliveryState.QUARANTINED if quarantine else DeliveryState.INBOX,
-                        reason="unverified" if quarantine else "",
+                        reason=reason,
                     )
                     (receipt.quarantined if quarantine else receipt.delivered).append(mailbox.address)
                 remote.extend(t for t in r.remote if t not in remote)
