@@ -1,0 +1,89 @@
+"""A real SpamAssassin spamd for the tests: `spamd --local` on a free loopback port, no network rules."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from tests.conftest import free_port
+
+GTUBE = "XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X"
+
+
+class Spamd:
+    """One spamd child process; SpamAssassin loads its rules for a few seconds before it answers."""
+
+    def __init__(self) -> None:
+        if shutil.which("spamd") is None:
+            raise RuntimeError("spamd is not installed: apt-get install spamassassin spamd spamc (see .ci/run)")
+        # A directory of our own, not pytest's 0700 tmp: spamd drops to `nobody`, which must reach its home.
+        self.dir = Path(tempfile.mkdtemp(prefix="spamd-"))
+        self.dir.chmod(0o755)
+        self.home = self.dir / "home"
+        self.home.mkdir(mode=0o777)
+        self.home.chmod(0o777)
+        self.pid_file = self.dir / "spamd.pid"
+        self.log_path = self.dir / "spamd.log"
+        self.host = "127.0.0.1"
+        self.port = free_port()
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return (self.host, self.port)
+
+    def start(self, timeout: float = 60.0) -> Spamd:
+        args = [
+            "spamd",
+            "--local",  # no DNS blocklists, no network tests: the same score offline and online
+            "--nouser-config",
+            f"--listen={self.host}:{self.port}",
+            f"--allowed-ips={self.host}",
+            f"--pidfile={self.pid_file}",
+            f"--helper-home-dir={self.home}",
+            "--max-children=2",
+            "--min-children=1",
+            "--syslog=stderr",
+        ]
+        if os.geteuid() == 0:
+            args.append("--username=nobody")  # spamd refuses to keep running as root
+        self.log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT, cwd=self.dir)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"spamd exited with {self.proc.returncode}:\n{self.output()}")
+            if self.ping():
+                return self
+            time.sleep(0.1)
+        self.stop()
+        raise TimeoutError(f"spamd did not answer PING within {timeout} s:\n{self.output()}")
+
+    def ping(self) -> bool:
+        """spamd's own liveness check (SPAMC/1.5 PING), so that startup is not seen as a bad request."""
+        try:
+            with socket.create_connection(self.address, timeout=1) as sock:
+                sock.sendall(b"PING SPAMC/1.5\r\n\r\n")
+                return b"PONG" in sock.recv(100)
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()  # the parent stops its children on SIGTERM
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if hasattr(self, "log"):
+            self.log.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
