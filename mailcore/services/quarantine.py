@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 from django.db import transaction
 
 from mailcore.models import Delivery, DeliveryState
@@ -11,8 +13,16 @@ class QuarantineError(Exception):
     pass
 
 
+@dataclass
+class BulkResult:
+    """What a bulk action did: the ids it changed and those that were no longer held (harmless)."""
+
+    done: list[int] = field(default_factory=list)
+    not_held: list[int] = field(default_factory=list)
+
+
 def held(mailbox=None):
-    deliveries = Delivery.objects.filter(state=DeliveryState.QUARANTINED).select_related("message", "mailbox")
+    deliveries = Delivery.objects.filter(state=DeliveryState.QUARANTINED).select_related("message", "mailbox", "mailbox__domain")
     if mailbox is not None:
         deliveries = deliveries.filter(mailbox=mailbox)
     return deliveries.order_by("-delivered_at")
@@ -20,23 +30,48 @@ def held(mailbox=None):
 
 def _held_one(delivery_id: int, mailbox=None) -> Delivery:
     try:
-        return held(mailbox).select_for_update().get(pk=delivery_id)
+        return held(mailbox).select_for_update(of=("self",)).get(pk=delivery_id)
     except (Delivery.DoesNotExist, ValueError):
         raise QuarantineError(f"no quarantined message {delivery_id}") from None
 
 
-def release(delivery_id: int, mailbox=None) -> Delivery:
-    """Move a held delivery to the inbox, exactly once: a second release finds nothing held."""
+def _move(delivery_id: int, state: str, mailbox=None) -> Delivery:
+    # select_for_update under the transaction: two concurrent releases (two admins, or an admin
+    # and the owner) serialise here, and the second finds nothing held, so the message reaches
+    # the inbox exactly once.
     with transaction.atomic():
         delivery = _held_one(delivery_id, mailbox)
-        delivery.state = DeliveryState.INBOX
+        delivery.state = state
         delivery.save(update_fields=["state", "changed_at"])
     return delivery
+
+
+def release(delivery_id: int, mailbox=None) -> Delivery:
+    """Move a held delivery to the inbox, exactly once: a second release finds nothing held."""
+    return _move(delivery_id, DeliveryState.INBOX, mailbox)
 
 
 def delete(delivery_id: int, mailbox=None) -> Delivery:
-    with transaction.atomic():
-        delivery = _held_one(delivery_id, mailbox)
-        delivery.state = DeliveryState.DELETED
-        delivery.save(update_fields=["state", "changed_at"])
-    return delivery
+    """Mark a held delivery deleted; the body stays while other deliveries or the trace need it."""
+    return _move(delivery_id, DeliveryState.DELETED, mailbox)
+
+
+def _bulk(action, delivery_ids, mailbox=None) -> BulkResult:
+    result = BulkResult()
+    for delivery_id in delivery_ids:
+        try:
+            action(int(delivery_id), mailbox)
+        except (QuarantineError, ValueError, TypeError):
+            result.not_held.append(delivery_id)
+        else:
+            result.done.append(int(delivery_id))
+    return result
+
+
+def release_many(delivery_ids, mailbox=None) -> BulkResult:
+    """Release each id that is still held (each in its own transaction); the rest are reported, not errors."""
+    return _bulk(release, delivery_ids, mailbox)
+
+
+def delete_many(delivery_ids, mailbox=None) -> BulkResult:
+    return _bulk(delete, delivery_ids, mailbox)

@@ -40,7 +40,8 @@ class Command(BaseCommand):
             children.append((name, self._spawn([*manage, name])))
         host, port = settings.MAIL_WEB_BIND[0]
         web_address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        children.append(("web", self._spawn([*manage, "runserver", "--noreload", "--insecure", web_address])))
+        # waitress with whitenoise (runweb), not runserver: fit for production, static files included.
+        children.append(("web", self._spawn([*manage, "runweb"])))
         self.stdout.write(f"runmail: web UI listening on http://{web_address}/admin/")
         self.stdout.flush()
 
