@@ -1,9 +1,20 @@
 """App configuration."""
 
 from django.apps import AppConfig
+from django.db.models.signals import post_migrate
+
+
+def register_schedules(sender, **kwargs) -> None:
+    """After `migrate`: the periodic django-q2 jobs exist, once each (registered by name)."""
+    from mailcore.verification import sweep
+
+    sweep.register_schedule()
 
 
 class MailcoreConfig(AppConfig):
     name = "mailcore"
     verbose_name = "Mail"
     default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self):
+        post_migrate.connect(register_schedules, sender=self, dispatch_uid="mailcore.register_schedules")

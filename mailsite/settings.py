@@ -89,6 +89,10 @@ MAIL_ALLOW_PRIVATE_DESTINATIONS = env.get_bool("MAIL_ALLOW_PRIVATE_DESTINATIONS"
 MAIL_CALLBACK_INTERVAL = env.get_int("MAIL_CALLBACK_INTERVAL", 30)
 MAIL_SOURCE_RETENTION = env.get_int("MAIL_SOURCE_RETENTION", 432000)
 MAIL_CALLBACK_MAX_AGE = env.get_int("MAIL_CALLBACK_MAX_AGE", 86400)
+# Seconds a pull waits for the origin MX at each step (connect, each reply, each body line).
+MAIL_CALLBACK_TIMEOUT = env.get_float("MAIL_CALLBACK_TIMEOUT", 60.0)
+# Connections one sweep keeps open at once to one origin host, however many sender domains it serves.
+MAIL_CALLBACK_HOST_CONCURRENCY = env.get_int("MAIL_CALLBACK_HOST_CONCURRENCY", 2)
 MAIL_USE_SOURCE = env.get_bool("MAIL_USE_SOURCE", True)
 # Spam check (issue 9): spamd's HOST:PORT (unset: no spam check), how long to wait for a score,
 # and the size above which a message is not scored (spamc's own default limit is 500 KiB).

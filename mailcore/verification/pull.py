@@ -1,0 +1,263 @@
+"""The GET client (reverse-delivery.md §4, §5): pull announced bodies back from one origin MX host."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from mailcore.verification.origins import OriginHost
+
+log = logging.getLogger("mailcore.verification")
+
+# RFC 5321 §4.5.3.1.6: a text line is at most 1000 octets with its CRLF; like aiosmtpd's DATA we
+# allow one octet of slack, so the limits on a GET body are the ones our own DATA applies.
+LINE_LIMIT = 1001
+# RFC 5321 §4.5.3.1.5: a reply line is at most 512 octets; a multi-line reply of more lines than
+# this is not an SMTP server talking.
+MAX_REPLY_LINES = 100
+# GETs in flight at once: enough to fill a round trip, few enough that neither side's socket
+# buffers fill up with commands while the other waits on its replies (RFC 2920 §3.1).
+PIPELINE_WINDOW = 32
+
+
+@dataclass
+class Reply:
+    code: int
+    lines: list[str]
+
+    @property
+    def text(self) -> str:
+        return " / ".join(self.lines)
+
+    def __str__(self) -> str:
+        return f"{self.code} {self.text}"
+
+    def lists(self, keyword: str) -> bool:
+        """True when an EHLO reply lists `keyword` (RFC 5321 §4.1.1.1: one keyword a line)."""
+        return any(line.split(" ", 1)[0].upper() == keyword for line in self.lines[1:])
+
+
+@dataclass
+class Pulled:
+    """What one GET gave: a body, a permanent refusal, or nothing yet (`body` and `refusal` both None)."""
+
+    source_id: str
+    host: OriginHost
+    body: bytes | None = None
+    refusal: str | None = None
+
+
+@dataclass
+class HostReport:
+    """The ids this host did not settle (try another host or later) and why."""
+
+    unsettled: list[str] = field(default_factory=list)
+    error: str = ""
+    usable: bool = False  # the host listed SOURCE and answered at least the EHLO
+
+
+class ProtocolError(Exception):
+    """The origin broke the protocol or a limit; the connection cannot be trusted any further."""
+
+
+class BodyTooLarge(ProtocolError):
+    pass
+
+
+class LineTooLong(ProtocolError):
+    pass
+
+
+def tls_context() -> ssl.SSLContext:
+    """Opportunistic STARTTLS (RFC 7435, RFC 3207): like MTAs, we encrypt whenever the origin offers
+    it but accept whatever certificate it shows, since an origin MX has no name we could pin it to
+    beyond what DNS (unauthenticated) told us; the id is protected against passive eavesdroppers."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+class OriginConnection:
+    """One SMTP connection to an origin MX host, used for GETs only."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, host: OriginHost, timeout: float):
+        self.reader = reader
+        self.writer = writer
+        self.host = host
+        self.timeout = timeout
+
+    @classmethod
+    async def open(cls, host: OriginHost, port: int, timeout: float) -> OriginConnection:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(host.address, port, limit=LINE_LIMIT), timeout)
+        return cls(reader, writer, host, timeout)
+
+    async def read_line(self) -> bytes:
+        try:
+            line = await asyncio.wait_for(self.reader.readuntil(b"\r\n"), self.timeout)
+        except asyncio.LimitOverrunError:
+            raise LineTooLong(f"line longer than {LINE_LIMIT} octets (RFC 5321 §4.5.3.1.6)") from None
+        except asyncio.IncompleteReadError:
+            raise ConnectionError("connection closed by the origin") from None
+        return line
+
+    async def read_reply(self) -> Reply:
+        lines: list[str] = []
+        while len(lines) < MAX_REPLY_LINES:
+            raw = await self.read_line()
+            text = raw[:-2].decode("utf-8", "replace")
+            if len(text) < 3 or not text[:3].isdigit() or text[3:4] not in ("", " ", "-"):
+                raise ProtocolError(f"not an SMTP reply: {text[:80]!r}")
+            lines.append(text[4:])
+            if text[3:4] != "-":
+                return Reply(int(text[:3]), lines)
+        raise ProtocolError("reply of too many lines")
+
+    async def command(self, line: str) -> Reply:
+        self.writer.write(line.encode("ascii") + b"\r\n")
+        await asyncio.wait_for(self.writer.drain(), self.timeout)
+        return await self.read_reply()
+
+    async def greet(self, helo_name: str) -> Reply:
+        """Read the banner, EHLO, and STARTTLS (then EHLO again, RFC 3207 §4.2) when offered."""
+        banner = await self.read_reply()
+        if banner.code != 220:
+            raise ProtocolError(f"greeting {banner}")
+        ehlo = await self.command(f"EHLO {helo_name}")
+        if ehlo.code != 250:
+            raise ProtocolError(f"EHLO answered {ehlo}")
+        if ehlo.lists("STARTTLS"):
+            reply = await self.command("STARTTLS")
+            if reply.code == 220:
+                await asyncio.wait_for(self.writer.start_tls(tls_context(), server_hostname=self.host.name), self.timeout)
+                ehlo = await self.command(f"EHLO {helo_name}")
+                if ehlo.code != 250:
+                    raise ProtocolError(f"EHLO after STARTTLS answered {ehlo}")
+            else:
+                log.info("origin %s offered STARTTLS but answered %s; continuing without TLS", self.host, reply)
+        return ehlo
+
+    async def read_body(self, max_size: int) -> bytes:
+        """The message after a 250 to GET, in DATA form (RFC 5321 §4.5.2): un-stuffed, CRLF kept.
+
+        Raises BodyTooLarge as soon as the octets exceed `max_size`, without reading further.
+        """
+        lines: list[bytes] = []
+        size = 0
+        while True:
+            line = await self.read_line()
+            if line == b".\r\n":
+                return b"".join(lines)
+            size += len(line)
+            if size > max_size:
+                raise BodyTooLarge(f"message exceeds the size limit of {max_size} octets")
+            lines.append(line[1:] if line.startswith(b".") else line)
+
+    async def quit(self) -> None:
+        """QUIT politely, briefly; whatever happens, close."""
+        try:
+            self.writer.write(b"QUIT\r\n")
+            await asyncio.wait_for(self.reader.readuntil(b"\r\n"), min(self.timeout, 2.0))
+        except (TimeoutError, OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError) as exc:
+            # The origin may already have closed; QUIT is a courtesy (RFC 5321 §4.1.1.10).
+            log.debug("QUIT to %s: %s", self.host, exc or type(exc).__name__)
+        self.abort()
+
+    def abort(self) -> None:
+        self.writer.close()
+
+
+OnPulled = Callable[[Pulled], Awaitable[None]]
+
+
+async def pull_from_host(
+    host: OriginHost,
+    source_ids: list[str],
+    on_pulled: OnPulled,
+    *,
+    port: int,
+    helo_name: str,
+    timeout: float,
+    max_size: int,
+) -> HostReport:
+    """GET `source_ids` over one connection to `host`, GETs pipelined (spec §4).
+
+    `on_pulled` is awaited for each id the host settles (a body, or 550/554), before the next
+    reply is read, so the caller can make each outcome durable at once. Ids the host did not
+    settle (4xx, a dropped connection, a host that does not list SOURCE) come back in the report.
+    """
+    report = HostReport(unsettled=list(source_ids))
+    try:
+        connection = await OriginConnection.open(host, port, timeout)
+    except (TimeoutError, OSError) as exc:
+        report.error = f"cannot connect to {host} port {port}: {str(exc) or type(exc).__name__}"
+        return report
+    try:
+        ehlo = await connection.greet(helo_name)
+        if not ehlo.lists("SOURCE"):
+            report.error = f"{host} does not list SOURCE in its EHLO reply"
+            await connection.quit()
+            return report
+        report.usable = True
+        await _pipelined_gets(connection, report, on_pulled, max_size)
+        await connection.quit()
+    except BodyTooLarge as exc:
+        # Spec §5.7: refused as DATA would be; stop reading and close, the id is failed.
+        connection.abort()
+        source_id = report.unsettled.pop(0)
+        report.error = f"{host}: {exc}"
+        await on_pulled(Pulled(source_id, host, refusal=str(exc)))
+    except LineTooLong as exc:
+        # What our DATA answers with a permanent 500: the same body pulled is refused the same way.
+        connection.abort()
+        source_id = report.unsettled.pop(0)
+        report.error = f"{host}: {exc}"
+        await on_pulled(Pulled(source_id, host, refusal=str(exc)))
+    except TimeoutError:
+        connection.abort()
+        report.error = f"{host}: timed out after {timeout:g} s waiting for the origin"
+    except (OSError, ProtocolError, ssl.SSLError) as exc:
+        connection.abort()
+        report.error = f"{host}: {exc}"
+    return report
+
+
+async def _pipelined_gets(connection: OriginConnection, report: HostReport, on_pulled: OnPulled, max_size: int) -> None:
+    """Keep up to PIPELINE_WINDOW GETs in flight; settle replies in order (RFC 2920 §3.2)."""
+    pending = list(report.unsettled)
+    sent = 0
+    temporary: list[str] = []
+    try:
+        while report.unsettled:
+            settled = len(pending) - len(report.unsettled)
+            while sent < len(pending) and sent - settled < PIPELINE_WINDOW:
+                connection.writer.write(f"GET {pending[sent]}\r\n".encode("ascii"))
+                sent += 1
+            source_id = report.unsettled[0]
+            reply = await connection.read_reply()
+            if reply.code == 250:
+                # With several GETs in flight the reply must name its id, or we would file a body
+                # under the wrong announcement.
+                if source_id not in reply.lines[0].split():
+                    raise ProtocolError(f"answered GET {source_id} with {reply}")
+                body = await connection.read_body(max_size)
+                report.unsettled.pop(0)
+                await on_pulled(Pulled(source_id, connection.host, body=body))
+            elif reply.code in (550, 554, 501):
+                # 550: never sourced there, or expired; 554: the origin refuses us; 501: it says the
+                # id is malformed. All permanent (spec §4): the announcement is a forgery attempt.
+                report.unsettled.pop(0)
+                await on_pulled(Pulled(source_id, connection.host, refusal=f"{connection.host} answered GET with {reply}"))
+            elif reply.code == 421:
+                # The origin is closing the connection (spec §4, too many unknown ids); the rest wait.
+                report.error = f"{connection.host} answered GET with {reply}"
+                return
+            else:
+                # 451 and anything unexpected: temporary for this id; the connection is still good.
+                temporary.append(report.unsettled.pop(0))
+                report.error = f"{connection.host} answered GET {source_id} with {reply}"
+    finally:
+        report.unsettled.extend(temporary)

@@ -1,0 +1,102 @@
+"""A scripted origin MX for pull tests: speaks just enough SMTP to answer GETs as a test tells it to."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+
+def stuffed(content: bytes) -> bytes:
+    """A message in DATA form (RFC 5321 §4.5.2): dot-stuffed, ended by a line holding only '.'."""
+    lines = content.split(b"\r\n")
+    if lines and lines[-1] == b"":
+        lines.pop()
+    return b"".join((b"." + line if line.startswith(b".") else line) + b"\r\n" for line in lines) + b".\r\n"
+
+
+def body_reply(source_id: str, content: bytes) -> bytes:
+    return f"250 2.0.0 {source_id} message follows\r\n".encode() + stuffed(content)
+
+
+class ScriptedOrigin:
+    """An asyncio server in its own thread. `answers[id]` are the bytes sent for `GET id` (default
+    550); an id in `hang_after` keeps the connection open, silent, after its answer."""
+
+    def __init__(self, answers: dict[str, bytes] | None = None, keywords=("PIPELINING", "SOURCE"), host="127.0.0.1",
+                 name="mx.origin.test", hang_after=(), pipeline_wait: float = 0.0):
+        self.answers = answers or {}
+        self.keywords = list(keywords)
+        self.host = host
+        self.name = name
+        self.hang_after = set(hang_after)
+        self.pipeline_wait = pipeline_wait
+        self.connections = 0
+        self.buffered_before_first_answer = b""
+        self.commands: list[str] = []
+        self.closed_by_client = threading.Event()
+        self.port = 0
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._server = None
+
+    def start(self) -> ScriptedOrigin:
+        if self._server is None:
+            self._server = self._loop.run_until_complete(asyncio.start_server(self._session, self.host, 0))
+            self.port = self._server.sockets[0].getsockname()[1]
+            self._thread.start()
+        return self
+
+    def __enter__(self) -> ScriptedOrigin:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        async def close():
+            self._server.close()
+            for task in asyncio.all_tasks():
+                if task is not asyncio.current_task():
+                    task.cancel()
+
+        asyncio.run_coroutine_threadsafe(close(), self._loop).result(5)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
+
+    async def _session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        try:
+            writer.write(f"220 {self.name} ESMTP\r\n".encode())
+            while True:
+                line = await reader.readline()
+                if not line:
+                    self.closed_by_client.set()
+                    return
+                command = line.decode().rstrip("\r\n")
+                self.commands.append(command)
+                verb, _, arg = command.partition(" ")
+                verb = verb.upper()
+                if verb == "EHLO":
+                    lines = [self.name, *self.keywords]
+                    writer.write("".join(f"250{'-' if i < len(lines) - 1 else ' '}{text}\r\n" for i, text in enumerate(lines)).encode())
+                elif verb == "GET":
+                    if self.pipeline_wait:
+                        # Let every pipelined GET arrive before the first answer, so the test can see them together.
+                        await asyncio.sleep(self.pipeline_wait)
+                        self.pipeline_wait = 0.0
+                        # What the client sent beyond this GET before seeing any answer (RFC 2920).
+                        self.buffered_before_first_answer = bytes(reader._buffer)
+                    writer.write(self.answers.get(arg, f"550 5.1.0 {arg} unknown\r\n".encode()))
+                    if arg in self.hang_after:
+                        await writer.drain()
+                        await reader.read()  # silent until the client gives up
+                        self.closed_by_client.set()
+                        return
+                elif verb == "QUIT":
+                    writer.write(b"221 2.0.0 Bye\r\n")
+                    await writer.drain()
+                    return
+                else:
+                    writer.write(b"502 5.5.1 not here\r\n")
+                await writer.drain()
+        except (ConnectionError, asyncio.CancelledError):
+            self.closed_by_client.set()
+        finally:
+            writer.close()
