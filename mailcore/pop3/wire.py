@@ -1,0 +1,95 @@
+"""How a stored body goes on the POP3 wire: CRLF line ends, byte-stuffing, TOP's line count, streamed."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+CRLF = b"\r\n"
+TERMINATOR = b".\r\n"
+
+
+class BodyEncoder:
+    """Turns a body, fed chunk by chunk, into the lines of a multi-line response (RFC 1939 §3).
+
+    Every line end becomes CRLF (a bare LF is counted and sent as CRLF, RFC 1939 §11); a line
+    that begins with "." gets one more (byte-stuffing, §3) when `stuff` is set; a last line
+    without its line end gets one, so that the terminator stands on a line of its own. With
+    `body_lines` set it sends what TOP asks for (§7): the headers, the blank line that ends
+    them, then at most that many lines of the body. Memory holds one chunk, never the body.
+    """
+
+    def __init__(self, *, stuff: bool = True, body_lines: int | None = None):
+        self.stuff = stuff
+        self.body_lines = body_lines
+        self.in_body = False
+        self.line_empty = True  # nothing of the current line sent yet
+        self.held_cr = False  # a chunk ended in CR: it is a line end only if LF follows
+        self.done = False  # TOP sent all it was asked for
+
+    def feed(self, chunk: bytes) -> bytes:
+        out: list[bytes] = []
+        pieces = chunk.split(b"\n")
+        last = len(pieces) - 1
+        for i, piece in enumerate(pieces):
+            if self.done:
+                break
+            ends_line = i < last
+            if self.held_cr and (piece or ends_line):
+                self.held_cr = False
+                if ends_line and not piece:
+                    piece = b"\r"  # the CR of a CRLF split across chunks: dropped below
+                else:
+                    self._text(b"\r", out)  # a bare CR inside a line is sent as it is
+            if ends_line:
+                self._text(piece[:-1] if piece.endswith(b"\r") else piece, out)
+                self._end_line(out)
+            elif piece.endswith(b"\r"):
+                self._text(piece[:-1], out)
+                self.held_cr = True
+            else:
+                self._text(piece, out)
+        return b"".join(out)
+
+    def finish(self) -> bytes:
+        """What is left to send after the last chunk: a held CR, and the last line's end."""
+        out: list[bytes] = []
+        if self.held_cr and not self.done:
+            self._text(b"\r", out)
+        self.held_cr = False
+        if not self.line_empty and not self.done:
+            self._end_line(out)
+        return b"".join(out)
+
+    def _text(self, text: bytes, out: list[bytes]) -> None:
+        if not text or self.done:
+            return
+        if self.stuff and self.line_empty and text.startswith(b"."):
+            out.append(b".")
+        out.append(text)
+        self.line_empty = False
+
+    def _end_line(self, out: list[bytes]) -> None:
+        out.append(CRLF)
+        blank = self.line_empty
+        self.line_empty = True
+        if self.body_lines is None:
+            return
+        if self.in_body:
+            self.body_lines -= 1
+        elif blank:
+            self.in_body = True  # RFC 5322 §2.1: the first empty line ends the header section
+        if self.in_body and self.body_lines <= 0:
+            self.done = True
+
+
+def wire_size(chunks: Iterable[bytes]) -> int:
+    """The exact octet count LIST, STAT and RETR announce: as sent, without byte-stuffing (RFC 1939 §11)."""
+    encoder = BodyEncoder(stuff=False)
+    size = sum(len(encoder.feed(chunk)) for chunk in chunks)
+    return size + len(encoder.finish())
+
+
+def encode(body: bytes, *, stuff: bool = True, body_lines: int | None = None) -> bytes:
+    """The whole encoding of a body in one call (tests and small bodies)."""
+    encoder = BodyEncoder(stuff=stuff, body_lines=body_lines)
+    return encoder.feed(body) + encoder.finish()

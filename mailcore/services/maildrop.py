@@ -1,0 +1,161 @@
+"""A mailbox as POP3 sees it: the session lock, the listing of its inbox, and the UPDATE state."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import timedelta
+
+from django.db import IntegrityError, close_old_connections, transaction
+from django.utils import timezone
+
+from mailcore.models import Delivery, DeliveryState, MailboxLock, Message, QueueState
+from mailcore.pop3.wire import wire_size
+from mailcore.services import accounts
+from mailcore.store import message_store
+
+log = logging.getLogger("mailcore.pop3")
+
+# Deliveries and queue items in these states still need the body; anything else has let it go.
+LIVE_DELIVERY_STATES = [DeliveryState.INBOX, DeliveryState.QUARANTINED]
+LIVE_QUEUE_STATES = [QueueState.QUEUED, QueueState.DEFERRED, QueueState.HELD]
+
+
+@dataclass(frozen=True)
+class Account:
+    """Who logged in: enough to lock and list the maildrop, and to log the session."""
+
+    mailbox_id: int
+    address: str
+
+
+@dataclass(frozen=True)
+class MaildropEntry:
+    """One message of the maildrop, fixed for the session (RFC 1939 §5)."""
+
+    delivery_id: int
+    message_id: int
+    uid: str
+    size: int  # octets as sent, without byte-stuffing (RFC 1939 §11)
+    body_ref: str
+
+
+class LockLost(Exception):
+    """The session's lock expired and another session took the maildrop: UPDATE must not run."""
+
+
+def authenticate(address: str, password: str) -> Account | None:
+    close_old_connections()
+    mailbox = accounts.authenticate(address, password)
+    return Account(mailbox.pk, mailbox.address) if mailbox is not None else None
+
+
+def acquire_lock(mailbox_id: int, holder: str, ttl: float) -> bool:
+    """Take the maildrop's lock (RFC 1939 §4) unless a live session holds it; an expired lock lapses."""
+    close_old_connections()
+    now = timezone.now()
+    with transaction.atomic():
+        MailboxLock.objects.filter(mailbox_id=mailbox_id, expires_at__lte=now).delete()
+        try:
+            with transaction.atomic():
+                MailboxLock.objects.create(mailbox_id=mailbox_id, holder=holder, expires_at=now + timedelta(seconds=ttl))
+        except IntegrityError:  # the one-to-one row exists: another session, on any node, holds it
+            return False
+    return True
+
+
+def refresh_lock(mailbox_id: int, holder: str, ttl: float) -> bool:
+    """Push the expiry of a lock this session holds; False if it lapsed and is gone."""
+    close_old_connections()
+    expires_at = timezone.now() + timedelta(seconds=ttl)
+    return MailboxLock.objects.filter(mailbox_id=mailbox_id, holder=holder).update(expires_at=expires_at) == 1
+
+
+def release_lock(mailbox_id: int, holder: str) -> None:
+    close_old_connections()
+    MailboxLock.objects.filter(mailbox_id=mailbox_id, holder=holder).delete()
+
+
+def listing(mailbox_id: int) -> list[MaildropEntry]:
+    """The inbox of a mailbox in delivery order, from one query; quarantined and deleted mail is not in it.
+
+    A body listed for the first time is read once to count its octets as POP3 sends them, and the
+    count is kept on the message (RFC 1939 §11 suggests computing sizes when the maildrop opens).
+    """
+    close_old_connections()
+    rows = list(
+        Delivery.objects.filter(mailbox_id=mailbox_id, state=DeliveryState.INBOX)
+        .order_by("id")
+        .values_list("id", "message_id", "uid", "message__pop3_size", "message__body_ref")
+    )
+    missing = {message_id: ref for _, message_id, _, size, ref in rows if size is None}
+    sizes = _count_sizes(missing) if missing else {}
+    return [
+        MaildropEntry(delivery_id, message_id, uid, size if size is not None else sizes[message_id], ref)
+        for delivery_id, message_id, uid, size, ref in rows
+    ]
+
+
+def _count_sizes(refs: dict[int, str]) -> dict[int, int]:
+    store = message_store()
+    sizes = {message_id: wire_size(store.iter_chunks(ref)) for message_id, ref in refs.items()}
+    Message.objects.bulk_update([Message(pk=pk, pop3_size=size) for pk, size in sizes.items()], ["pop3_size"])
+    return sizes
+
+
+def body_chunks(body_ref: str):
+    """The stored body, chunk by chunk (blocking reads: call it off the event loop)."""
+    return message_store().iter_chunks(body_ref)
+
+
+def commit_update(mailbox_id: int, holder: str, deleted: list[int], retrieved: list[int]) -> int:
+    """RFC 1939 §6: the deletions marked in a session take effect together, or none does.
+
+    Runs only while the session still holds the lock, so that a session whose lock lapsed cannot
+    delete what another session listed since. Bodies no longer needed are released after the
+    commit, never before: a crash in between leaves an unreferenced file, never a missing one.
+    Returns how many messages were deleted.
+    """
+    close_old_connections()
+    now = timezone.now()
+    with transaction.atomic():
+        lock = MailboxLock.objects.select_for_update().filter(mailbox_id=mailbox_id, holder=holder).first()
+        if lock is None:
+            raise LockLost(f"the lock of mailbox {mailbox_id} lapsed")
+        inbox = Delivery.objects.filter(mailbox_id=mailbox_id, state=DeliveryState.INBOX)
+        if retrieved:
+            inbox.filter(pk__in=retrieved, retrieved_at__isnull=True).update(retrieved_at=now)
+        message_ids = list(inbox.filter(pk__in=deleted).values_list("message_id", flat=True)) if deleted else []
+        count = inbox.filter(pk__in=deleted).update(state=DeliveryState.DELETED, changed_at=now) if deleted else 0
+    if message_ids:
+        release_unreferenced_bodies(message_ids)
+    return count
+
+
+def release_unreferenced_bodies(message_ids: list[int]) -> int:
+    """Remove from the store the bodies of these messages that no mailbox, queue item or GET serves any more.
+
+    The row keeps its metadata (deleted deliveries still point at it, which keeps their UIDs
+    from ever being reused); its empty `body_ref` says the body is gone. Returns how many.
+    """
+    released: list[str] = []
+    with transaction.atomic():
+        candidates = (
+            Message.objects.select_for_update()
+            .filter(pk__in=message_ids)
+            .exclude(body_ref="")
+            .exclude(deliveries__state__in=LIVE_DELIVERY_STATES)
+            .exclude(queue_items__state__in=LIVE_QUEUE_STATES)
+            .exclude(sourced__expired=False)
+        )
+        for message in candidates:
+            released.append(message.body_ref)
+            message.body_ref = ""
+            message.save(update_fields=["body_ref"])
+    store = message_store()
+    for ref in released:
+        try:
+            store.delete(ref)
+        except OSError as exc:  # the rows are committed: a file left behind is a leak, not a loss
+            log.warning("could not remove released body %s: %s", ref, exc)
+    return len(released)

@@ -1,0 +1,113 @@
+"""What the POP3 tests share: a mailbox with mail, a runpop3 process, a raw POP3 socket, a TLS certificate."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+from pathlib import Path
+
+from mailcore.models import Delivery
+from mailcore.services import accounts, inbound
+from tests.conftest import free_port
+
+ADDRESS = "alice@a.test"
+PASSWORD = "correct horse battery"
+# Short enough for a fast suite, long enough to be measured.
+FAST_ENV = {"MAIL_AUTH_FAILURE_DELAY": "0.3", "MAIL_POP3_SHUTDOWN_GRACE": "3"}
+
+
+def make_mailbox(address: str = ADDRESS, password: str = PASSWORD) -> None:
+    domain = address.rpartition("@")[2]
+    if not accounts.list_domains().filter(name=domain).exists():
+        accounts.add_domain(domain)
+    accounts.add_mailbox(address, password)
+
+
+def deliver(content: bytes, address: str = ADDRESS) -> Delivery:
+    receipt = inbound.receive(inbound.Envelope(mail_from="bob@b.test", rcpt_tos=[address]), content)
+    return Delivery.objects.get(message=receipt.message, mailbox__address=address)
+
+
+def start_pop3_process(server_factory, *extra_args: str, **env: str):
+    """(port, ServerProcess) of a runpop3 on a free loopback port."""
+    port = free_port()
+    server = server_factory(
+        "runpop3", "--bind", f"127.0.0.1:{port}", *extra_args, wait=("127.0.0.1", port), **{**FAST_ENV, **env}
+    )
+    return port, server
+
+
+def start_pop3(server_factory, *extra_args: str, **env: str) -> int:
+    return start_pop3_process(server_factory, *extra_args, **env)[0]
+
+
+class RawPop3:
+    """A POP3 client that sends and reads exact bytes, for the cases real clients never produce."""
+
+    def __init__(self, port: int, host: str = "127.0.0.1", timeout: float = 10.0):
+        self.sock = socket.create_connection((host, port), timeout=timeout)
+        self.buffer = b""
+        self.greeting = self.line()
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def line(self) -> bytes:
+        while b"\r\n" not in self.buffer:
+            data = self.sock.recv(65536)
+            if not data:
+                raise EOFError(f"connection closed; unread: {self.buffer!r}")
+            self.buffer += data
+        line, self.buffer = self.buffer.split(b"\r\n", 1)
+        return line
+
+    def cmd(self, text: str | bytes) -> bytes:
+        self.send((text.encode() if isinstance(text, str) else text) + b"\r\n")
+        return self.line()
+
+    def multiline(self) -> bytes:
+        """The raw bytes of a multi-line response after its status line, terminator excluded."""
+        while True:
+            if self.buffer.startswith(b".\r\n"):
+                body, self.buffer = b"", self.buffer[3:]
+                return body
+            end = self.buffer.find(b"\r\n.\r\n")
+            if end >= 0:
+                body, self.buffer = self.buffer[: end + 2], self.buffer[end + 5 :]
+                return body
+            data = self.sock.recv(65536)
+            if not data:
+                raise EOFError("connection closed inside a multi-line response")
+            self.buffer += data
+
+    def login(self, address: str = ADDRESS, password: str = PASSWORD) -> bytes:
+        assert self.cmd(f"USER {address}").startswith(b"+OK")
+        return self.cmd(f"PASS {password}")
+
+    def closed(self, timeout: float = 5.0) -> bool:
+        """True once the server closed the connection (reads nothing more)."""
+        self.sock.settimeout(timeout)
+        try:
+            while True:
+                data = self.sock.recv(65536)
+                if not data:
+                    return True
+                self.buffer += data
+        except TimeoutError:
+            return False
+        except ConnectionResetError:
+            return True
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def self_signed_cert(directory: Path) -> tuple[Path, Path]:
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=localhost",
+         "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        check=True,
+        capture_output=True,
+    )
+    return cert, key
