@@ -123,6 +123,22 @@ MAIL_SOURCE_MAX_PENDING_PER_CLIENT = env.get_int("MAIL_SOURCE_MAX_PENDING_PER_CL
 MAIL_SOURCE_MAX_PENDING_PER_DOMAIN = env.get_int("MAIL_SOURCE_MAX_PENDING_PER_DOMAIN", 500)
 MAIL_GET_MAX_UNKNOWN_PER_MINUTE = env.get_int("MAIL_GET_MAX_UNKNOWN_PER_MINUTE", 10)
 MAIL_SOURCE_STRICT = env.get_bool("MAIL_SOURCE_STRICT", False)
+# Outbound queue (issue 5): retry delays in seconds, the last one repeating (RFC 5321 §4.5.4.1
+# asks for at least 30 minutes between retries eventually, and gives up after 4-5 days).
+MAIL_QUEUE_RETRY_DELAYS = [int(d) for d in env.get("MAIL_QUEUE_RETRY_DELAYS", "60,300,900,1800,3600").split(",") if d.strip()]
+MAIL_QUEUE_LIFETIME = env.get_int("MAIL_QUEUE_LIFETIME", 432000)
+MAIL_QUEUE_DELAY_WARNING = env.get_int("MAIL_QUEUE_DELAY_WARNING", 14400)
+MAIL_QUEUE_LEASE = env.get_int("MAIL_QUEUE_LEASE", 600)
+MAIL_QUEUE_SWEEP_MINUTES = env.get_int("MAIL_QUEUE_SWEEP_MINUTES", 1)
+MAIL_SMTP_CONNECT_TIMEOUT = env.get_float("MAIL_SMTP_CONNECT_TIMEOUT", 30.0)
+MAIL_SMTP_CLIENT_TIMEOUT = env.get_float("MAIL_SMTP_CLIENT_TIMEOUT", 120.0)
+MAIL_DNS_TIMEOUT = env.get_float("MAIL_DNS_TIMEOUT", 10.0)
+# Submission (issue 5).
+MAIL_SUBMISSION_TLS_BIND = env.parse_binds(env.get("MAIL_SUBMISSION_TLS_BIND", ""))
+MAIL_SUBMISSION_PLAINTEXT_AUTH = env.get_bool("MAIL_SUBMISSION_PLAINTEXT_AUTH", False)
+MAIL_AUTH_FAILURE_DELAY = env.get_float("MAIL_AUTH_FAILURE_DELAY", 2.0)
+MAIL_AUTH_MAX_FAILURES = env.get_int("MAIL_AUTH_MAX_FAILURES", 5)
+MAIL_AUTH_FAILURE_WINDOW = env.get_int("MAIL_AUTH_FAILURE_WINDOW", 900)
 MAIL_DATA_DIR = Path(env.get("MAIL_DATA_DIR", "var/mail"))
 if not MAIL_DATA_DIR.is_absolute():
     MAIL_DATA_DIR = BASE_DIR / MAIL_DATA_DIR
@@ -142,7 +158,8 @@ STORAGES = {
 
 REDIS_URL = env.get("REDIS_URL")
 Q_CLUSTER = {
-    "name": "mailcore",
+    # Two servers sharing one Redis need distinct names: the name is the broker's queue key.
+    "name": env.get("MAIL_Q_NAME", "mailcore"),
     "workers": env.get_int("MAIL_Q_WORKERS", 2),
     "timeout": 300,
     "retry": 360,

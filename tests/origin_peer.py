@@ -23,13 +23,15 @@ class ScriptedOrigin:
     550); an id in `hang_after` keeps the connection open, silent, after its answer."""
 
     def __init__(self, answers: dict[str, bytes] | None = None, keywords=("PIPELINING", "SOURCE"), host="127.0.0.1",
-                 name="mx.origin.test", hang_after=(), pipeline_wait: float = 0.0):
+                 name="mx.origin.test", hang_after=(), pipeline_wait: float = 0.0, tls=None):
         self.answers = answers or {}
         self.keywords = list(keywords)
         self.host = host
         self.name = name
         self.hang_after = set(hang_after)
         self.pipeline_wait = pipeline_wait
+        self.tls = tls  # an ssl.SSLContext: offer STARTTLS (RFC 3207)
+        self.commands_under_tls: list[str] = []
         self.connections = 0
         self.buffered_before_first_answer = b""
         self.commands: list[str] = []
@@ -64,6 +66,7 @@ class ScriptedOrigin:
         self.connections += 1
         try:
             writer.write(f"220 {self.name} ESMTP\r\n".encode())
+            secure = False
             while True:
                 line = await reader.readline()
                 if not line:
@@ -71,10 +74,12 @@ class ScriptedOrigin:
                     return
                 command = line.decode().rstrip("\r\n")
                 self.commands.append(command)
+                if secure:
+                    self.commands_under_tls.append(command)
                 verb, _, arg = command.partition(" ")
                 verb = verb.upper()
                 if verb == "EHLO":
-                    lines = [self.name, *self.keywords]
+                    lines = [self.name, *self.keywords, *(["STARTTLS"] if self.tls and not secure else [])]
                     writer.write("".join(f"250{'-' if i < len(lines) - 1 else ' '}{text}\r\n" for i, text in enumerate(lines)).encode())
                 elif verb == "GET":
                     if self.pipeline_wait:
@@ -89,6 +94,12 @@ class ScriptedOrigin:
                         await reader.read()  # silent until the client gives up
                         self.closed_by_client.set()
                         return
+                elif verb == "STARTTLS" and self.tls and not secure:
+                    writer.write(b"220 2.0.0 Ready to start TLS\r\n")
+                    await writer.drain()
+                    await writer.start_tls(self.tls)
+                    secure = True
+                    continue
                 elif verb == "QUIT":
                     writer.write(b"221 2.0.0 Bye\r\n")
                     await writer.drain()

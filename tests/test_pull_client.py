@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import ssl
+import subprocess
 import time
 
 from mailcore.verification.ids import is_valid_id, new_source_id
@@ -120,3 +122,21 @@ def test_nothing_listening_is_temporary():
 
 async def _ignore(pulled):
     raise AssertionError("nothing should be settled")
+
+
+def test_starttls_is_used_when_offered_whatever_the_certificate(tmp_path):
+    # A self-signed certificate for another name: opportunistic TLS still encrypts (RFC 7435).
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=elsewhere.example",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )
+    server_tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_tls.load_cert_chain(cert, key)
+    with ScriptedOrigin({ID1: body_reply(ID1, MESSAGE)}, tls=server_tls) as origin:
+        report, pulled = pull(origin, [ID1])
+    assert pulled[ID1].body == MESSAGE
+    assert origin.commands[:2] == ["EHLO mx.b.test", "STARTTLS"]
+    # The id travels only inside TLS (spec §6, "Confidentiality"), after a fresh EHLO (RFC 3207 §4.2).
+    assert origin.commands_under_tls[:2] == ["EHLO mx.b.test", f"GET {ID1}"]

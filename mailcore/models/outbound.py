@@ -27,6 +27,9 @@ class QueueItem(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
     delay_warned = models.BooleanField(default=False)
+    claimed_until = models.DateTimeField(
+        null=True, blank=True, help_text="A delivery worker holds the item until then; a crashed worker's claim lapses."
+    )
 
     class Meta:
         ordering = ["created_at", "id"]

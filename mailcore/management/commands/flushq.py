@@ -1,12 +1,22 @@
-"""manage.py flushq: try every deferred outbound message now."""
+"""manage.py flushq: try every deferred outbound message now, in the foreground."""
 
-from django.core.management.base import CommandError
-
+from mailcore.delivery.queue import deliver_domain
 from mailcore.management.base import MailCommand
+from mailcore.services import outbound
 
 
 class Command(MailCommand):
-    help = "Try every deferred outbound message now."
+    help = "Make every deferred outbound message due and try to deliver it now."
 
     def handle(self, *args, **options):
-        raise CommandError("flushq: the outbound delivery engine is not built yet (issue: outbound mail)")
+        outbound.make_deferred_due()
+        domains = outbound.due_domains()
+        if not domains:
+            self.stdout.write("flushq: nothing to deliver")
+            return
+        for domain in domains:
+            counts = deliver_domain(domain)
+            self.stdout.write(
+                f"flushq: {domain}: {counts.sent} sent, {counts.deferred} deferred, {counts.bounced} bounced"
+                + (f", {counts.lost_claims} taken over by another worker" if counts.lost_claims else "")
+            )
