@@ -15,7 +15,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from mailcore.addresses import AddressError, domain_of
+from mailcore.addresses import AddressError, domain_of, normalize_domain
 from mailcore.models import Delivery, DeliveryState, Message, Transport, UnverifiedPolicy, Verification
 from mailcore.models.message import new_queue_id
 from mailcore.services import accounts
@@ -85,7 +85,13 @@ def check_recipient(address: str) -> RecipientCheck:
     try:
         r = accounts.route(address)
     except AddressError:
-        return RecipientCheck(valid=False, local_domain=False, exists=False, policy=UnverifiedPolicy.ACCEPT)
+        # A local part that none of our mailboxes can have (UTF-8, quoted) at a valid domain is
+        # an unknown user there, not a syntax error.
+        try:
+            local = accounts.is_local_domain(normalize_domain(address.rpartition("@")[2]))
+        except AddressError:
+            return RecipientCheck(valid=False, local_domain=False, exists=False, policy=UnverifiedPolicy.ACCEPT)
+        return RecipientCheck(valid=True, local_domain=local, exists=False, policy=UnverifiedPolicy.ACCEPT)
     if not r.local_domain:
         return RecipientCheck(valid=True, local_domain=False, exists=False, policy=UnverifiedPolicy.ACCEPT)
     return RecipientCheck(valid=True, local_domain=True, exists=r.exists, policy=_policy_for(r.address))

@@ -1,0 +1,81 @@
+"""Test helpers for the SMTP listener: a raw-socket client that reads replies as bytes, and fixtures."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+from tests.conftest import free_port
+
+
+class RawSMTP:
+    """A client that sends exactly the bytes it is given and reads whole replies."""
+
+    def __init__(self, port: int, host: str = "127.0.0.1", timeout: float = 10.0):
+        self.sock = socket.create_connection((host, port), timeout=timeout)
+        self.file = self.sock.makefile("rb")
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def reply(self) -> list[bytes]:
+        """The lines of one reply, without their CRLF; [] when the server closed."""
+        lines = []
+        while True:
+            line = self.file.readline()
+            if not line:
+                return lines
+            lines.append(line.rstrip(b"\r\n"))
+            if line[3:4] != b"-":
+                return lines
+
+    def last(self) -> bytes:
+        lines = self.reply()
+        return lines[-1] if lines else b""
+
+    def cmd(self, line: bytes | str) -> bytes:
+        if isinstance(line, str):
+            line = line.encode()
+        self.send(line + b"\r\n")
+        return self.last()
+
+    def greet(self, ehlo: str = "client.test") -> list[bytes]:
+        assert self.last().startswith(b"220 ")
+        self.send(f"EHLO {ehlo}\r\n".encode())
+        return self.reply()
+
+    def closed(self) -> bool:
+        """True once the server has closed the connection."""
+        try:
+            return self.file.readline() == b""
+        except (ConnectionResetError, TimeoutError):
+            return True
+
+    def close(self) -> None:
+        self.file.close()
+        self.sock.close()
+
+    def __enter__(self) -> RawSMTP:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def starts(reply: bytes, constant) -> bool:
+    """Whether a reply line carries the code and enhanced status code of a replies constant."""
+    return reply.startswith(constant.prefix.encode() + b" ")
+
+
+@pytest.fixture
+def mx(server_factory):
+    """Start a real `manage.py runsmtp` on a free port; keyword arguments become its environment."""
+
+    def start(**env: str):
+        port = free_port()
+        server = server_factory("runsmtp", "--bind", f"127.0.0.1:{port}", wait=("127.0.0.1", port), **env)
+        server.port = port
+        return server
+
+    return start
