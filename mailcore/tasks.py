@@ -65,6 +65,15 @@ def enqueue_pull(sender_domain: str) -> None:
     async_task("mailcore.tasks.pull_domain", sender_domain, group="pull", task_name=f"pull {sender_domain}"[:100])
 
 
-def pull_domain(sender_domain: str) -> None:
-    """Task: pull the pending announcements of `sender_domain` (the GET client fills this in)."""
-    log.info("pull for %s requested; the GET client is not built yet, the sweep will retry", sender_domain)
+def pull_domain(sender_domain: str) -> str:
+    """Task: pull the due announcements of `sender_domain` now, one connection per origin host."""
+    from mailcore.verification.sweep import run_sweep
+
+    return run_sweep([sender_domain]).summary()
+
+
+def sweep() -> str:
+    """Scheduled task (mailcore.verification.sweep.SCHEDULE): pull what is due, fail what is too old."""
+    from mailcore.verification.sweep import run_sweep
+
+    return run_sweep().summary()
