@@ -242,6 +242,7 @@ class Instance:
         )
         proc.stdin.write(json.dumps([domains, mailboxes]))
         proc.stdin.close()
+        proc.stdin = None  # communicate() would flush the closed pipe and raise ValueError
         return proc
 
     def start(self) -> None:
