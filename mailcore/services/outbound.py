@@ -15,7 +15,7 @@ from django.utils import timezone
 
 from mailcore.addresses import AddressError, domain_of, normalize_address
 from mailcore.delivery import dsn
-from mailcore.models import Message, QueueItem, QueueState, Transport, Verification
+from mailcore.models import Alias, Message, QueueItem, QueueState, Transport, Verification
 from mailcore.models.message import new_queue_id
 from mailcore.services import accounts, inbound
 from mailcore.store import message_store
@@ -124,6 +124,20 @@ def check_submission_recipient(address: str) -> str:
     if r.local_domain and not r.exists:
         raise SubmissionError(f"unknown local recipient {address}", "550 5.1.1 No such mailbox here")
     return address
+
+
+def may_send_as(user: str, sender: str) -> bool:
+    """Whether the mailbox `user` may use `sender` as reverse-path: itself, or an alias that points at it.
+
+    A catch-all does not count: owning `@domain` mail does not make every address of it yours.
+    """
+    if not sender:
+        return False  # a null reverse-path is for notifications, which users do not send
+    try:
+        user, sender = normalize_address(user), normalize_address(sender)
+    except AddressError:
+        return False
+    return sender == user or Alias.objects.filter(source=sender, target=user).exists()
 
 
 def submit(submission: Submission, content: bytes) -> SubmissionReceipt:
