@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 from django import forms
 from django.contrib.auth import password_validation
+from django.contrib.auth.models import User
 
 from mailcore.addresses import AddressError, domain_of, normalize_address, normalize_domain
 from mailcore.models import Alias, Domain, Mailbox
 
 
-def _password_user(address: str) -> SimpleNamespace:
-    # Django's UserAttributeSimilarityValidator compares against these attribute names: a mailbox
-    # password may not resemble its own address.
-    return SimpleNamespace(username=address.partition("@")[0], email=address)
+def _password_user(address: str) -> User:
+    # Django's UserAttributeSimilarityValidator compares a password with a user's attributes; an
+    # unsaved User standing for the mailbox makes it refuse passwords that resemble the address.
+    return User(username=address.partition("@")[0], email=address)
 
 
 class DomainForm(forms.ModelForm):

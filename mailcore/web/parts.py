@@ -42,6 +42,10 @@ def parse(raw: bytes) -> MessageParts:
     for name, raw_value in msg.raw_items():
         parts.headers.append((name, _header_text(name, raw_value)))
     for part in msg.walk():
+        if part.defects:
+            # RFC 2046 violations (a missing boundary, bad base64): shown so the reader knows why a part looks odd.
+            names = ", ".join(sorted({type(d).__name__ for d in part.defects}))
+            parts.problems.append(f"{part.get_content_type()} part is malformed ({names})")
         if part.is_multipart():
             continue
         disposition = part.get_content_disposition()
