@@ -1,0 +1,215 @@
+"""The MX under stress: SIGKILL mid-stream, 50 concurrent clients, SIGTERM, connection caps, timeouts, TLS."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import signal
+import smtplib
+import socket
+import ssl
+import subprocess
+import threading
+import time
+
+import pytest
+
+from mailcore.models import Message
+from mailcore.services.accounts import add_domain, add_mailbox
+from mailcore.smtp import replies
+from mailcore.store import message_store
+from tests import smtp_wire
+from tests.conftest import wait_for_port
+from tests.smtp_wire import RawSMTP, starts
+
+mx = smtp_wire.mx  # the fixture that starts `runsmtp`
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def b_test():
+    add_domain("b.test")
+    add_mailbox("bob@b.test", "pw")
+
+
+def message(tag: str) -> bytes:
+    return f"From: alice@remote.test\r\nMessage-ID: <{tag}@remote.test>\r\nSubject: {tag}\r\n\r\n".encode() + b"line\r\n" * 200
+
+
+def test_sigkill_mid_stream_loses_nothing_acknowledged(mx, b_test, mail_store):
+    server = mx()
+    acknowledged: list[str] = []
+    stop = threading.Event()
+
+    def client(n: int) -> None:
+        i = 0
+        while not stop.is_set():
+            try:
+                with smtplib.SMTP("127.0.0.1", server.port, timeout=5) as c:
+                    while not stop.is_set():
+                        tag = f"c{n}m{i}"
+                        i += 1
+                        c.sendmail("alice@remote.test", ["bob@b.test"], message(tag))
+                        acknowledged.append(tag)
+            except (OSError, smtplib.SMTPException):
+                time.sleep(0.01)
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    time.sleep(1.5)
+    server.proc.kill()  # SIGKILL: no chance to clean up
+    server.proc.wait()
+    stop.set()
+    for t in threads:
+        t.join()
+    assert len(acknowledged) > 10
+
+    restarted = mx()
+    subjects = list(Message.objects.values_list("subject", flat=True))
+    for tag in acknowledged:
+        assert subjects.count(tag) == 1, tag
+    for row in Message.objects.all():
+        body = message_store().read(row.body_ref)
+        assert hashlib.sha256(body).hexdigest() == row.sha256 and len(body) == row.size
+    leftovers = [f for _r, _d, fs in os.walk(mail_store) for f in fs if f.startswith(".tmp-")]
+    assert leftovers == []
+    with smtplib.SMTP("127.0.0.1", restarted.port) as c:
+        c.sendmail("alice@remote.test", ["bob@b.test"], message("after-restart"))
+
+
+def test_fifty_clients_twenty_messages_each(mx, b_test):
+    server = mx(MAIL_SMTP_MAX_CONNECTIONS_PER_CLIENT="100")
+    errors: list[BaseException] = []
+
+    def client(n: int) -> None:
+        try:
+            with smtplib.SMTP("127.0.0.1", server.port, timeout=60) as c:
+                for i in range(20):
+                    c.sendmail("alice@remote.test", ["bob@b.test"], message(f"c{n}m{i}"))
+        except BaseException as exc:  # reported below, with the count
+            errors.append(exc)
+
+    started = time.monotonic()
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(50)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    elapsed = time.monotonic() - started
+    assert errors == []
+    assert Message.objects.count() == 1000
+    assert len(set(Message.objects.values_list("subject", flat=True))) == 1000
+    print(f"\n50 clients x 20 messages: {elapsed:.1f} s, {1000 / elapsed:.0f} messages/s")
+
+
+def test_sigterm_lets_a_transaction_finish_and_closes_idle_sessions(mx, b_test):
+    server = mx(MAIL_SMTP_SHUTDOWN_GRACE="10")
+    busy, idle = RawSMTP(server.port), RawSMTP(server.port)
+    busy.greet()
+    idle.greet()
+    assert starts(busy.cmd("MAIL FROM:<alice@remote.test>"), replies.SENDER_OK)
+    assert starts(busy.cmd("RCPT TO:<bob@b.test>"), replies.RECIPIENT_OK)
+    server.proc.send_signal(signal.SIGTERM)
+    assert starts(idle.last(), replies.SHUTTING_DOWN)
+    assert idle.closed()
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:  # no new connections once stopping
+        try:
+            socket.create_connection(("127.0.0.1", server.port), timeout=1).close()
+            time.sleep(0.05)
+        except OSError:
+            break
+    else:
+        pytest.fail("still accepting after SIGTERM")
+    assert busy.cmd("DATA").startswith(b"354")
+    assert starts(busy.cmd(b"Subject: in flight\r\n\r\nhi\r\n."), replies.QUEUED)
+    assert starts(busy.last(), replies.SHUTTING_DOWN)
+    assert server.proc.wait(timeout=10) == 0
+    assert Message.objects.get().subject == "in flight"
+    assert "stopped" in server.output()
+
+
+def test_sigterm_grace_period_ends_stalled_sessions(mx, b_test):
+    server = mx(MAIL_SMTP_SHUTDOWN_GRACE="0.5")
+    with RawSMTP(server.port) as stalled:
+        stalled.greet()
+        assert starts(stalled.cmd("MAIL FROM:<alice@remote.test>"), replies.SENDER_OK)
+        started = time.monotonic()
+        server.proc.send_signal(signal.SIGTERM)
+        assert server.proc.wait(timeout=10) == 0
+        assert time.monotonic() - started < 5
+        assert stalled.closed()
+    assert Message.objects.count() == 0
+
+
+def test_connection_caps(mx, b_test):
+    server = mx(MAIL_SMTP_MAX_CONNECTIONS_PER_CLIENT="2")
+    time.sleep(0.3)  # the fixture's own probe connection is released
+    first, second = RawSMTP(server.port), RawSMTP(server.port)
+    first.greet()
+    second.greet()
+    with RawSMTP(server.port) as third:
+        assert starts(third.last(), replies.TOO_MANY_CONNECTIONS_FROM_CLIENT)
+        assert third.closed()
+    first.close()
+    time.sleep(0.2)
+    with RawSMTP(server.port) as again:
+        assert again.last().startswith(b"220 ")
+    second.close()
+
+    total = mx(MAIL_SMTP_MAX_CONNECTIONS="1")
+    time.sleep(0.3)
+    with RawSMTP(total.port) as one:
+        one.greet()
+        with RawSMTP(total.port) as two:
+            assert starts(two.last(), replies.TOO_MANY_CONNECTIONS)
+
+
+def test_command_and_data_timeouts(mx, b_test):
+    server = mx(MAIL_SMTP_COMMAND_TIMEOUT="0.5", MAIL_SMTP_DATA_TIMEOUT="0.5")
+    with RawSMTP(server.port) as c:
+        c.greet()
+        assert starts(c.last(), replies.TIMEOUT)
+        assert c.closed()
+    with RawSMTP(server.port) as c:
+        c.greet()
+        assert starts(c.cmd("MAIL FROM:<alice@remote.test>"), replies.SENDER_OK)
+        assert starts(c.cmd("RCPT TO:<bob@b.test>"), replies.RECIPIENT_OK)
+        assert c.cmd("DATA").startswith(b"354")
+        c.send(b"Subject: slow\r\n\r\nhalf")
+        assert starts(c.last(), replies.TIMEOUT)
+        assert c.closed()
+    assert Message.objects.count() == 0
+
+
+@pytest.fixture
+def certificate(tmp_path):
+    if shutil.which("openssl") is None:
+        pytest.fail("openssl is needed for the TLS tests")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=mx.test.example",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )
+    return str(cert), str(key)
+
+
+def test_starttls(mx, b_test, certificate):
+    cert, key = certificate
+    server = mx(MAIL_TLS_CERT=cert, MAIL_TLS_KEY=key)
+    context = ssl.create_default_context(cafile=cert)
+    context.check_hostname = False
+    with smtplib.SMTP("127.0.0.1", server.port) as c:
+        assert "starttls" in c.ehlo()[1].decode().lower()
+        assert c.starttls(context=context)[0] == 220
+        code, ehlo = c.ehlo()
+        assert "STARTTLS" not in ehlo.decode()
+        c.sendmail("alice@remote.test", ["bob@b.test"], message("secret"))
+    body = message_store().read(Message.objects.get().body_ref)
+    assert b"with ESMTPS id" in body and b"(using TLSv1.3 with cipher" in body
+    assert Message.objects.get().tls
+    wait_for_port("127.0.0.1", server.port)
