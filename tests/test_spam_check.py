@@ -13,16 +13,14 @@ from mailcore.services import accounts
 from mailcore.services.inbound import Envelope, PolicyRejection, receive
 from mailcore.spam.check import SpamRejection
 from mailcore.store import message_store
-from tests.spamd_server import GTUBE, Spamd
+from tests.spamd_server import GTUBE, shared_spamd
 
 pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture(scope="session")
 def spamd():
-    server = Spamd().start()
-    yield server
-    server.stop()
+    return shared_spamd()
 
 
 @pytest.fixture
