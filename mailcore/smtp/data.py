@@ -74,11 +74,14 @@ class DataReceiver:
             return DataOutcome(None, problem, self.received)
         # RFC 5321 §4.5.2: the first "." of every line that starts with one is removed.
         content = raw.replace(b"\r\n.", b"\r\n")[2:]
+        # RFC 5321 §4.5.3.1.6, counted without the dot that stuffing adds on the wire.
+        if len(content) > MAX_LINE_OCTETS and max(map(len, content.split(b"\r\n"))) > MAX_LINE_OCTETS:
+            return DataOutcome(None, replies.DATA_LINE_TOO_LONG, self.received)
         return DataOutcome(content, None, self.received)
 
 
 def check_content(raw: bytes) -> Reply | None:
-    """Refuse what a CRLF-only, line-limited, 8-bit (RFC 6152 §3: no NUL) channel cannot carry.
+    """Refuse what a CRLF-only, 8-bit (RFC 6152 §3: no NUL) channel cannot carry.
 
     Bare LF and bare CR are refused rather than repaired: a receiver that reads them as line ends
     where another does not is how SMTP smuggling works.
@@ -88,9 +91,6 @@ def check_content(raw: bytes) -> Reply | None:
     crlf = raw.count(b"\r\n")
     if raw.count(b"\n") != crlf or raw.count(b"\r") != crlf:
         return replies.DATA_BARE_LF
-    # +1: a line may carry one stuffed dot on the wire.
-    if len(raw) > MAX_LINE_OCTETS and max(map(len, raw.split(b"\r\n"))) > MAX_LINE_OCTETS + 1:
-        return replies.DATA_LINE_TOO_LONG
     return None
 
 

@@ -1,0 +1,89 @@
+"""The DATA form in both directions, without a socket: end detection, unstuffing, limits, dot-stuffing."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from mailcore.smtp import replies
+from mailcore.smtp.data import DataReceiver, DotStuffer, dot_stuff
+from mailcore.smtp.replies import Reply
+
+
+def receive(wire: bytes, chunk: int, max_size: int = 10_000) -> DataReceiver:
+    receiver = DataReceiver(max_size)
+    for i in range(0, len(wire), chunk):
+        if receiver.feed(wire[i:i + chunk]):
+            break
+    return receiver
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 3, 5, 7, 64, 100_000])
+def test_end_of_data_found_across_any_chunking(chunk):
+    wire = b"Subject: x\r\n\r\n..dot\r\n.\r\nQUIT\r\n"
+    receiver = receive(wire, chunk)
+    assert receiver.done
+    assert receiver.outcome().content == b"Subject: x\r\n\r\n.dot\r\n"
+    # What came after the final dot is left for the command loop (pipelining).
+    assert b"QUIT\r\n".startswith(receiver.leftover)
+
+
+def test_empty_message_and_leading_dot_on_the_first_line():
+    assert receive(b".\r\n", 1).outcome().content == b""
+    assert receive(b"..x\r\n.\r\n", 2).outcome().content == b".x\r\n"
+
+
+def test_size_limit_stops_buffering_and_gives_up_on_an_endless_body():
+    receiver = DataReceiver(max_size=100)
+    for _ in range(10):
+        receiver.feed(b"x" * 98 + b"\r\n")
+    assert receiver.too_big and len(receiver._buffer) <= 4 + 100
+    receiver.feed(b".\r\n")
+    assert receiver.done and receiver.outcome().problem == replies.DATA_TOO_BIG
+    endless = DataReceiver(max_size=100, abandon_after=1000)
+    for _ in range(20):
+        endless.feed(b"y" * 98 + b"\r\n")
+    assert endless.abandoned
+
+
+@pytest.mark.parametrize(
+    "body, problem",
+    [
+        (b"a\nb\r\n", replies.DATA_BARE_LF),
+        (b"a\rb\r\n", replies.DATA_BARE_LF),
+        (b"a\x00b\r\n", replies.DATA_NUL),
+        (b"y" * 999 + b"\r\n", replies.DATA_LINE_TOO_LONG),
+        (b"y" * 998 + b"\r\n", None),
+        (b"." + b"y" * 998 + b"\r\n", None),  # a stuffed dot does not count (RFC 5321 §4.5.3.1.6)
+    ],
+)
+def test_content_checks(body, problem: Reply | None):
+    assert receive(body + b".\r\n", 4096).outcome().problem == problem
+
+
+def test_dot_stuffing_round_trip_across_chunks():
+    content = b".start\r\nmid\r\n.\r\n..x\r\nbare\nlf\r\nlast"
+    for size in (1, 2, 3, 7, 1000):
+        stuffer = DotStuffer()
+        wire = b"".join(stuffer.feed(content[i:i + size]) for i in range(0, len(content), size)) + stuffer.finish()
+        assert wire == b"..start\r\nmid\r\n..\r\n...x\r\nbare\r\nlf\r\nlast\r\n.\r\n", size
+        assert receive(wire, size).outcome().content == content.replace(b"bare\n", b"bare\r\n") + b"\r\n"
+
+
+def test_dot_stuff_of_a_body_ending_in_crlf_adds_only_the_dot():
+    assert dot_stuff(b"a\r\n") == b"a\r\n.\r\n"
+    assert dot_stuff(b"") == b".\r\n"
+
+
+def test_reading_is_linear_in_the_message_size():
+    line = b"x" * 76 + b"\r\n"
+    timings = []
+    for lines in (20_000, 160_000):
+        wire = line * lines + b".\r\n"
+        started = time.perf_counter()
+        receiver = receive(wire, 256 * 1024, max_size=len(wire))
+        assert receiver.outcome().content is not None
+        timings.append(time.perf_counter() - started)
+    # Eight times the data may take about eight times as long, never sixty-four.
+    assert timings[1] < timings[0] * 24 + 0.05
