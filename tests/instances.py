@@ -329,7 +329,8 @@ class InstancePair:
     a: Instance
     b: Instance
     dns: TestDNSServer
-    smtp_port: int  # MAIL_REMOTE_SMTP_PORT of both; free on PEER_ADDRESS too
+    smtp_port: int  # MAIL_REMOTE_SMTP_PORT of both; free on `peer_address` too
+    peer_address: str = PEER_ADDRESS  # where a scripted third server may listen on `smtp_port`
 
     def __iter__(self):
         return iter((self.a, self.b))

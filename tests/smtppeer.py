@@ -53,10 +53,14 @@ class ScriptedPeer:
                 self._server = self._loop.run_until_complete(asyncio.start_server(self._session, host, port))
             except OSError as exc:
                 errors.append(exc)
+                self._loop.close()
                 ready.set()
                 return
             ready.set()
-            self._loop.run_forever()
+            try:
+                self._loop.run_forever()
+            finally:
+                self._loop.close()
 
         self._thread = threading.Thread(target=run, daemon=True)
         self._thread.start()
