@@ -23,7 +23,7 @@ class ScriptedOrigin:
     550); an id in `hang_after` keeps the connection open, silent, after its answer."""
 
     def __init__(self, answers: dict[str, bytes] | None = None, keywords=("PIPELINING", "SOURCE"), host="127.0.0.1",
-                 name="mx.origin.test", hang_after=(), pipeline_wait: float = 0.0, tls=None):
+                 name="mx.origin.test", hang_after=(), pipeline_wait: float = 0.0, tls=None, answer_delay: float = 0.0):
         self.answers = answers or {}
         self.keywords = list(keywords)
         self.host = host
@@ -33,6 +33,9 @@ class ScriptedOrigin:
         self.tls = tls  # an ssl.SSLContext: offer STARTTLS (RFC 3207)
         self.commands_under_tls: list[str] = []
         self.connections = 0
+        self.answer_delay = answer_delay
+        self.active = 0
+        self.max_active = 0  # the most connections open at once
         self.buffered_before_first_answer = b""
         self.commands: list[str] = []
         self.closed_by_client = threading.Event()
@@ -64,6 +67,8 @@ class ScriptedOrigin:
 
     async def _session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
+        self.active += 1
+        self.max_active = max(self.max_active, self.active)
         try:
             writer.write(f"220 {self.name} ESMTP\r\n".encode())
             secure = False
@@ -82,6 +87,7 @@ class ScriptedOrigin:
                     lines = [self.name, *self.keywords, *(["STARTTLS"] if self.tls and not secure else [])]
                     writer.write("".join(f"250{'-' if i < len(lines) - 1 else ' '}{text}\r\n" for i, text in enumerate(lines)).encode())
                 elif verb == "GET":
+                    await asyncio.sleep(self.answer_delay)
                     if self.pipeline_wait:
                         # Let every pipelined GET arrive before the first answer, so the test can see them together.
                         await asyncio.sleep(self.pipeline_wait)
@@ -110,4 +116,5 @@ class ScriptedOrigin:
         except (ConnectionError, asyncio.CancelledError):
             self.closed_by_client.set()
         finally:
+            self.active -= 1
             writer.close()

@@ -29,6 +29,7 @@ def dns():
         {
             "a.test": {"MX": [(10, "mx.a.test")]},
             "mx.a.test": {"A": ["127.0.0.1"]},
+            "c.test": {"MX": [(10, "mx.a.test")]},
             "nullmx.test": {"MX": [(0, ".")]},
             "noorigin.test": {"MX": [(10, "mx.noorigin.test")]},
             "mx.noorigin.test": {"A": ["127.0.0.1"]},
@@ -174,6 +175,19 @@ def test_one_connection_for_all_ids_of_a_domain(receiver):
     assert sorted(c for c in origin.commands if c.startswith("GET")) == [f"GET {i}" for i in (ID1, ID2, ID3)]
     assert report.tally() == {"verified": 3}
     assert len(bobs_copies()) == 3
+
+
+@pytest.mark.parametrize("limit", [1, 2])
+def test_per_host_concurrency_limit_across_sender_domains(receiver, limit):
+    # a.test and c.test share one origin host: at most `limit` connections to it at once.
+    receiver.MAIL_CALLBACK_HOST_CONCURRENCY = limit
+    announce(ID1)
+    announce(ID2, mail_from="carol@c.test")
+    answers = {ID1: body_reply(ID1, ALIGNED), ID2: body_reply(ID2, ALIGNED.replace(b"alice@a.test", b"carol@c.test"))}
+    with origin_for(receiver, answers, answer_delay=0.3) as origin:
+        report = run_sweep()
+    assert report.tally() == {"verified": 2}
+    assert origin.connections == 2 and origin.max_active == limit
 
 
 def test_origin_without_source_is_temporary(receiver):
