@@ -10,6 +10,7 @@ import logging
 from dataclasses import dataclass, field, replace
 from email.parser import BytesHeaderParser
 from email.utils import format_datetime, parseaddr
+from typing import TYPE_CHECKING
 
 from django.conf import settings
 from django.db import transaction
@@ -20,6 +21,9 @@ from mailcore.models import Delivery, DeliveryState, Message, Transport, Unverif
 from mailcore.models.message import new_queue_id
 from mailcore.services import accounts
 from mailcore.store import message_store
+
+if TYPE_CHECKING:
+    from mailcore.spam.check import SpamVerdict
 
 log = logging.getLogger("mailcore.inbound")
 
@@ -144,12 +148,15 @@ def summary_headers(content: bytes) -> tuple[str, str]:
         return "", ""
 
 
-def receive(envelope: Envelope, content: bytes) -> Receipt:
+def receive(envelope: Envelope, content: bytes, spam: SpamVerdict | None = None) -> Receipt:
     """Store `content` once and deliver it to the local recipients of `envelope`.
 
     Unverified mail follows each recipient domain's policy: accept, quarantine, or reject. Raises
     PolicyRejection when every recipient rejects it, so that DATA can answer 550 before anything
     is stored. Returns only after the body is durable and the rows are committed.
+
+    `spam`: a verdict from `mailcore.spam.check.check` made beforehand, by a caller that holds a
+    transaction and must not wait for spamd inside it; otherwise the check is made here.
     """
     queue_id = new_queue_id()
     unverified = envelope.verification != Verification.VERIFIED
@@ -172,7 +179,8 @@ def receive(envelope: Envelope, content: bytes) -> Receipt:
     # raises SpamRejection (a PolicyRejection) when every recipient's domain refuses it.
     from mailcore.spam import check as spam_check
 
-    spam = spam_check.check(envelope, trace_headers(envelope, queue_id) + content, [r.address for r in routes], queue_id)
+    if spam is None:
+        spam = spam_check.check(envelope, trace_headers(envelope, queue_id) + content, [r.address for r in routes], queue_id)
     envelope = replace(envelope, spam_result=spam.auth_result())
     content = trace_headers(envelope, queue_id) + spam.headers() + content
     body = message_store().put(content)
