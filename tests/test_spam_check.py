@@ -11,7 +11,7 @@ import pytest
 from mailcore.models import Delivery, DeliveryState, Domain, Message, SpamStatus, Transport, Verification
 from mailcore.services import accounts
 from mailcore.services.inbound import Envelope, PolicyRejection, receive
-from mailcore.spam.check import SpamRejection
+from mailcore.spam.check import SpamRejection, check
 from mailcore.store import message_store
 from tests.spamd_server import GTUBE, shared_spamd
 
@@ -236,3 +236,24 @@ def test_message_above_the_size_limit_is_skipped_and_delivered(spam_on, settings
     assert receipt.delivered == ["alice@a.test"]
     assert Message.objects.get(pk=receipt.message.pk).spam_status == SpamStatus.SKIPPED
     assert "\r\nX-Spam-Status: Skipped, larger than 1000 octets\r\n" in head_of(stored(receipt))
+
+
+def test_verdict_made_beforehand_is_used_by_receive_without_asking_spamd_again(spam_on, settings, alice):
+    # A caller inside a transaction (the GET pull) scores first, then receives with the verdict.
+    envelope = by_data(["Alice@A.Test"])
+    verdict = check(envelope, SPAM)
+    assert verdict.status == SpamStatus.SCORED and verdict.quarantines("alice@a.test")
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        settings.MAIL_SPAMD = closed.getsockname()  # a second check would be unscored
+        receipt = receive(envelope, SPAM, spam=verdict)
+    assert receipt.quarantined == ["alice@a.test"]
+    msg = Message.objects.get(pk=receipt.message.pk)
+    assert (msg.spam_status, msg.spam_score) == (SpamStatus.SCORED, verdict.score)
+    assert Delivery.objects.get(message=msg).reason == "spam"
+
+
+def test_refusal_made_beforehand_is_raised_before_any_transaction(spam_on, alice):
+    thresholds(reject=500.0)
+    with pytest.raises(SpamRejection, match="refused as spam"):
+        check(by_data(), SPAM)

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from django.conf import settings
 
-from mailcore.addresses import domain_of
+from mailcore.addresses import AddressError, domain_of, normalize_address
 from mailcore.models import Domain, SpamStatus, Transport, Verification
 from mailcore.services.inbound import Envelope, PolicyRejection
 from mailcore.spam.policy import SpamAction, Thresholds, decide
@@ -54,7 +54,7 @@ class SpamVerdict:
     announce: bool = True  # False: no X-Spam headers (the check is off or does not apply)
 
     def quarantines(self, address: str) -> bool:
-        return self.actions.get(address, SpamAction.DELIVER) != SpamAction.DELIVER
+        return self.actions.get(_normalized(address), SpamAction.DELIVER) != SpamAction.DELIVER
 
     @property
     def is_spam(self) -> bool:
@@ -123,19 +123,31 @@ def configured_client() -> SpamdClient | None:
     return SpamdClient(host, port, settings.MAIL_SPAMD_TIMEOUT)
 
 
+def _normalized(address: str) -> str:
+    try:
+        return normalize_address(address)
+    except AddressError:
+        return address
+
+
 def recipient_thresholds(recipients: list[str]) -> dict[str, Thresholds]:
+    recipients = [_normalized(rcpt) for rcpt in recipients]
     names = {domain_of(rcpt) for rcpt in recipients}
     by_name = {d.name: Thresholds.of_domain(d) for d in Domain.objects.filter(name__in=names)}
     return {rcpt: by_name.get(domain_of(rcpt), Thresholds()) for rcpt in recipients}
 
 
-def check(envelope: Envelope, content: bytes, recipients: list[str], queue_id: str = "") -> SpamVerdict:
+def check(envelope: Envelope, content: bytes, recipients: list[str] | None = None, queue_id: str = "") -> SpamVerdict:
     """Score `content` and decide for each local recipient; raises SpamRejection when all refuse it.
 
     Runs before the body is stored, so that a refusal is still a 550 to DATA. spamd down, slow
     or confused never loses mail: the message is accepted as unscored, and the log says why.
-    Returns within MAIL_SPAMD_TIMEOUT seconds (plus a database lookup).
+    Returns within MAIL_SPAMD_TIMEOUT seconds (plus a database lookup), so a caller that holds
+    a transaction (a row lock, SQLite's write lock) should call it first and hand the verdict
+    to `inbound.receive(..., spam=verdict)`. `recipients` defaults to the envelope's.
     """
+    if recipients is None:
+        recipients = list(envelope.rcpt_tos)
     client = configured_client()
     if client is None:
         return SpamVerdict(SpamStatus.SKIPPED, note="spam check off", announce=False)
