@@ -1,0 +1,41 @@
+"""Per-domain spam thresholds: reading and changing them for the operator (issue 9)."""
+
+from __future__ import annotations
+
+import math
+
+from mailcore.models import Domain
+from mailcore.services.accounts import AccountError, get_domain, list_domains
+
+# `reject=KEEP` leaves the reject score as it is; None switches refusing off.
+KEEP = object()
+
+
+def _score(value: float, what: str) -> float:
+    if not math.isfinite(value):
+        raise AccountError(f"{what} must be a finite number, not {value}")
+    return value
+
+
+def set_thresholds(name: str, *, verified: float | None = None, unverified: float | None = None, reject=KEEP) -> Domain:
+    domain = get_domain(name)
+    if verified is not None:
+        domain.spam_threshold_verified = _score(verified, "the verified threshold")
+    if unverified is not None:
+        domain.spam_threshold_unverified = _score(unverified, "the unverified threshold")
+    if reject is not KEEP:
+        domain.spam_reject_score = None if reject is None else _score(reject, "the reject score")
+    domain.save(update_fields=["spam_threshold_verified", "spam_threshold_unverified", "spam_reject_score"])
+    return domain
+
+
+def thresholds_of(name: str | None = None) -> list[Domain]:
+    return [get_domain(name)] if name else list(list_domains())
+
+
+def describe(domain: Domain) -> str:
+    reject = "off" if domain.spam_reject_score is None else f"{domain.spam_reject_score:g}"
+    return (
+        f"{domain.name}\tverified={domain.spam_threshold_verified:g}"
+        f"\tunverified={domain.spam_threshold_unverified:g}\treject={reject}"
+    )
