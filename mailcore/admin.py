@@ -7,6 +7,7 @@ from django.contrib.admin.utils import unquote
 from django.core.exceptions import PermissionDenied
 from django.http import Http404, HttpResponseRedirect
 from django.shortcuts import get_object_or_404
+from django.template.defaultfilters import filesizeformat
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html
@@ -28,6 +29,9 @@ class MailAdminSite(admin.AdminSite):
     site_title = "Mail server"
     index_title = "Dashboard"
     index_template = "admin/mail_dashboard.html"
+    # The console's own navigation bar (templates/admin/base_site.html) replaces the model sidebar,
+    # which would squeeze the wide quarantine and queue lists.
+    enable_nav_sidebar = False
 
     def index(self, request, extra_context=None):
         extra_context = {**(extra_context or {}), **dashboard.context()}
@@ -283,9 +287,9 @@ class DeliveryStateFilter(admin.SimpleListFilter):
 class DeliveryAdmin(admin.ModelAdmin):
     """The quarantine (and every other delivery, by the state filter)."""
 
-    list_display = ["id", "mailbox", "envelope_sender", "header_from", "recipients", "subject", "size", "received_at",
+    list_display = ["mailbox", "envelope_sender", "header_from", "recipients", "subject", "size", "received_at",
                     "client_address", "reason", "state", "row_actions"]
-    list_display_links = ["id", "subject"]
+    list_display_links = ["subject"]
     list_filter = [DeliveryStateFilter, "mailbox__domain", "mailbox", "reason", "delivered_at"]
     search_fields = ["mailbox__address", "message__queue_id", "message__mail_from", "message__header_from", "message__subject",
                      "message__client_address", "uid"]
@@ -293,6 +297,7 @@ class DeliveryAdmin(admin.ModelAdmin):
     actions = ["release_selected", "delete_selected_held"]
     list_select_related = ["message", "mailbox"]
     list_per_page = 50
+    ordering = ["-delivered_at", "-id"]
 
     def has_add_permission(self, request):
         return False
@@ -308,6 +313,12 @@ class DeliveryAdmin(admin.ModelAdmin):
             path("<int:delivery_id>/delete/", view(require_POST(self.delete_view_held)), name="mailcore_delivery_delete"),
             *super().get_urls(),
         ]
+
+    def get_list_display(self, request):
+        # In the quarantine every row is held: the state column only matters in the other views.
+        if request.GET.get("state", "quarantined") == "quarantined":
+            return [name for name in self.list_display if name != "state"]
+        return self.list_display
 
     def changelist_view(self, request, extra_context=None):
         title = "Quarantine" if request.GET.get("state", "quarantined") == "quarantined" else "Deliveries"
@@ -338,7 +349,7 @@ class DeliveryAdmin(admin.ModelAdmin):
 
     @admin.display(description="size", ordering="message__size")
     def size(self, obj):
-        return obj.message.size
+        return filesizeformat(obj.message.size)
 
     @admin.display(description="received", ordering="message__received_at")
     def received_at(self, obj):
