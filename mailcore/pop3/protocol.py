@@ -379,7 +379,9 @@ class Pop3Session:
         # RFC 2595 §4 (and the STARTTLS command-injection bugs): anything the client pipelined
         # after STLS arrived in plaintext and must not be read as if it came through TLS.
         self.reader._buffer.clear()  # noqa: SLF001 - asyncio offers no public way to drop buffered input
-        await self.send(TLS_GO)
+        # No await between the +OK and start_tls: the loop would otherwise read the client's
+        # ClientHello into the plaintext buffer, where the TLS layer never sees it.
+        self.writer.write(f"{TLS_GO}\r\n".encode("ascii"))
         await self.writer.start_tls(
             self.server.tls_context, ssl_handshake_timeout=self.config.tls_handshake_timeout
         )
