@@ -534,8 +534,8 @@ class MailboxLockAdmin(ReadOnlyAdmin):
 
 
 def adopt_default_registrations() -> None:
-    """Show what other apps registered on Django's default site (users, groups, django-q2) on ours too."""
+    """Show what was registered on Django's default site (users, groups, django-q2, other modules) on ours too."""
     for model, model_admin in admin.site._registry.items():
-        if model._meta.app_label != "mailcore" and not site.is_registered(model):
+        if not site.is_registered(model):
             site.register(model, type(model_admin))
 
