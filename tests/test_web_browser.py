@@ -7,6 +7,7 @@ import shutil
 
 import pytest
 from django.contrib.auth.models import User
+from django.test import Client
 
 from mailcore.models import Delivery, DeliveryState
 from tests import web_data as w
@@ -90,10 +91,19 @@ def test_admin_releases_a_quarantined_message_in_a_browser_and_pop3_serves_it(se
         finally:
             browser.close()
 
-    delivery = Delivery.objects.get(message=held)
-    assert delivery.state == DeliveryState.INBOX
+    # (The ORM is used only outside the Playwright block: its sync API runs an event loop, in
+    # which Django refuses synchronous queries.)
+    assert Delivery.objects.get(message=held).state == DeliveryState.INBOX
+    # The released message is now in alice's maildrop, exactly once.
     assert pop3_subjects(pop3_port, "alice@a.test", w.PASSWORD) == ["Quarterly invoice"]
     assert Delivery.objects.get(message__subject="Someone else's mail").state == DeliveryState.QUARANTINED
+
+    # And its trace tells the whole story, the POP3 retrieval included.
+    client = Client()
+    client.force_login(User.objects.get(username="admin"))
+    timeline = client.get(f"/admin/mailcore/message/{held.pk}/trace/").content.decode()
+    for event in ("quarantined for alice@a.test", "released to the inbox of alice@a.test", "retrieved by POP3 from alice@a.test"):
+        assert event in timeline, event
 
 
 @pytest.mark.django_db(transaction=True)
