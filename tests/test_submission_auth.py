@@ -178,23 +178,34 @@ def test_auth_before_tls_off_loopback_gets_538(submission):
     raw.close()
 
 
-def test_auth_after_starttls(submission, tmp_path):
+def test_auth_after_starttls_and_on_implicit_tls(server_factory, accounts_a, tmp_path):
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     subprocess.run(
         ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=mx.a.test",
          "-keyout", str(key), "-out", str(cert)],
         check=True, capture_output=True,
     )
-    port = submission(MAIL_SUBMISSION_PLAINTEXT_AUTH="never", MAIL_TLS_CERT=str(cert), MAIL_TLS_KEY=str(key))
+    port, tls_port = free_port(), free_port()
+    server_factory(
+        "runsubmission", "--bind", f"127.0.0.1:{port}", "--tls-bind", f"127.0.0.1:{tls_port}", wait=("127.0.0.1", port),
+        MAIL_HOSTNAME="mx.a.test", MAIL_SUBMISSION_PLAINTEXT_AUTH="never", MAIL_TLS_CERT=str(cert), MAIL_TLS_KEY=str(key),
+    )
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
     with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
         client.ehlo("client.a.test")
         assert "auth" not in client.esmtp_features
-        context = ssl.create_default_context()
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
         client.starttls(context=context)
         client.ehlo("client.a.test")
         client.login("alice@a.test", "alice-pw")
         client.sendmail("alice@a.test", ["carol@a.test"], PLAIN_MESSAGE)
-    [body] = stored("carol@a.test")
-    assert "with ESMTPSA" in email.message_from_bytes(body)["Received"]
+    # The port-465 role: TLS from the first byte (RFC 8314 §3.3), AUTH offered, no STARTTLS.
+    with smtplib.SMTP_SSL("127.0.0.1", tls_port, timeout=10, context=context) as client:
+        client.ehlo("client.a.test")
+        assert "starttls" not in client.esmtp_features
+        client.login("alice@a.test", "alice-pw")
+        client.sendmail("alice@a.test", ["carol@a.test"], PLAIN_MESSAGE)
+    bodies = stored("carol@a.test")
+    assert len(bodies) == 2
+    assert all("with ESMTPSA" in email.message_from_bytes(body)["Received"] for body in bodies)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import ssl
 import time
 from collections import Counter, defaultdict, deque
 from collections.abc import Callable
@@ -104,9 +105,14 @@ class Listener:
         registry: ConnectionRegistry,
         grace: float,
         on_stopped: Callable[[], None] | None = None,
+        tls_binds: list[tuple[str, int]] = (),
+        tls_context: ssl.SSLContext | None = None,
     ):
         self.name = name
         self.binds = binds
+        # Implicit TLS (RFC 8314 §3.3, the port-465 role): TLS from the first byte on these binds.
+        self.tls_binds = list(tls_binds) if tls_context is not None else []
+        self.tls_context = tls_context
         self.protocol_factory = protocol_factory
         self.registry = registry
         self.grace = grace
@@ -119,11 +125,11 @@ class Listener:
             loop.add_signal_handler(sig, self.stop_requested.set)
         servers = []
         try:
-            for host, port in self.binds:
-                server = await loop.create_server(self.protocol_factory, host, port, reuse_address=True, backlog=512)
+            for (host, port), tls in [*((b, None) for b in self.binds), *((b, self.tls_context) for b in self.tls_binds)]:
+                server = await loop.create_server(self.protocol_factory, host, port, reuse_address=True, backlog=512, ssl=tls)
                 servers.append(server)
                 shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-                log.info("%s listening on %s", self.name, shown)
+                log.info("%s listening on %s%s", self.name, shown, " (implicit TLS)" if tls else "")
             await self.stop_requested.wait()
             log.info("%s stopping: no new connections, %d session(s) open", self.name, len(self.registry.sessions))
         finally:

@@ -166,9 +166,17 @@ class SubmissionSMTP(InboundSMTP):
 
     def ehlo_keywords(self) -> list[str]:
         keywords = super().ehlo_keywords()
+        if self.tls_active():  # implicit TLS: nothing to start
+            keywords = [k for k in keywords if k != "STARTTLS"]
         if self.auth_allowed():
             keywords.append("AUTH PLAIN LOGIN")  # RFC 4954 §3
         return keywords
+
+    async def smtp_STARTTLS(self, arg: str | None) -> None:
+        if self.tls_active():
+            await self.reply(replies.TLS_ALREADY_ACTIVE)
+            return
+        await super().smtp_STARTTLS(arg)
 
     def unverified_policy_applies(self) -> bool:
         # Mail from an authenticated local user is verified by construction.

@@ -20,16 +20,25 @@ class Command(BaseCommand):
         parser.add_argument(
             "--bind", action="append", metavar="HOST:PORT", help="Listen here instead of MAIL_SUBMISSION_BIND (repeatable)."
         )
+        parser.add_argument(
+            "--tls-bind",
+            action="append",
+            metavar="HOST:PORT",
+            help="Implicit TLS here (the port-465 role) instead of MAIL_SUBMISSION_TLS_BIND; needs MAIL_TLS_CERT/KEY.",
+        )
 
     def handle(self, *args, **options):
         try:
             binds = parse_binds(",".join(options["bind"])) if options["bind"] else settings.MAIL_SUBMISSION_BIND
+            tls_binds = parse_binds(",".join(options["tls_bind"])) if options["tls_bind"] else settings.MAIL_SUBMISSION_TLS_BIND
         except ValueError as exc:
             raise CommandError(str(exc)) from None
-        asyncio.run(serve_submission(binds))
+        if tls_binds and not (settings.MAIL_TLS_CERT and settings.MAIL_TLS_KEY):
+            raise CommandError("runsubmission: implicit TLS needs MAIL_TLS_CERT and MAIL_TLS_KEY")
+        asyncio.run(serve_submission(binds, tls_binds))
 
 
-async def serve_submission(binds: list[tuple[str, int]]) -> None:
+async def serve_submission(binds: list[tuple[str, int]], tls_binds: list[tuple[str, int]] = ()) -> None:
     config = SMTPConfig.from_settings()
     handler = SubmissionHandler()
     registry = ConnectionRegistry.from_settings()
@@ -41,5 +50,7 @@ async def serve_submission(binds: list[tuple[str, int]]) -> None:
         registry,
         grace=settings.MAIL_SMTP_SHUTDOWN_GRACE,
         on_stopped=handler.close,
+        tls_binds=tls_binds,
+        tls_context=config.tls_context,
     )
     await listener.serve()
