@@ -133,3 +133,29 @@ def test_greeting_554_moves_on_to_the_next_host(start_peer):
 def test_dot_stuffing():
     assert dot_stuffed(b"a\r\n.b\r\n..c\n") == b"a\r\n..b\r\n...c\r\n.\r\n"
     assert dot_stuffed(b"no final newline") == b"no final newline\r\n.\r\n"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_opportunistic_starttls_against_the_real_mx(server_factory, tmp_path):
+    """STARTTLS when offered (RFC 3207), EHLO again, then the message; B's trace says ESMTPS."""
+    import subprocess
+
+    from mailcore.models import Delivery
+    from mailcore.services import accounts
+    from mailcore.store import message_store
+
+    accounts.add_domain("b.test")
+    accounts.add_mailbox("bob@b.test", "pw")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=mx.b.test",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )
+    port = free_port()
+    server_factory("runsmtp", "--bind", f"127.0.0.1:{port}", wait=("127.0.0.1", port), MAIL_TLS_CERT=str(cert), MAIL_TLS_KEY=str(key))
+    [result] = deliver(port, [message("bob@b.test")], timeout=10)["Q1"]
+    assert result.delivered, result.reply
+    [delivery] = Delivery.objects.filter(mailbox__address="bob@b.test").select_related("message")
+    stored = message_store().read(delivery.message.body_ref)
+    assert b"with ESMTPS" in stored and stored.endswith(BODY)

@@ -245,3 +245,16 @@ def test_missing_headers_are_added(settings):
     assert out.endswith(b"Subject: x\r\n\r\nbody\r\n")
     kept = b"Date: Mon, 1 Jan 2024 00:00:00 +0000\r\nMessage-ID: <x@y>\r\n\r\nb\r\n"
     assert outbound.add_missing_headers(kept, "a@b") == kept
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    "stage,how,reason", [("greeting", "garbage", "garbage"), ("mail", "stall", "timeout"), ("data-body", "close", "closed")]
+)
+def test_a_misbehaving_server_is_a_deferral_with_the_reason(alice, remote, settings, stage, how, reason):
+    settings.MAIL_SMTP_CLIENT_TIMEOUT = 0.5
+    remote.misbehave = {stage: how}
+    submit("bob@remote.test")
+    assert run("remote.test").deferred == 1
+    item = QueueItem.objects.get()
+    assert item.state == QueueState.DEFERRED and reason in item.last_reply and "mx.remote.test[127.0.0.1]" in item.last_reply
