@@ -65,6 +65,7 @@ class OutboundMessage:
     mail_from: str
     recipients: list[str]
     content: bytes
+    message_id: int | None = None  # the stored Message, for a transfer that must refer to it (SOURCE)
 
     @property
     def eight_bit(self) -> bool:

@@ -113,7 +113,7 @@ class DomainRun:
             for start in range(0, len(group), MAX_RECIPIENTS_PER_TRANSACTION):
                 chunk = group[start : start + MAX_RECIPIENTS_PER_TRANSACTION]
                 key = f"{message.queue_id}/{start}"
-                messages.append(OutboundMessage(key, message.mail_from, [i.recipient for i in chunk], content))
+                messages.append(OutboundMessage(key, message.mail_from, [i.recipient for i in chunk], content, message.pk))
                 owners[key] = [(i.recipient, i) for i in chunk]
         return messages, owners, outcomes
 
