@@ -37,17 +37,17 @@ def deliver_due() -> list[str]:
     return domains
 
 
-def register_schedules(schedule_model=None) -> None:
-    """Create or update the queue sweep schedule; safe to run any number of times.
+def register_schedules() -> None:
+    """Create or update the queue sweep schedule; safe to run any number of times (after every migrate).
 
     `schedule()` raises on a duplicate name, so the row is written with update_or_create. The
     scheduler wakes every 30 s, so the sweep's granularity is a minute at best: fast reactions
-    (a message just queued) are tasks enqueued on commit, not this schedule. A migration passes
-    its historical model; everyone else gets django-q2's.
+    (a message just queued) are tasks enqueued on commit, not this schedule; each item keeps its
+    own due time (`next_attempt_at`) and is retried at the first sweep after it.
     """
-    if schedule_model is None:
-        from django_q.models import Schedule as schedule_model
-    schedule_model.objects.update_or_create(
+    from django_q.models import Schedule
+
+    Schedule.objects.update_or_create(
         name=QUEUE_SWEEP_SCHEDULE,
         defaults={
             "func": "mailcore.tasks.deliver_due",

@@ -222,6 +222,8 @@ def test_two_workers_never_claim_the_same_item(alice):
 def test_sweep_schedule_is_registered_once_and_enqueues_due_domains(alice, settings):
     from django_q.models import OrmQ, Schedule
 
+    # `migrate` registered it already (post_migrate); registering again changes nothing.
+    assert Schedule.objects.filter(name=tasks.QUEUE_SWEEP_SCHEDULE).count() == 1
     tasks.register_schedules()
     tasks.register_schedules()
     [sweep] = Schedule.objects.filter(name=tasks.QUEUE_SWEEP_SCHEDULE)

@@ -1,18 +1,11 @@
-# The outbound queue's claim lease, and the django-q2 schedule that sweeps deferred items.
+# The outbound queue's claim lease. (The sweep schedule is registered after every migrate, in apps.py.)
 
 from django.db import migrations, models
-
-
-def register_queue_sweep(apps, schema_editor):
-    from mailcore.tasks import register_schedules
-
-    register_schedules(apps.get_model("django_q", "Schedule"))
 
 
 class Migration(migrations.Migration):
 
     dependencies = [
-        ("django_q", "0019_alter_task_options_alter_ormq_key_alter_ormq_lock_and_more"),
         ("mailcore", "0003_spam_thresholds_and_scores"),
     ]
 
@@ -26,5 +19,4 @@ class Migration(migrations.Migration):
                 null=True,
             ),
         ),
-        migrations.RunPython(register_queue_sweep, migrations.RunPython.noop),
     ]
