@@ -1,4 +1,4 @@
-"""Issue 9 end to end, two instances: the same GTUBE is delivered when pulled from a verified sender, held when sent by DATA."""
+"""Issue 9 end to end, two instances: GTUBE pulled from a verified sender is delivered, by DATA held, over a reject score refused."""
 
 from __future__ import annotations
 
@@ -47,3 +47,13 @@ def test_gtube_pulled_from_a_verified_sender_is_delivered_and_by_data_is_quarant
         " JOIN mailcore_message m ON m.id = d.message_id ORDER BY d.id"
     )
     assert [(r[0], r[1], r[2]) for r in rows] == [("", "scored", "verified"), ("spam", "scored", "unverified")]
+
+    # Above a reject score, a pulled body is refused: the announcement fails with the reason,
+    # nothing is delivered and no bounce goes anywhere (spec §6, no backscatter).
+    result = b.manage("spam", "set", "b.test", "--verified", "8", "--reject", "500")
+    assert result.returncode == 0, result.stderr
+    [refused_id] = source_on_a(a, GTUBE_FROM_ALICE)
+    assert announce_to_b(b, refused_id)[0] == 250
+    found = wait_for_state(b, refused_id)
+    assert found["state"] == "failed" and "Message refused as spam (score " in found["last_error"]
+    assert len(b.query("SELECT id FROM mailcore_message")) == 2
