@@ -159,3 +159,9 @@ def test_x_spam_status_folds_long_rule_lists_and_unfolds_to_the_original():
 
 def test_fold_keeps_short_values_on_one_line():
     assert fold("No, score=0.1 required=3.0 tests=NONE") == "No, score=0.1 required=3.0 tests=NONE"
+
+
+def test_rule_names_cannot_inject_header_lines():
+    body = b"GTUBE,EVIL\r\nX-Spam-Status: No,OK_RULE"
+    reply = b"SPAMD/1.1 0 EX_OK\r\nContent-length: %d\r\nSpam: True ; 1000.0 / 5.0\r\n\r\n" % len(body) + body
+    assert parse_symbols_reply(reply).rules == ("GTUBE", "OK_RULE")

@@ -19,6 +19,7 @@ MAX_REPLY = 1024 * 1024
 
 _STATUS_LINE = re.compile(r"^SPAMD/(\d+\.\d+) +(\d+) +(.*)$")
 # "Spam: True ; 1000.0 / 5.0" (spamd's `Spam` header: verdict, score, its own required score).
+_RULE_NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,100}$")
 _SPAM_HEADER = re.compile(r"^\s*(true|false|yes|no)\s*;\s*(-?\d+(?:\.\d+)?)\s*/\s*(-?\d+(?:\.\d+)?)\s*$", re.IGNORECASE)
 
 
@@ -72,7 +73,8 @@ def parse_symbols_reply(reply: bytes) -> SpamdReport:
     length = headers.get("content-length")
     if length is not None and (not length.isdigit() or int(length) != len(body)):
         raise SpamdError(f"truncated spamd reply: {len(body)} of {length} octets")
-    rules = tuple(r.strip() for r in body.decode("ascii", "replace").split(",") if r.strip())
+    # Rule names go into a header we write: keep only what a rule name can be, never a line break.
+    rules = tuple(r for r in (r.strip() for r in body.decode("ascii", "replace").split(",")) if _RULE_NAME.match(r))
     return SpamdReport(score=float(spam.group(2)), required=float(spam.group(3)), rules=rules)
 
 
