@@ -60,7 +60,7 @@ def test_gtube_above_the_reject_score_gets_550_and_nothing_is_stored(mx, spamd, 
             client.sendmail("bob@remote.test", ["alice@a.test"], SPAM)
         assert client.noop()[0] == 250  # the session goes on
     assert refused.value.smtp_code == 550
-    assert refused.value.smtp_error.startswith(b"5.7.1 ")
+    assert refused.value.smtp_error.startswith(b"5.7.1 Message refused as spam (score ")
     assert not Message.objects.exists()
 
 

@@ -22,6 +22,7 @@ from mailcore.models import UnverifiedPolicy
 from mailcore.services import inbound, verification
 from mailcore.smtp import replies
 from mailcore.smtp.replies import Reply
+from mailcore.spam.check import SpamRejection
 from mailcore.store import message_store
 from mailcore.store.bodies import CHUNK_SIZE
 
@@ -99,6 +100,8 @@ class InboundHandler:
         envelope = server.delivery_envelope()
         try:
             receipt = await self.call(inbound.receive, envelope, content)
+        except SpamRejection as exc:  # a PolicyRejection too: this clause comes first
+            return replies.SPAM_REFUSED(score=f"{exc.score:.1f}"), None
         except inbound.PolicyRejection:
             return replies.ONLY_VERIFIED(domain=domain_of(envelope.rcpt_tos[0])), None
         except TemporaryFault:

@@ -86,6 +86,7 @@ DATA_NUL = Reply(554, "5.6.0", "Message contains NUL characters")
 ONLY_VERIFIED = Reply(
     550, "5.7.1", "{domain} accepts only verified mail: it must be announced with SOURCE (reverse delivery), not sent by DATA"
 )
+SPAM_REFUSED = Reply(550, "5.7.1", "Message refused as spam (score {score})")
 
 # --- SOURCE: reverse-delivery.md §3 ----------------------------------------------------------
 SOURCE_ACCEPTED = Reply(250, "2.6.0", "{id} accepted for retrieval")
