@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import subprocess
+import time
 from pathlib import Path
 
 from mailcore.models import Delivery
@@ -39,6 +40,14 @@ def start_pop3_process(server_factory, *extra_args: str, **env: str):
 
 def start_pop3(server_factory, *extra_args: str, **env: str) -> int:
     return start_pop3_process(server_factory, *extra_args, **env)[0]
+
+
+def wait_for_log(server, text: str, count: int, timeout: float = 10) -> str:
+    """The server's log once `text` appears `count` times in it (log lines come after the fact)."""
+    deadline = time.monotonic() + timeout
+    while (log := server.output()).count(text) < count and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return log
 
 
 class RawPop3:

@@ -16,7 +16,7 @@ from mailcore.models import Delivery, DeliveryState, MailboxLock, Message
 from mailcore.pop3 import protocol as replies
 from mailcore.pop3.wire import encode
 from mailcore.store import message_store
-from tests.pop3_support import ADDRESS, PASSWORD, RawPop3, deliver, make_mailbox, start_pop3, start_pop3_process
+from tests.pop3_support import ADDRESS, PASSWORD, RawPop3, deliver, make_mailbox, start_pop3, start_pop3_process, wait_for_log
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -455,8 +455,7 @@ def test_no_password_in_the_log_and_one_line_per_session(mailbox, server_factory
     raw.cmd(f"AUTH PLAIN {token}")
     raw.cmd("QUIT")
     raw.closed()
-    time.sleep(0.3)
-    log = server.output()
+    log = wait_for_log(server, f"user={ADDRESS}", 2)
     assert PASSWORD not in log and "not-the-password" not in log and token not in log
     assert f"POP3 listening on 127.0.0.1:{port}" in log
     # (the readiness probe of server_factory made one more session, without a user)

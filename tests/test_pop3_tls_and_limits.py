@@ -12,7 +12,16 @@ import pytest
 
 from mailcore.models import Delivery, DeliveryState
 from tests.conftest import free_port, wait_for_port
-from tests.pop3_support import ADDRESS, PASSWORD, RawPop3, deliver, make_mailbox, self_signed_cert, start_pop3_process
+from tests.pop3_support import (
+    ADDRESS,
+    PASSWORD,
+    RawPop3,
+    deliver,
+    make_mailbox,
+    self_signed_cert,
+    start_pop3_process,
+    wait_for_log,
+)
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -87,10 +96,7 @@ def test_implicit_tls_listener(mailbox, server_factory, tls_files):
     pop.pass_(PASSWORD)
     assert pop.stat()[0] == 1
     pop.quit()
-    deadline = time.monotonic() + 5
-    while "tls=yes" not in server.output() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    log = server.output()
+    log = wait_for_log(server, "tls=yes", 1)
     assert f"POP3 listening on 127.0.0.1:{port}, STLS offered" in log
     assert f"POP3 with implicit TLS listening on 127.0.0.1:{tls_port}" in log
     assert "tls=yes retrieved=0 deleted=0 end=quit" in log
@@ -122,14 +128,15 @@ def test_several_binds_each_logged(server_factory):
 
 
 def test_connection_caps(mailbox, server_factory):
-    port, _ = start_pop3_process(server_factory, MAIL_POP3_MAX_CONNECTIONS_PER_CLIENT="2")
+    port, server = start_pop3_process(server_factory, MAIL_POP3_MAX_CONNECTIONS_PER_CLIENT="2")
+    wait_for_log(server, "pop3 session", 1)  # the readiness probe's connection is over
     first, second = RawPop3(port), RawPop3(port)
     third = socket.create_connection(("127.0.0.1", port), timeout=5)
     assert third.recv(4096) == b"-ERR [SYS/TEMP] too many connections; try again later\r\n"
     assert third.recv(4096) == b""
     first.cmd("QUIT")
     assert first.closed()
-    time.sleep(0.2)
+    wait_for_log(server, "pop3 session", 2)
     assert RawPop3(port).greeting.startswith(b"+OK")
     second.close()
 
@@ -194,3 +201,15 @@ def test_retr_of_a_large_message_streams_in_constant_memory(mailbox, server_fact
     grown_mb = (_peak_rss_kb(server.proc.pid) - before) / 1024
     assert grown_mb < 10, f"the server's peak memory grew by {grown_mb:.1f} MB for a 40 MB message"
     raw.cmd("QUIT")
+
+
+def test_database_down_is_a_temporary_error_not_a_failed_login(server_factory, tmp_path):
+    # A database file in a directory that does not exist: every query fails, as when the DB is down.
+    port, server = start_pop3_process(server_factory, DATABASE_URL=f"sqlite:///{tmp_path}/missing/db.sqlite3")
+    raw = RawPop3(port)
+    raw.cmd(f"USER {ADDRESS}")
+    assert raw.cmd(f"PASS {PASSWORD}") == b"-ERR [SYS/TEMP] temporary server error; try again later"
+    assert raw.cmd("CAPA").startswith(b"+OK")  # the session and the listener live on
+    raw.multiline()
+    assert raw.cmd("QUIT").startswith(b"+OK")
+    assert "Traceback" in server.output() and PASSWORD not in server.output()
