@@ -260,3 +260,31 @@ def test_a_misbehaving_server_is_a_deferral_with_the_reason(alice, remote, setti
     assert run("remote.test").deferred == 1
     item = QueueItem.objects.get()
     assert item.state == QueueState.DEFERRED and reason in item.last_reply and "mx.remote.test[127.0.0.1]" in item.last_reply
+
+
+@pytest.mark.django_db
+def test_sendmail_refuses_bad_input_with_one_line(alice, monkeypatch):
+    import io
+    import sys
+
+    from django.core.management import CommandError, call_command
+
+    def sendmail(*args, stdin=b"Subject: x\n\nbody\n"):
+        monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(stdin)))
+        out = io.StringIO()
+        call_command("sendmail", *args, stdout=out)
+        return out.getvalue()
+
+    with pytest.raises(CommandError, match="unknown local recipient nobody@a.test"):
+        sendmail("-f", "alice@a.test", "nobody@a.test")
+    with pytest.raises(CommandError, match="malformed address"):
+        sendmail("-f", "alice@a.test", "not an address")
+    with pytest.raises(CommandError, match="bad sender"):
+        sendmail("-f", "alice@", "bob@remote.test")
+    with pytest.raises(CommandError, match="no message"):
+        sendmail("-f", "alice@a.test", "bob@remote.test", stdin=b"")
+    assert "queued for bob@remote.test" in sendmail("-f", "alice@a.test", "bob@remote.test")
+    out = io.StringIO()
+    call_command("mailq", stdout=out)
+    [line] = out.getvalue().splitlines()
+    assert "\tqueued\t0\t" in line and line.endswith("<alice@a.test>\tbob@remote.test\t-")
