@@ -10,6 +10,8 @@ log = logging.getLogger("mailcore.tasks")
 
 # The schedule that picks up deferred outbound items; registered by name, idempotently.
 QUEUE_SWEEP_SCHEDULE = "mailcore outbound queue sweep"
+# The schedule that ends the retention of sourced messages (reverse-delivery.md §3 rule 5).
+SOURCE_EXPIRY_SCHEDULE = "mailcore sourced message expiry"
 
 
 def enqueue_delivery(domain: str) -> None:
@@ -56,6 +58,15 @@ def register_schedules() -> None:
             "repeats": -1,
         },
     )
+    Schedule.objects.update_or_create(
+        name=SOURCE_EXPIRY_SCHEDULE,
+        defaults={
+            "func": "mailcore.tasks.expire_sourced",
+            "schedule_type": "I",  # Schedule.MINUTES
+            "minutes": max(1, settings.MAIL_SOURCE_EXPIRY_MINUTES),
+            "repeats": -1,
+        },
+    )
 
 
 def enqueue_pull(sender_domain: str) -> None:
@@ -77,3 +88,13 @@ def sweep() -> str:
     from mailcore.verification.sweep import run_sweep
 
     return run_sweep().summary()
+
+
+def expire_sourced() -> str:
+    """Scheduled task: end the retention of sourced messages; notify local senders of unfetched ones."""
+    from django.db import close_old_connections
+
+    from mailcore.services.verification import expire_sourced as expire
+
+    close_old_connections()
+    return expire().summary()

@@ -105,6 +105,9 @@ MAIL_CALLBACK_TIMEOUT = env.get_float("MAIL_CALLBACK_TIMEOUT", 60.0)
 # Connections one sweep keeps open at once to one origin host, however many sender domains it serves.
 MAIL_CALLBACK_HOST_CONCURRENCY = env.get_int("MAIL_CALLBACK_HOST_CONCURRENCY", 2)
 MAIL_USE_SOURCE = env.get_bool("MAIL_USE_SOURCE", True)
+# Minutes between runs of the task that ends sourced messages' retention (spec §3 rule 5); a
+# notice is sent at most this late after MAIL_SOURCE_RETENTION.
+MAIL_SOURCE_EXPIRY_MINUTES = env.get_int("MAIL_SOURCE_EXPIRY_MINUTES", 10)
 # Spam check (issue 9): spamd's HOST:PORT (unset: no spam check), how long to wait for a score,
 # and the size above which a message is not scored (spamc's own default limit is 500 KiB).
 MAIL_SPAMD = (env.parse_binds(env.get("MAIL_SPAMD", "")) or [None])[0]

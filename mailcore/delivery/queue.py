@@ -38,7 +38,13 @@ def strip_return_path(content: bytes) -> bytes:
 
 
 def default_client() -> OutboundClient:
-    return OutboundClient(
+    """The client of a queue run: it announces with SOURCE where it can unless MAIL_USE_SOURCE is off."""
+    client_class = OutboundClient
+    if settings.MAIL_USE_SOURCE:
+        from mailcore.verification.source import SourcingClient
+
+        client_class = SourcingClient
+    return client_class(
         settings.MAIL_HOSTNAME,
         settings.MAIL_REMOTE_SMTP_PORT,
         connect_timeout=settings.MAIL_SMTP_CONNECT_TIMEOUT,

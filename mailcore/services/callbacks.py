@@ -13,6 +13,7 @@ from django.utils import timezone
 
 from mailcore.models import Announcement, AnnouncementState, Transport, Verification
 from mailcore.services import inbound
+from mailcore.spam import check as spam_check
 from mailcore.verification.alignment import from_aligned
 
 log = logging.getLogger("mailcore.verification")
@@ -165,8 +166,20 @@ def deliver_pulled(claim: Claim, content: bytes, origin_host: str, origin_addres
         transport=Transport.SOURCE,
         **envelope_extra,
     )
-    now = timezone.now()
     origin = f"{origin_host} [{origin_address}]"
+    # The spam check waits for spamd (up to MAIL_SPAMD_TIMEOUT): done before the transaction, so
+    # the announcement's row lock (on SQLite, the database's one write lock) is not held meanwhile.
+    # Scored as `receive` would score it: with our trace headers, for the recipients it would take.
+    unverified = envelope.verification != Verification.VERIFIED
+    recipients = [r for r in envelope.rcpt_tos if not (unverified and inbound.rejects_unverified(r))]
+    verdict, refused = None, None
+    try:
+        verdict = spam_check.check(
+            envelope, inbound.trace_headers(envelope, claim.source_id) + content, recipients, f"SOURCE {claim.source_id}"
+        )
+    except inbound.PolicyRejection as exc:  # SpamRejection: every recipient refuses it as spam
+        refused = exc
+    now = timezone.now()
     with transaction.atomic():
         announcement = _held(claim)
         if announcement is None:
@@ -174,7 +187,9 @@ def deliver_pulled(claim: Claim, content: bytes, origin_host: str, origin_addres
         announcement.origin_host = origin
         announcement.completed_at = now
         try:
-            receipt = inbound.receive(envelope, content)
+            if refused is not None:
+                raise refused
+            receipt = inbound.receive(envelope, content, spam=verdict)
         except inbound.PolicyRejection as exc:
             # No recipient takes it any more (unverified-mail policy `reject`, or gone). Never a
             # bounce: the sender may be forged (spec §6, "No backscatter").

@@ -50,10 +50,57 @@ def enqueue(message: Message, recipients: list[str]) -> list[QueueItem]:
 def forward(message: Message, recipients: list[str]) -> list[QueueItem]:
     """An alias that points at a remote address: the message leaves again through the queue.
 
-    Reverse delivery §6 "Forwarding": it is re-sourced from our own store under our own domain by
-    the sending role of the delivery client.
+    Reverse delivery §6 "Forwarding": we source it again from our own store under our own domain
+    in the reverse-path, so the next receiver pulls it back from us, who can answer for it. The
+    queue gets its own copy: the envelope names `forwarding_reverse_path()`, and the body is
+    exactly what DATA would send (our trace headers, without the Return-Path that only the final
+    delivery carries, RFC 5321 §4.4), which is also what GET serves. A bounce (null reverse-path)
+    stays one: it is forwarded from <> and by DATA, so it can never cause another bounce.
     """
-    return enqueue(message, recipients)
+    from mailcore.delivery.queue import strip_return_path
+
+    store = message_store()
+    content = strip_return_path(store.read(message.body_ref))
+    body = store.put(content)
+    try:
+        copy = Message.objects.create(
+            body_ref=body.ref,
+            size=body.size,
+            sha256=body.sha256,
+            mail_from=forwarding_reverse_path(message) if message.mail_from else "",
+            rcpt_tos=list(recipients),
+            client_address=message.client_address,
+            helo_name=message.helo_name,
+            tls=message.tls,
+            transport=message.transport,
+            verification=message.verification,
+            auth_results=message.auth_results,
+            subject=message.subject,
+            header_from=message.header_from,
+        )
+        items = enqueue(copy, recipients)
+    except BaseException:
+        store.delete(body.ref)
+        raise
+    log.info("%s forwarded as %s from <%s> to %s", message.queue_id, copy.queue_id, copy.mail_from, ", ".join(recipients))
+    return items
+
+
+def forwarding_reverse_path(message: Message) -> str:
+    """The reverse-path of a forwarded copy: postmaster at the local domain that the alias belongs to.
+
+    Spec §6 asks only for "its own domain". The postmaster of the aliased recipient's domain is
+    chosen because it exists at every domain we serve (RFC 5321 §4.5.1), its domain's MX is us
+    (so the next receiver's GET comes back here), and a bounce from the forwarding target reaches
+    the administrator who can fix the alias, rather than the original sender, whom a DATA sender
+    may have forged (no backscatter, spec §6). An SRS address that routes bounces back to the
+    original sender would need the MX to accept and decode it.
+    """
+    for rcpt in message.rcpt_tos:
+        domain = domain_of(rcpt)
+        if accounts.is_local_domain(domain):
+            return f"postmaster@{domain}"
+    return f"postmaster@{settings.MAIL_HOSTNAME}"
 
 
 def _kick(domain: str) -> None:

@@ -10,15 +10,17 @@ import enum
 import ipaddress
 import logging
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.db.models import F
 from django.utils import timezone
 
 from mailcore.addresses import domain_of
-from mailcore.models import Announcement, AnnouncementState, SourcedMessage
+from mailcore.models import Announcement, AnnouncementState, Message, QueueItem, QueueState, SourcedMessage
+from mailcore.verification.ids import new_source_id
 
 log = logging.getLogger("mailcore.verification")
 
@@ -164,3 +166,133 @@ def _resolver():
     resolver.lifetime = getattr(settings, "MAIL_DNS_TIMEOUT", 10.0)
     return resolver
 
+
+
+# --- sending role: the messages we announce with SOURCE (spec §3) ----------------------------
+
+
+def record_sourced(message_id: int, mail_from: str, rcpt_tos: list[str], destination_host: str, size: int) -> str | None:
+    """Record one SOURCE envelope under a fresh id and commit it; returns the id to send.
+
+    Spec §3 rule 1: the body (the stored Message, already durable) and this row are committed
+    before SOURCE leaves. Returns None when GET could not serve the exact octets that DATA would
+    send: the stored body is gone or its size differs from the outbound copy's `size` (a stored
+    copy with a Return-Path, which the queue strips at send time).
+    """
+    stored = Message.objects.filter(pk=message_id).values_list("size", "body_ref").first()
+    if stored is None or stored[0] != size or not stored[1]:
+        return None
+    expires_at = timezone.now() + timedelta(seconds=settings.MAIL_SOURCE_RETENTION)
+    # Rule 2: an id is never reused. The column is unique, so a collision of 128 random bits
+    # (which will not happen) is an IntegrityError, and a new id is drawn.
+    for _ in range(3):
+        source_id = new_source_id()
+        try:
+            with transaction.atomic():
+                SourcedMessage.objects.create(
+                    source_id=source_id,
+                    message_id=message_id,
+                    mail_from=mail_from,
+                    rcpt_tos=list(rcpt_tos),
+                    destination_host=destination_host[:255],
+                    expires_at=expires_at,
+                )
+        except IntegrityError:
+            continue
+        return source_id
+    raise RuntimeError("could not draw an unused SOURCE id")
+
+
+def withdraw_sourced(source_id: str) -> None:
+    """The receiver did not take the id (any reply but 250, or no reply): GET answers 550 from now on.
+
+    The queue retries those recipients with a new id or bounces them itself, so this id must
+    neither be served to a late GET nor cause a retention-expiry notice.
+    """
+    SourcedMessage.objects.filter(source_id=source_id).update(expired=True)
+
+
+@dataclass
+class ExpiryCounts:
+    notified: int = 0  # never fetched: the local sender was told
+    quiet: int = 0  # fetched at least once: nothing to say
+    released: int = 0  # bodies removed from the store
+    ids: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        return f"{self.notified} expired unfetched (sender notified), {self.quiet} expired after a fetch, {self.released} bodies released"
+
+
+def expire_sourced(now: datetime | None = None, limit: int = 500) -> ExpiryCounts:
+    """Spec §3 rule 5: end the retention of what we sourced; tell the sender about what was never fetched.
+
+    A sourced message past `expires_at` that no GET ever fetched gets a DSN (RFC 3464) to its
+    original sender when that sender is one of our own addresses (never anyone else's: spec §6,
+    "No backscatter"), naming the recipients whose queue item was handed over by SOURCE. Each
+    row is settled in its own transaction, conditional on still being unexpired, so two workers
+    never notify twice. Then bodies nothing else refers to are released.
+    """
+    from mailcore.delivery import dsn
+    from mailcore.services import accounts, outbound
+    from mailcore.services.maildrop import release_unreferenced_bodies
+
+    now = now or timezone.now()
+    counts = ExpiryCounts()
+    due = SourcedMessage.objects.filter(expired=False, expires_at__lte=now).select_related("message").order_by("expires_at", "pk")
+    message_ids: set[int] = set()
+    for sourced in list(due[:limit]):
+        with transaction.atomic():
+            if not SourcedMessage.objects.filter(pk=sourced.pk, expired=False).update(expired=True):
+                continue  # another worker settled it
+            message_ids.add(sourced.message_id)
+            counts.ids.append(sourced.source_id)
+            if sourced.fetch_count:
+                counts.quiet += 1
+                continue
+            counts.notified += 1
+            handed_over = set(
+                QueueItem.objects.filter(
+                    message_id=sourced.message_id, recipient__in=sourced.rcpt_tos, state=QueueState.SOURCED
+                ).values_list("recipient", flat=True)
+            )
+            recipients = [r for r in sourced.rcpt_tos if r in handed_over]
+            log.warning(
+                "SOURCE %s of %s to %s expired without a GET (recipients %s)",
+                sourced.source_id, sourced.message.queue_id, sourced.destination_host, ", ".join(sourced.rcpt_tos),
+            )
+            if not recipients or not sourced.mail_from:
+                continue
+            if not accounts.is_local_domain(domain_of(sourced.mail_from)):
+                log.info("SOURCE %s: no expiry notice to <%s>, not a local sender", sourced.source_id, sourced.mail_from)
+                continue
+            _notify_never_collected(sourced, recipients, now, dsn, outbound)
+    if message_ids:
+        counts.released = release_unreferenced_bodies(sorted(message_ids))
+    if counts.ids:
+        log.info("sourced messages: %s", counts.summary())
+    return counts
+
+
+def _notify_never_collected(sourced: SourcedMessage, recipients: list[str], now: datetime, dsn, outbound) -> None:
+    from mailcore.store import message_store
+
+    message = sourced.message
+    try:
+        original = message_store().read(message.body_ref)
+    except (OSError, ValueError):
+        original = f"Message-ID: <unavailable-{message.queue_id}@{settings.MAIL_HOSTNAME}>\r\n".encode()
+    reason = (
+        f"the receiving server {sourced.destination_host} accepted the message for retrieval"
+        f" (SOURCE {sourced.created_at:%Y-%m-%d %H:%M:%S} UTC) but never collected it within"
+        f" {settings.MAIL_SOURCE_RETENTION} s"
+    )
+    report = dsn.build_report(
+        dsn.FAILED,
+        sender=sourced.mail_from,
+        queue_id=message.queue_id,
+        arrival=message.received_at,
+        # RFC 3463 X.4.7: delivery time expired; 4.x as the queue uses for its own give-up.
+        recipients=[dsn.RecipientStatus(r, "4.4.7", reason, last_attempt=sourced.created_at) for r in recipients],
+        original=original,
+    )
+    outbound.notify(sourced.mail_from, report, about=f"{message.queue_id} (SOURCE {sourced.source_id} never collected)")
