@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-$(shell cksum < requirements.txt | cut -d' ' -f1)
 # Independent tests run in parallel; PYTEST_WORKERS=0 runs them in one process.
 PYTEST_WORKERS ?= 2
 
-.PHONY: run test lint migrate clean
+.PHONY: run test lint migrate clean bench bench-peers
 
 $(STAMP): requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,18 @@ lint: $(STAMP)
 
 migrate: $(STAMP)
 	$(PY) manage.py migrate
+
+# Benchmarks (docs/benchmarks.md): smtp-source comes from Debian's postfix package (installed, never
+# started, by `make bench`); bench-peers also installs dovecot-pop3d and runs Postfix and Dovecot.
+BENCH_ARGS ?=
+
+bench: $(STAMP)
+	bench/install-peers.sh
+	$(PY) bench/run.py $(BENCH_ARGS)
+
+bench-peers: $(STAMP)
+	bench/install-peers.sh --peers
+	$(PY) bench/run.py --peers $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,178 @@
+"""The project's own processes for the benchmark: a fresh migrated database, mailboxes, listeners.
+
+A template database is migrated and provisioned once per benchmark run (mailboxes, and the
+5,000-message POP3 mailbox); every measured server starts on a fresh copy of it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+DOMAIN = "bench.test"
+SMTP_USER = "bench"
+RETR_USER = "retr"
+LOGIN_USERS = [f"pop{i:02d}" for i in range(20)]
+PASSWORD = "bench-password-1"
+
+PROVISION = """
+import hashlib, json, os, sys
+from django.conf import settings
+from mailcore.models import Delivery, Mailbox, Message
+from mailcore.services import accounts
+spec = json.loads(sys.stdin.read())
+accounts.add_domain(spec["domain"])
+for user in spec["users"]:
+    accounts.add_mailbox(f"{user}@{spec['domain']}", spec["password"])
+retr = Mailbox.objects.get(address=f"{spec['retr']}@{spec['domain']}")
+body = bytes.fromhex(spec["body"])
+directory = os.path.join(settings.MAIL_DATA_DIR, "bench")
+os.makedirs(directory, exist_ok=True)
+messages = []
+for i in range(spec["count"]):
+    content = body.replace(b"Message-ID: <0@bench.test>", f"Message-ID: <{i}@bench.test>".encode())
+    ref = f"bench/{i:05d}.eml"
+    with open(os.path.join(settings.MAIL_DATA_DIR, ref), "wb") as f:
+        f.write(content)
+    messages.append(Message(body_ref=ref, size=len(content), sha256=hashlib.sha256(content).hexdigest(),
+        mail_from="sender@example.test", rcpt_tos=[retr.address], transport="data", verification="unverified"))
+Message.objects.bulk_create(messages, batch_size=500)
+Delivery.objects.bulk_create([Delivery(message=m, mailbox=retr) for m in messages], batch_size=500)
+"""
+
+
+def message_bytes(size: int, index: int = 0) -> bytes:
+    """A plain RFC 5322 message of about `size` octets: 76-character lines, CRLF."""
+    head = (
+        "From: Sender <sender@example.test>\r\nTo: <retr@bench.test>\r\nSubject: benchmark\r\n"
+        f"Message-ID: <{index}@bench.test>\r\nDate: Thu, 26 Nov 2026 12:00:00 +0000\r\n\r\n"
+    ).encode()
+    line = (b"abcdefghijklmnopqrstuvwxyz0123456789" * 3)[:74] + b"\r\n"
+    return head + line * max(1, (size - len(head)) // len(line))
+
+
+def base_env(workdir: Path, db: Path, data_dir: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MAIL_", "DATABASE_URL", "REDIS_URL"))}
+    env.update(
+        DATABASE_URL=f"sqlite:///{db}",
+        MAIL_DATA_DIR=str(data_dir),
+        MAIL_HOSTNAME="mx.bench.test",
+        MAIL_LOG_LEVEL="INFO",
+        PYTHONUNBUFFERED="1",
+        # Caps far above what the benchmark opens: it measures cost, not the caps.
+        MAIL_SMTP_MAX_CONNECTIONS="20000",
+        MAIL_SMTP_MAX_CONNECTIONS_PER_CLIENT="20000",
+        MAIL_POP3_MAX_CONNECTIONS="20000",
+        MAIL_POP3_MAX_CONNECTIONS_PER_CLIENT="20000",
+        MAIL_POP3_PLAINTEXT="always",
+        MAIL_AUTH_FAILURE_DELAY="0",
+    )
+    env.update(extra)
+    return env
+
+
+def manage(args: list[str], env: dict[str, str], stdin: str | None = None, timeout: float = 600) -> str:
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "manage.py"), *args],
+        input=stdin, capture_output=True, text=True, env=env, cwd=ROOT, timeout=timeout,
+    )
+    if result.returncode:
+        raise RuntimeError(f"manage.py {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
+    return result.stdout
+
+
+class Template:
+    """The migrated, provisioned database and body store that each fresh server starts from."""
+
+    def __init__(self, workdir: Path, retr_count: int, retr_size: int):
+        self.workdir = workdir
+        self.db = workdir / "template.sqlite3"
+        self.data_dir = workdir / "template-mail"
+        self.retr_count, self.retr_size = retr_count, retr_size
+        self.copies = 0
+
+    def build(self) -> None:
+        env = base_env(self.workdir, self.db, self.data_dir)
+        manage(["migrate", "--no-input", "-v", "0"], env)
+        spec = {
+            "domain": DOMAIN, "users": [SMTP_USER, RETR_USER, *LOGIN_USERS], "password": PASSWORD,
+            "retr": RETR_USER, "count": self.retr_count, "body": message_bytes(self.retr_size).hex(),
+        }
+        manage(["shell", "-c", PROVISION], env, stdin=json.dumps(spec))
+
+    def fresh(self, label: str) -> tuple[Path, Path]:
+        """A copy of the template: (database, body store). Bodies are hard links: never written."""
+        self.copies += 1
+        db = self.workdir / f"{label}-{self.copies}.sqlite3"
+        data_dir = self.workdir / f"{label}-{self.copies}-mail"
+        with sqlite3.connect(self.db) as source, sqlite3.connect(db) as target:
+            source.backup(target)
+        subprocess.run(["cp", "-al", str(self.data_dir), str(data_dir)], check=True)
+        return db, data_dir
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(host: str, port: int, proc: subprocess.Popen | None = None, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode} before listening on {host}:{port}")
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on {host}:{port}")
+
+
+class Process:
+    """A child process of the benchmark (a `manage.py` command or a script), stopped by SIGTERM."""
+
+    def __init__(self, argv: list[str], env: dict[str, str], log: Path):
+        self.log_file = open(log, "ab")
+        self.proc = subprocess.Popen(argv, env=env, cwd=ROOT, stdout=self.log_file, stderr=subprocess.STDOUT)
+        self.pid = self.proc.pid
+
+    @classmethod
+    def manage(cls, args: list[str], env: dict[str, str], log: Path) -> Process:
+        return cls([sys.executable, str(ROOT / "manage.py"), *args], env, log)
+
+    def stop(self, timeout: float = 30) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log_file.close()
+
+
+def count_inbox(db: Path, address: str) -> int:
+    with sqlite3.connect(db, timeout=30) as conn:
+        (count,) = conn.execute(
+            "SELECT COUNT(*) FROM mailcore_delivery d JOIN mailcore_mailbox b ON b.id = d.mailbox_id"
+            " WHERE b.address = ? AND d.state = 'inbox'",
+            (address,),
+        ).fetchone()
+    return count
+
+
+def remove_copy(db: Path, data_dir: Path) -> None:
+    for suffix in ("", "-wal", "-shm"):
+        Path(str(db) + suffix).unlink(missing_ok=True)
+    shutil.rmtree(data_dir, ignore_errors=True)

@@ -1,0 +1,493 @@
+"""`make bench`: the project's real listeners against a bare aiosmtpd (and, with --peers, Postfix and Dovecot).
+
+Every figure is the median [min-max] of several rounds; every ratio is taken within one round,
+against a baseline measured in that same round, because only same-run ratios mean anything on a
+noisy machine. All traffic stays on loopback addresses. Prints one table at the end and writes the
+raw figures to var/bench/results.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import shutil
+import smtplib
+import sqlite3
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench import clients, peers, project  # noqa: E402
+from bench.project import DOMAIN, LOGIN_USERS, PASSWORD, RETR_USER, SMTP_USER, Process  # noqa: E402
+
+HOST = "127.0.0.1"
+SIZES = {"1 KB": 1024, "10 KB": 10 * 1024, "100 KB": 100 * 1024}
+SESSIONS = (1, 10, 50)
+
+
+def messages_for(sessions: int, scale: float) -> int:
+    return max(sessions * 2, int({1: 100, 10: 300, 50: 500}[sessions] * scale))
+
+
+@dataclass
+class Row:
+    section: str
+    name: str
+    unit: str
+    values: list[float] = field(default_factory=list)
+    ratios: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+    note: str = ""
+
+
+class Results:
+    def __init__(self) -> None:
+        self.rows: dict[tuple[str, str], Row] = {}
+
+    def add(self, section: str, name: str, unit: str, value: float) -> Row:
+        row = self.rows.setdefault((section, name), Row(section, name, unit))
+        row.values.append(value)
+        return row
+
+    def ratio(self, section: str, name: str, baseline: str, value: float, base: float) -> None:
+        if base:
+            self.rows[(section, name)].ratios[baseline].append(value / base)
+
+    def note(self, section: str, name: str, text: str) -> None:
+        row = self.rows.get((section, name))
+        if row is not None and text not in row.note:
+            row.note = (row.note + "; " + text).strip("; ")
+
+
+def spread(values: list[float], digits: int = 0) -> str:
+    if not values:
+        return "-"
+    fmt = f"{{:.{digits}f}}"
+    median = fmt.format(statistics.median(values))
+    if len(values) == 1:
+        return median
+    return f"{median} [{fmt.format(min(values))}-{fmt.format(max(values))}]"
+
+
+def digits_for(values: list[float]) -> int:
+    top = max(abs(v) for v in values) if values else 0
+    return 0 if top >= 100 else 1 if top >= 10 else 2 if top >= 1 else 3
+
+
+def table(results: Results) -> str:
+    lines = ["| section | measurement | unit | median [min-max] | ratio, same round | note |", "|---|---|---|---|---|---|"]
+    for row in results.rows.values():
+        ratios = ", ".join(f"{spread(v, 2)}x {name}" for name, v in row.ratios.items())
+        lines.append(
+            f"| {row.section} | {row.name} | {row.unit} | {spread(row.values, digits_for(row.values))} | {ratios or '-'} | {row.note} |"
+        )
+    return "\n".join(lines)
+
+
+def log(text: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {text}", flush=True)
+
+
+# --- inbound SMTP ---------------------------------------------------------------------------------
+
+
+def bench_smtp(args, workdir: Path, template: project.Template, results: Results) -> None:
+    recipient = f"{SMTP_USER}@{DOMAIN}"
+    for round_no in range(args.rounds):
+        log(f"inbound SMTP, round {round_no + 1} of {args.rounds}")
+        db, data_dir = template.fresh("smtp")
+        port = project.free_port()
+        env = project.base_env(workdir, db, data_dir)
+        servers: dict[str, tuple[int, callable]] = {}
+        mailcore = Process.manage(["runsmtp", "--bind", f"{HOST}:{port}"], env, workdir / "runsmtp.log")
+        project.wait_for_port(HOST, port, mailcore.proc)
+        servers["mailcore"] = port
+        bare_port = project.free_port()
+        bare = Process([sys.executable, str(Path(__file__).with_name("bare_smtp.py")), HOST, str(bare_port)], env, workdir / "bare.log")
+        project.wait_for_port(HOST, bare_port, bare.proc)
+        servers["aiosmtpd bare"] = bare_port
+        postfix = None
+        if args.peers:
+            postfix = peers.Postfix(workdir, HOST, project.free_port(), DOMAIN, SMTP_USER)
+            postfix.clear_maildir()
+            postfix.start()
+            project.wait_for_port(HOST, postfix.port)
+            servers["postfix"] = postfix.port
+        expected = 0
+        try:
+            for size_name, size in SIZES.items():
+                for sessions in SESSIONS:
+                    count = messages_for(sessions, args.scale)
+                    rates = {}
+                    for name, server_port in servers.items():
+                        result = clients.smtp_source(
+                            HOST, server_port, sessions=sessions, messages=count, size=size,
+                            sender="sender@example.test", recipient=recipient,
+                        )
+                        rates[name] = result.rate
+                    expected += count
+                    label = f"{size_name}, {sessions} session{'s' if sessions > 1 else ''}"
+                    for name, rate in rates.items():
+                        results.add("inbound SMTP", f"{label}: {name}", "messages/s", rate)
+                    for baseline in ("postfix", "aiosmtpd bare"):
+                        if baseline in rates:
+                            results.ratio("inbound SMTP", f"{label}: mailcore", baseline, rates["mailcore"], rates[baseline])
+                    stored = project.count_inbox(db, recipient)
+                    if stored != expected:
+                        results.note("inbound SMTP", f"{label}: mailcore", f"MISSING: {stored} of {expected} in mailbox")
+                        log(f"  {label}: {stored} of {expected} accepted messages in the mailbox")
+                    log("  " + label + ": " + ", ".join(f"{n} {r:.0f}/s" for n, r in rates.items()))
+            if postfix is not None:
+                deadline = time.monotonic() + 120
+                while postfix.delivered() < expected and time.monotonic() < deadline:
+                    time.sleep(0.2)
+                delivered = postfix.delivered()
+                for label in [f"{s}, {n} session{'s' if n > 1 else ''}" for s in SIZES for n in SESSIONS]:
+                    results.note("inbound SMTP", f"{label}: postfix",
+                                 "all in Maildir" if delivered == expected else f"{delivered} of {expected} in Maildir")
+            stored = project.count_inbox(db, recipient)
+            for label in [f"{s}, {n} session{'s' if n > 1 else ''}" for s in SIZES for n in SESSIONS]:
+                if stored == expected:
+                    results.note("inbound SMTP", f"{label}: mailcore", "all in mailbox (counted)")
+        finally:
+            mailcore.stop()
+            bare.stop()
+            if postfix is not None:
+                postfix.stop()
+            project.remove_copy(db, data_dir)
+
+
+# --- POP3 --------------------------------------------------------------------------------------------
+
+
+def bench_pop3(args, workdir: Path, template: project.Template, results: Results) -> None:
+    dovecot = None
+    if args.peers:
+        vmail = workdir / "vmail-pop3"
+        shutil.rmtree(vmail, ignore_errors=True)
+        body = project.message_bytes(args.retr_size)
+        peers.write_maildir(vmail, DOMAIN, RETR_USER, [
+            body.replace(b"Message-ID: <0@bench.test>", f"Message-ID: <{i}@bench.test>".encode()) for i in range(args.retr_count)
+        ])
+        for user in LOGIN_USERS:
+            peers.write_maildir(vmail, DOMAIN, user, [])
+        users = {f"{u}@{DOMAIN}": PASSWORD for u in [RETR_USER, *LOGIN_USERS]}
+        dovecot = peers.Dovecot(workdir, HOST, project.free_port(), vmail, users)
+        dovecot.start()
+        project.wait_for_port(HOST, dovecot.port)
+    logins = [f"{u}@{DOMAIN}" for u in LOGIN_USERS]
+    try:
+        for round_no in range(args.rounds):
+            log(f"POP3, round {round_no + 1} of {args.rounds}")
+            db, data_dir = template.fresh("pop3")
+            port = project.free_port()
+            env = project.base_env(workdir, db, data_dir)
+            server = Process.manage(["runpop3", "--bind", f"{HOST}:{port}"], env, workdir / "runpop3.log")
+            try:
+                project.wait_for_port(HOST, port, server.proc)
+                targets = {"mailcore": port}
+                if dovecot is not None:
+                    targets["dovecot"] = dovecot.port
+                retr, login = {}, {}
+                for name, target in targets.items():
+                    retr[name] = clients.pop3_retrieve_all(HOST, target, f"{RETR_USER}@{DOMAIN}", PASSWORD)
+                    login[name] = clients.pop3_logins(HOST, target, logins, PASSWORD, args.login_seconds)
+                for name in targets:
+                    results.add("POP3", f"RETR {args.retr_count} x {args.retr_size // 1024} KB: {name}", "messages/s", retr[name].rate)
+                    results.add("POP3", f"RETR throughput: {name}", "MB/s", retr[name].octets / retr[name].seconds / 1e6)
+                    results.add("POP3", f"logins, 20 clients: {name}", "logins/s", login[name].rate)
+                if dovecot is not None:
+                    results.ratio("POP3", f"RETR {args.retr_count} x {args.retr_size // 1024} KB: mailcore", "dovecot",
+                                  retr["mailcore"].rate, retr["dovecot"].rate)
+                    results.ratio("POP3", "logins, 20 clients: mailcore", "dovecot", login["mailcore"].rate, login["dovecot"].rate)
+                log("  " + ", ".join(f"{n}: RETR {retr[n].rate:.0f}/s, logins {login[n].rate:.1f}/s" for n in targets))
+                for name in targets:
+                    if retr[name].count != args.retr_count:
+                        results.note("POP3", f"RETR {args.retr_count} x {args.retr_size // 1024} KB: {name}",
+                                     f"STAT said {retr[name].count}")
+            finally:
+                server.stop()
+                project.remove_copy(db, data_dir)
+    finally:
+        if dovecot is not None:
+            results.note("POP3", "logins, 20 clients: dovecot", "SHA512-CRYPT passwd-file, auth cache on")
+            dovecot.stop()
+
+
+# --- reverse delivery: SOURCE's 250 to the mailbox ---------------------------------------------------
+
+SOURCE_ON_A = """
+import json, sys
+from datetime import timedelta
+from django.conf import settings
+from django.utils import timezone
+from mailcore.models import Message, SourcedMessage
+from mailcore.store import message_store
+from mailcore.verification.ids import new_source_id
+spec = json.loads(sys.stdin.read())
+ids = []
+for i in range(spec["count"]):
+    body = message_store().put(spec["content"].encode())
+    message = Message.objects.create(body_ref=body.ref, size=body.size, sha256=body.sha256,
+        mail_from="alice@a.test", rcpt_tos=["bob@b.test"], transport="submission", verification="verified")
+    sourced = SourcedMessage.objects.create(source_id=new_source_id(), message=message, mail_from="alice@a.test",
+        rcpt_tos=["bob@b.test"], destination_host="mx.b.test",
+        expires_at=timezone.now() + timedelta(seconds=settings.MAIL_SOURCE_RETENTION))
+    ids.append(sourced.source_id)
+print(json.dumps(ids))
+"""
+
+ADD_ACCOUNT = """
+import sys
+from mailcore.services import accounts
+domain, address = sys.stdin.read().split()
+accounts.add_domain(domain)
+accounts.add_mailbox(address, "instance-password-1")
+"""
+
+
+def _percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(fraction * (len(ordered) - 1))))]
+
+
+def announce(port: int, source_id: str) -> float:
+    """SOURCE to B as A's outbound client would; the time of the 250."""
+    with smtplib.SMTP("127.0.0.3", port, local_hostname="mx.a.test", timeout=30) as client:
+        client.ehlo("mx.a.test")
+        client.mail("alice@a.test")
+        client.rcpt("bob@b.test")
+        code, text = client.docmd("SOURCE", source_id)
+        acknowledged = time.perf_counter()
+    if code != 250:
+        raise RuntimeError(f"SOURCE answered {code} {text!r}")
+    return acknowledged
+
+
+def source_round(args, workdir: Path, template, dns_address: str, redis_url: str | None, label: str, content: str) -> list[float]:
+    """Two fresh instances (A's MX answers GET; B's MX and cluster pull): seconds from each 250 to B's mailbox."""
+    port = project.free_port("127.0.0.2")
+    procs, copies, envs = [], [], {}
+    try:
+        for name, address in (("a", "127.0.0.2"), ("b", "127.0.0.3")):
+            db, data_dir = template.fresh(f"source-{name}")
+            copies.append((db, data_dir))
+            extra = dict(
+                MAIL_HOSTNAME=f"mx.{name}.test", MAIL_DNS_SERVERS=dns_address,
+                MAIL_REMOTE_SMTP_PORT=str(port), MAIL_ALLOW_PRIVATE_DESTINATIONS="1",
+                MAIL_Q_NAME=f"bench-{name}-{label}", MAIL_LOG_LEVEL="WARNING",
+            )
+            if redis_url:
+                extra["REDIS_URL"] = redis_url
+            env = envs[name] = project.base_env(workdir, db, data_dir, **extra)
+            user = "alice" if name == "a" else "bob"
+            project.manage(["shell", "-c", ADD_ACCOUNT], env, stdin=f"{name}.test {user}@{name}.test")
+            procs.append(Process.manage(["runsmtp", "--bind", f"{address}:{port}"], env, workdir / f"source-{name}-smtp.log"))
+        procs.append(Process.manage(["qcluster"], envs["b"], workdir / "source-b-qcluster.log"))
+        project.wait_for_port("127.0.0.2", port, procs[0].proc)
+        project.wait_for_port("127.0.0.3", port, procs[1].proc)
+        spec = json.dumps({"count": args.source_count, "content": content})
+        ids = json.loads(project.manage(["shell", "-c", SOURCE_ON_A], envs["a"], stdin=spec).splitlines()[-1])
+        time.sleep(2)  # the cluster's workers are up
+        timings = []
+        with sqlite3.connect(copies[1][0], timeout=30) as reader:
+            for source_id in ids:
+                acknowledged = announce(port, source_id)
+                while not reader.execute(
+                    "SELECT 1 FROM mailcore_delivery d JOIN mailcore_announcement n ON n.message_id = d.message_id"
+                    " WHERE n.source_id = ?", (source_id,),
+                ).fetchone():
+                    if time.perf_counter() > acknowledged + 60:
+                        raise RuntimeError(f"{source_id} not delivered on B after 60 s")
+                    time.sleep(0.002)
+                timings.append(time.perf_counter() - acknowledged)
+        return timings
+    finally:
+        for proc in procs:
+            proc.stop()
+        for db, data_dir in copies:
+            project.remove_copy(db, data_dir)
+
+
+def bench_source(args, workdir: Path, template: project.Template, results: Results) -> None:
+    from tests.dnsserver import TestDNSServer
+
+    redis = None
+    brokers = ["ORM"]
+    if shutil.which("redis-server"):
+        redis_port = project.free_port()
+        redis = subprocess.Popen(
+            ["redis-server", "--bind", HOST, "--port", str(redis_port), "--save", "", "--appendonly", "no"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        project.wait_for_port(HOST, redis_port, redis)
+        brokers.append("Redis")
+    records = {
+        "a.test": {"MX": [(10, "mx.a.test")]}, "mx.a.test": {"A": ["127.0.0.2"]},
+        "b.test": {"MX": [(10, "mx.b.test")]}, "mx.b.test": {"A": ["127.0.0.3"]},
+    }
+    content = project.message_bytes(2048).decode()
+    try:
+        with TestDNSServer(records) as dns:
+            for broker in brokers:
+                for round_no in range(args.rounds):
+                    log(f"SOURCE to mailbox, {broker} broker, round {round_no + 1} of {args.rounds}")
+                    redis_url = f"redis://{HOST}:{redis_port}/0" if broker == "Redis" else None
+                    timings = source_round(args, workdir, template, dns.address, redis_url, f"{round_no}-{broker.lower()}", content)
+                    results.add("SOURCE to mailbox", f"median, {broker} broker", "s", statistics.median(timings))
+                    results.add("SOURCE to mailbox", f"p99, {broker} broker", "s", _percentile(timings, 0.99))
+                    log(f"  median {statistics.median(timings) * 1000:.0f} ms, p99 {_percentile(timings, 0.99) * 1000:.0f} ms")
+                results.note("SOURCE to mailbox", f"median, {broker} broker", f"{args.source_count} messages one after another, 2 KB")
+    finally:
+        if redis is not None:
+            redis.terminate()
+            redis.wait()
+
+
+# --- idle connections --------------------------------------------------------------------------------
+
+
+def bench_memory(args, workdir: Path, template: project.Template, results: Results) -> None:
+    db, data_dir = template.fresh("memory")
+    env = project.base_env(workdir, db, data_dir)
+    smtp_port, pop3_port, bare_port = project.free_port(), project.free_port(), project.free_port()
+    servers = {
+        "mailcore SMTP": Process.manage(["runsmtp", "--bind", f"{HOST}:{smtp_port}"], env, workdir / "memory-smtp.log"),
+        "mailcore POP3": Process.manage(["runpop3", "--bind", f"{HOST}:{pop3_port}"], env, workdir / "memory-pop3.log"),
+        "aiosmtpd bare": Process([sys.executable, str(Path(__file__).with_name("bare_smtp.py")), HOST, str(bare_port)],
+                                 env, workdir / "memory-bare.log"),
+    }
+    ports = {"mailcore SMTP": smtp_port, "mailcore POP3": pop3_port, "aiosmtpd bare": bare_port}
+    pids = {name: proc.pid for name, proc in servers.items()}
+    postfix = dovecot = None
+    try:
+        for name, proc in servers.items():
+            project.wait_for_port(HOST, ports[name], proc.proc)
+        if args.peers:
+            postfix = peers.Postfix(workdir / "memory", HOST, project.free_port(), DOMAIN, SMTP_USER, process_limit=args.idle + 100)
+            postfix.start()
+            vmail = workdir / "memory" / "vmail-empty"
+            peers.write_maildir(vmail, DOMAIN, RETR_USER, [])
+            dovecot = peers.Dovecot(workdir / "memory", HOST, project.free_port(), vmail, {f"{RETR_USER}@{DOMAIN}": PASSWORD},
+                                    process_limit=args.idle + 100)
+            dovecot.start()
+            project.wait_for_port(HOST, postfix.port)
+            project.wait_for_port(HOST, dovecot.port)
+            ports["postfix SMTP"], pids["postfix SMTP"] = postfix.port, postfix.master_pid()
+            ports["dovecot POP3"], pids["dovecot POP3"] = dovecot.port, dovecot.master_pid()
+        for round_no in range(args.rounds):
+            log(f"idle connections, round {round_no + 1} of {args.rounds}")
+            for name, port in ports.items():
+                opened, before, during = clients.hold_idle(HOST, port, args.idle, pids[name])
+                results.add("idle connections", f"{args.idle} idle: {name}", "KiB PSS each", (during - before) / opened)
+                time.sleep(0.5)
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft >= args.many + 200:
+            for name in ("mailcore SMTP", "mailcore POP3"):
+                log(f"holding {args.many} idle connections to {name}")
+                try:
+                    opened, before, during = clients.hold_idle(HOST, ports[name], args.many, pids[name], settle=2.0)
+                    results.add("idle connections", f"{args.many} held at once: {name}", "connections", opened)
+                    results.add("idle connections", f"{args.many} idle: {name}", "KiB PSS each", (during - before) / opened)
+                except RuntimeError as error:
+                    results.add("idle connections", f"{args.many} held at once: {name}", "connections", 0)
+                    results.note("idle connections", f"{args.many} held at once: {name}", str(error)[:120])
+        else:
+            log(f"fd limit {soft}: not trying {args.many} connections")
+    finally:
+        for proc in servers.values():
+            proc.stop()
+        if postfix is not None:
+            postfix.stop()
+        if dovecot is not None:
+            dovecot.stop()
+        project.remove_copy(db, data_dir)
+
+
+# --- main --------------------------------------------------------------------------------------------
+
+
+def machine() -> str:
+    cpu = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import os
+
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return f"{platform.node()}: {os.cpu_count()} CPUs ({cpu}), {mem:.0f} GiB RAM, {platform.platform()}, Python {platform.python_version()}"
+
+
+def versions() -> str:
+    found = []
+    for argv in (["postconf", "-d", "-h", "mail_version"], ["dovecot", "--version"]):
+        try:
+            found.append(f"{argv[0]} {subprocess.run(argv, capture_output=True, text=True).stdout.split()[0]}")
+        except (OSError, IndexError):
+            pass
+    import aiosmtpd
+
+    found.append(f"aiosmtpd {aiosmtpd.__version__}")
+    return ", ".join(found)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--peers", action="store_true", help="also measure Postfix and Dovecot (installed from Debian)")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--scale", type=float, default=1.0, help="multiplies the SMTP message counts")
+    parser.add_argument("--only", default="smtp,pop3,source,memory", help="comma-separated sections")
+    parser.add_argument("--retr-count", type=int, default=5000)
+    parser.add_argument("--retr-size", type=int, default=10 * 1024)
+    parser.add_argument("--login-seconds", type=float, default=3.0)
+    parser.add_argument("--source-count", type=int, default=100)
+    parser.add_argument("--idle", type=int, default=1000)
+    parser.add_argument("--many", type=int, default=10000)
+    parser.add_argument("--workdir", default=str(project.ROOT / "var" / "bench"))
+    args = parser.parse_args()
+
+    # 10,000 idle connections need more descriptors than the usual 1,024, here and in the servers.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    workdir = Path(args.workdir)
+    shutil.rmtree(workdir, ignore_errors=True)
+    workdir.mkdir(parents=True)
+    workdir.chmod(0o755)
+    sections = set(args.only.split(","))
+    log(f"building the template database in {workdir}")
+    template = project.Template(workdir, args.retr_count if "pop3" in sections else 0, args.retr_size)
+    template.build()
+    results = Results()
+    started = datetime.now(UTC)
+    for section, run in (("smtp", bench_smtp), ("pop3", bench_pop3), ("source", bench_source), ("memory", bench_memory)):
+        if section in sections:
+            run(args, workdir, template, results)
+    report = (
+        f"Machine: {machine()}\nDate: {started:%Y-%m-%d %H:%M} UTC\nPeers: {versions()}\n"
+        f"Rounds: {args.rounds}; figures are median [min-max] over rounds; ratios are per round.\n\n{table(results)}\n"
+    )
+    print("\n" + report)
+    (workdir.parent / "bench-results.md").write_text(report)
+    (workdir.parent / "bench-results.json").write_text(json.dumps(
+        {f"{r.section}: {r.name}": {"unit": r.unit, "values": r.values, "ratios": r.ratios, "note": r.note}
+         for r in results.rows.values()}, indent=1))
+    shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    threading.excepthook = lambda hook_args: None  # dnslib's server threads on shutdown
+    sys.exit(main())
