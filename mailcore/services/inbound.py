@@ -13,14 +13,14 @@ from email.utils import format_datetime, parseaddr
 from typing import TYPE_CHECKING
 
 from django.conf import settings
-from django.db import transaction
+from django.db import DatabaseError, transaction
 from django.utils import timezone
 
 from mailcore.addresses import AddressError, domain_of, normalize_domain
 from mailcore.models import Delivery, DeliveryState, Message, Transport, UnverifiedPolicy, Verification
 from mailcore.models.message import new_queue_id
 from mailcore.services import accounts
-from mailcore.store import message_store
+from mailcore.store import StoredBody, message_store
 
 if TYPE_CHECKING:
     from mailcore.spam.check import SpamVerdict
@@ -158,22 +158,107 @@ def receive(envelope: Envelope, content: bytes, spam: SpamVerdict | None = None)
     `spam`: a verdict from `mailcore.spam.check.check` made beforehand, by a caller that holds a
     transaction and must not wait for spamd inside it; otherwise the check is made here.
     """
+    prepared = _prepare(envelope, content, spam)
+    body = message_store().put(prepared.content)
+    try:
+        with transaction.atomic():
+            return _record(prepared, body)
+    except BaseException:
+        message_store().delete(body.ref)
+        raise
+
+
+def spam_verdict(envelope: Envelope, content: bytes) -> SpamVerdict:
+    """The spam check alone, ahead of `receive(..., spam=...)`, scored as `receive` would score it.
+
+    Raises SpamRejection (a PolicyRejection) when every recipient's domain refuses the message.
+    """
+    from mailcore.spam import check as spam_check
+
+    unverified = envelope.verification != Verification.VERIFIED
+    recipients = [
+        r for r in envelope.rcpt_tos if not (unverified and envelope.reject_policy_applies and rejects_unverified(r))
+    ]
+    queue_id = new_queue_id()
+    return spam_check.check(envelope, trace_headers(envelope, queue_id) + content, recipients, queue_id)
+
+
+def receive_many(items: list[tuple[Envelope, bytes, SpamVerdict | None]]) -> list[Receipt | Exception]:
+    """`receive` for several messages at once (group commit): one round of fsyncs, one transaction.
+
+    Returns, in order, each message's Receipt or the exception that `receive` would have raised
+    for it (PolicyRejection, a database or store error). Returns only after every body whose
+    Receipt it returns is durable and its rows are committed: the SMTP listener acknowledges a
+    whole batch of sessions with that. A message that the shared transaction cannot take does
+    not fail the others: they are then committed one by one.
+    """
+    outcomes: list[Receipt | Exception | None] = [None] * len(items)
+    prepared: list[tuple[int, _Prepared]] = []
+    for index, (envelope, content, spam) in enumerate(items):
+        try:
+            prepared.append((index, _prepare(envelope, content, spam)))
+        except PolicyRejection as exc:
+            outcomes[index] = exc
+    if prepared:
+        try:
+            bodies = message_store().put_many([p.content for _i, p in prepared])
+        except OSError as exc:
+            for index, _p in prepared:
+                outcomes[index] = exc
+            return outcomes
+        try:
+            with transaction.atomic():
+                receipts = [_record(p, body) for (_i, p), body in zip(prepared, bodies, strict=True)]
+        except DatabaseError:
+            log.warning("a batch of %d messages failed to commit together; committing them one by one", len(prepared))
+            receipts = []
+            for (_i, p), body in zip(prepared, bodies, strict=True):
+                try:
+                    with transaction.atomic():
+                        receipts.append(_record(p, body))
+                except Exception as exc:
+                    message_store().delete(body.ref)
+                    receipts.append(exc)
+        except BaseException:
+            for body in bodies:
+                message_store().delete(body.ref)
+            raise
+        for (index, _p), receipt in zip(prepared, receipts, strict=True):
+            outcomes[index] = receipt
+    return outcomes
+
+
+@dataclass
+class _Prepared:
+    """A message ready to be stored: its routes, spam verdict and final content (trace headers added)."""
+
+    envelope: Envelope
+    queue_id: str
+    routes: list[accounts.Route]
+    rejected: list[str]
+    spam: SpamVerdict
+    content: bytes
+    subject: str
+    header_from: str
+
+
+def _prepare(envelope: Envelope, content: bytes, spam: SpamVerdict | None) -> _Prepared:
     queue_id = new_queue_id()
     unverified = envelope.verification != Verification.VERIFIED
     routes = []
-    receipt = Receipt(queue_id=queue_id)
+    rejected: list[str] = []
     for rcpt in envelope.rcpt_tos:
         try:
             r = accounts.route(rcpt)
         except AddressError:
-            receipt.rejected.append(rcpt)
+            rejected.append(rcpt)
             continue
         if unverified and envelope.reject_policy_applies and rejects_unverified(rcpt):
-            receipt.rejected.append(rcpt)
+            rejected.append(rcpt)
             continue
         routes.append(r)
     if not routes:
-        raise PolicyRejection(", ".join(receipt.rejected))
+        raise PolicyRejection(", ".join(rejected))
 
     # Issue 9: spamd's verdict before anything is stored, so that a refusal is still a 550 to DATA;
     # raises SpamRejection (a PolicyRejection) when every recipient's domain refuses it.
@@ -183,55 +268,57 @@ def receive(envelope: Envelope, content: bytes, spam: SpamVerdict | None = None)
         spam = spam_check.check(envelope, trace_headers(envelope, queue_id) + content, [r.address for r in routes], queue_id)
     envelope = replace(envelope, spam_result=spam.auth_result())
     content = trace_headers(envelope, queue_id) + spam.headers() + content
-    body = message_store().put(content)
     subject, header_from = summary_headers(content)
-    try:
-        with transaction.atomic():
-            message = Message.objects.create(
-                queue_id=queue_id,
-                body_ref=body.ref,
-                size=body.size,
-                sha256=body.sha256,
-                mail_from=envelope.mail_from,
-                rcpt_tos=list(envelope.rcpt_tos),
-                client_address=envelope.client_address,
-                helo_name=envelope.helo_name,
-                tls=envelope.tls,
-                transport=envelope.transport,
-                verification=envelope.verification,
-                auth_results=authentication_results(envelope),
-                subject=subject,
-                header_from=header_from,
-                **spam.message_fields(),
-            )
-            seen: set[int] = set()
-            remote: list[str] = []
-            for r in routes:
-                policy = _policy_for(r.address)
-                quarantine = unverified and policy == UnverifiedPolicy.QUARANTINE
-                reason = "unverified" if quarantine else ""
-                if spam.quarantines(r.address):  # issue 9: "spam" says more than "unverified"
-                    quarantine, reason = True, "spam"
-                for mailbox in r.mailboxes:
-                    if mailbox.pk in seen:
-                        continue
-                    seen.add(mailbox.pk)
-                    Delivery.objects.create(
-                        message=message,
-                        mailbox=mailbox,
-                        state=DeliveryState.QUARANTINED if quarantine else DeliveryState.INBOX,
-                        reason=reason,
-                    )
-                    (receipt.quarantined if quarantine else receipt.delivered).append(mailbox.address)
-                remote.extend(t for t in r.remote if t not in remote)
-            if remote:
-                from mailcore.services import outbound
+    return _Prepared(envelope, queue_id, routes, rejected, spam, content, subject, header_from)
 
-                outbound.forward(message, remote)
-                receipt.forwarded.extend(remote)
-    except BaseException:
-        message_store().delete(body.ref)
-        raise
+
+def _record(prepared: _Prepared, body: StoredBody) -> Receipt:
+    """The rows of one stored message: the Message, a Delivery per mailbox, forwards. In a transaction."""
+    envelope, spam = prepared.envelope, prepared.spam
+    unverified = envelope.verification != Verification.VERIFIED
+    receipt = Receipt(queue_id=prepared.queue_id, rejected=list(prepared.rejected))
+    message = Message.objects.create(
+        queue_id=prepared.queue_id,
+        body_ref=body.ref,
+        size=body.size,
+        sha256=body.sha256,
+        mail_from=envelope.mail_from,
+        rcpt_tos=list(envelope.rcpt_tos),
+        client_address=envelope.client_address,
+        helo_name=envelope.helo_name,
+        tls=envelope.tls,
+        transport=envelope.transport,
+        verification=envelope.verification,
+        auth_results=authentication_results(envelope),
+        subject=prepared.subject,
+        header_from=prepared.header_from,
+        **spam.message_fields(),
+    )
+    seen: set[int] = set()
+    remote: list[str] = []
+    for r in prepared.routes:
+        policy = _policy_for(r.address)
+        quarantine = unverified and policy == UnverifiedPolicy.QUARANTINE
+        reason = "unverified" if quarantine else ""
+        if spam.quarantines(r.address):  # issue 9: "spam" says more than "unverified"
+            quarantine, reason = True, "spam"
+        for mailbox in r.mailboxes:
+            if mailbox.pk in seen:
+                continue
+            seen.add(mailbox.pk)
+            Delivery.objects.create(
+                message=message,
+                mailbox=mailbox,
+                state=DeliveryState.QUARANTINED if quarantine else DeliveryState.INBOX,
+                reason=reason,
+            )
+            (receipt.quarantined if quarantine else receipt.delivered).append(mailbox.address)
+        remote.extend(t for t in r.remote if t not in remote)
+    if remote:
+        from mailcore.services import outbound
+
+        outbound.forward(message, remote)
+        receipt.forwarded.extend(remote)
     receipt.message = message
     return receipt
 

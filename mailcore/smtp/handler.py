@@ -15,12 +15,13 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.db import DatabaseError, close_old_connections
+from django.db import DatabaseError, connections
 
 from mailcore.addresses import domain_of
 from mailcore.models import UnverifiedPolicy
 from mailcore.services import inbound, verification
 from mailcore.smtp import replies
+from mailcore.smtp.groupcommit import GroupCommit
 from mailcore.smtp.replies import Reply
 from mailcore.spam.check import SpamRejection
 from mailcore.store import message_store
@@ -36,15 +37,33 @@ class TemporaryFault(Exception):
     """Our own fault (database, store): the client gets 4xx and tries again (style.md)."""
 
 
+def _drop_unusable_connections() -> None:
+    """Close this thread's database connections that a failure left unusable.
+
+    Unlike Django's `close_old_connections`, a healthy connection is kept: each worker thread
+    holds its own for the life of the listener, instead of connecting again for every command.
+    """
+    for conn in connections.all(initialized_only=True):
+        if conn.connection is None:
+            continue
+        if conn.get_autocommit() != conn.settings_dict["AUTOCOMMIT"]:
+            conn.close()  # a transaction left open by an exception
+        elif conn.errors_occurred:
+            if conn.is_usable():
+                conn.errors_occurred = False
+            else:
+                conn.close()
+
+
 def _unit_of_work(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Run `fn` with a usable database connection in a worker thread, as a request would."""
 
     def run(*args, **kwargs):
-        close_old_connections()
+        _drop_unusable_connections()
         try:
             return fn(*args, **kwargs)
         finally:
-            close_old_connections()
+            _drop_unusable_connections()
 
     return run
 
@@ -58,6 +77,12 @@ class InboundHandler:
         self.executor = ThreadPoolExecutor(
             max_workers=workers or settings.MAIL_SMTP_WORKER_THREADS, thread_name_prefix="smtp-services"
         )
+        # Messages received by DATA are stored and committed in batches across sessions.
+        self.group_commit = GroupCommit(self.call, settings.MAIL_SMTP_COMMIT_BATCH, settings.MAIL_SMTP_COMMITTERS)
+        # RCPT verdicts of the last few seconds (address -> (expiry, check)): a sender's next
+        # message to the same mailbox needs no trip to the database before its 250.
+        self.recipient_cache: dict[str, tuple[float, inbound.RecipientCheck]] = {}
+        self.recipient_cache_seconds = settings.MAIL_SMTP_RECIPIENT_CACHE
 
     async def call(self, fn: Callable[..., Any], *args, **kwargs) -> Any:
         """The one boundary between the event loop and the (blocking) service layer."""
@@ -81,7 +106,7 @@ class InboundHandler:
     async def recipient_verdict(self, server: InboundSMTP, address: str) -> tuple[Reply, str | None]:
         """The reply to `RCPT TO:<address>`, and the recipient domain's unverified-mail policy."""
         try:
-            check = await self.call(inbound.check_recipient, address)
+            check = await self.checked_recipient(address)
         except TemporaryFault:
             return replies.RECIPIENT_TEMPFAIL, None
         if not check.valid:
@@ -93,13 +118,34 @@ class InboundHandler:
             return replies.USER_UNKNOWN, None
         return replies.RECIPIENT_OK, check.policy
 
+    async def checked_recipient(self, address: str) -> inbound.RecipientCheck:
+        key = address
+        now = asyncio.get_running_loop().time()
+        cached = self.recipient_cache.get(key)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        check = await self.call(inbound.check_recipient, address)
+        if self.recipient_cache_seconds > 0:
+            if len(self.recipient_cache) >= 10000:  # a dictionary attack must not grow it forever
+                self.recipient_cache = {k: v for k, v in self.recipient_cache.items() if v[0] > now}
+                if len(self.recipient_cache) >= 10000:
+                    self.recipient_cache.clear()
+            self.recipient_cache[key] = (now + self.recipient_cache_seconds, check)
+        return check
+
     # --- DATA ----------------------------------------------------------------------------------
 
     async def deliver(self, server: InboundSMTP, content: bytes) -> tuple[Reply, str | None]:
         """Store and deliver a message received by DATA: (reply, queue id or None)."""
         envelope = server.delivery_envelope()
         try:
-            receipt = await self.call(inbound.receive, envelope, content)
+            # spamd is asked per message, before the batch, so that one slow verdict never holds
+            # back the other sessions' messages (none when the spam check is off).
+            spam = await self.call(inbound.spam_verdict, envelope, content) if settings.MAIL_SPAMD else None
+            receipt = await self.group_commit.deliver(envelope, content, spam)
+        except (DatabaseError, OSError) as exc:
+            log.warning("delivery failed: %s", exc)
+            return replies.TEMPORARY_FAILURE, None
         except SpamRejection as exc:  # a PolicyRejection too: this clause comes first
             return replies.SPAM_REFUSED(score=f"{exc.score:.1f}"), None
         except inbound.PolicyRejection:

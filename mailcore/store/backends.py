@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import os
 import secrets
+from concurrent.futures import ThreadPoolExecutor
 
 from django.core.files.storage import FileSystemStorage
+
+# fsync(2) of many files issued at once lets the file system write them in one journal commit
+# (ext4's jbd2 joins concurrent fsyncs): a batch of 32 bodies costs about what 4 cost one by one.
+_FSYNC_THREADS = ThreadPoolExecutor(max_workers=32, thread_name_prefix="store-fsync")
 
 
 def fsync_directory(path: str) -> None:
@@ -54,6 +59,52 @@ class DurableFileSystemStorage(FileSystemStorage):
             raise
         fsync_directory(directory)
         return name
+
+    def save_many(self, names: list[str], contents: list[bytes]) -> list[str]:
+        """Save several new files in one durability round (group commit); all or none.
+
+        Each is written to a temporary name, all are fsynced together, renamed into place, and
+        each directory that holds them is fsynced once. `names` must be fresh (never overwritten).
+        """
+        temps: list[tuple[str, str]] = []  # (temporary, final) paths
+        open_fds: list[int] = []
+        placed: set[str] = set()
+        directories: set[str] = set()
+        try:
+            for name, content in zip(names, contents, strict=True):
+                full_path = self.path(name)
+                directory = os.path.dirname(full_path)
+                if directory not in directories and not os.path.isdir(directory):
+                    os.makedirs(directory, exist_ok=True)
+                    fsync_directory(os.path.dirname(directory))
+                directories.add(directory)
+                temp_path = os.path.join(directory, f"{self.TEMP_PREFIX}{secrets.token_hex(8)}")
+                fd = os.open(temp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+                open_fds.append(fd)
+                temps.append((temp_path, full_path))
+                view = memoryview(content)
+                while view:
+                    view = view[os.write(fd, view):]
+            for _ in _FSYNC_THREADS.map(os.fsync, open_fds):
+                pass
+            while open_fds:
+                os.close(open_fds.pop())
+            for temp_path, full_path in temps:
+                os.replace(temp_path, full_path)
+                placed.add(full_path)
+            for directory in directories:
+                fsync_directory(directory)
+        except BaseException:
+            for fd in open_fds:
+                os.close(fd)
+            for temp_path, full_path in temps:
+                for path in (temp_path, full_path) if full_path in placed else (temp_path,):
+                    try:
+                        os.unlink(path)
+                    except FileNotFoundError:
+                        pass
+            raise
+        return list(names)
 
     def clean_temporary(self) -> int:
         """Remove temporary files that a crash left behind; returns how many."""

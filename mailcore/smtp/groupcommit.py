@@ -1,0 +1,81 @@
+"""Group commit for the MX: messages of many sessions stored, fsynced and committed as one batch.
+
+A session that has read a message hands it to `GroupCommit.deliver` and waits. A committer takes
+every message waiting at that moment (up to `max_batch`) to one worker thread, which stores all
+bodies in one round of fsyncs and records all rows in one transaction (`inbound.receive_many`);
+each session then gets its own outcome and only then answers 250. Nothing waits for a batch to
+fill: while one batch is being made durable the next one gathers, so one lone session pays for
+one message and fifty concurrent sessions share the cost of each fsync and commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from mailcore.services import inbound
+
+if TYPE_CHECKING:
+    from mailcore.spam.check import SpamVerdict
+
+log = logging.getLogger("mailcore.smtp")
+
+Item = tuple[inbound.Envelope, bytes, "SpamVerdict | None", asyncio.Future]
+
+
+class GroupCommit:
+    """The batches of one listener process. `call` is the handler's one sync_to_async boundary."""
+
+    def __init__(self, call: Callable[..., Awaitable[Any]], max_batch: int = 64, committers: int = 2):
+        self.call = call
+        self.max_batch = max(1, max_batch)
+        self.committers = max(1, committers)
+        self.waiting: list[Item] = []
+        self.in_flight = 0
+        self._tasks: set[asyncio.Task] = set()  # the loop keeps only weak references to tasks
+        self.batches = 0
+        self.messages = 0
+
+    async def deliver(self, envelope: inbound.Envelope, content: bytes, spam: SpamVerdict | None = None) -> inbound.Receipt:
+        """Returns once this message is durable and committed; raises what `inbound.receive` would."""
+        future = asyncio.get_running_loop().create_future()
+        self.waiting.append((envelope, content, spam, future))
+        if self.in_flight < self.committers:
+            self.in_flight += 1
+            task = asyncio.get_running_loop().create_task(self._commit_while_waiting())
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        return await asyncio.shield(future)
+
+    async def _commit_while_waiting(self) -> None:
+        try:
+            while self.waiting:
+                batch, self.waiting = self.waiting[: self.max_batch], self.waiting[self.max_batch:]
+                await self._commit(batch)
+        finally:
+            self.in_flight -= 1
+
+    async def _commit(self, batch: list[Item]) -> None:
+        items = [(envelope, content, spam) for envelope, content, spam, _future in batch]
+        try:
+            outcomes = await self.call(inbound.receive_many, items)
+        except BaseException as exc:  # the whole batch failed: each session answers for itself
+            outcomes = [exc] * len(batch)
+            if not isinstance(exc, Exception):
+                self._settle(batch, outcomes)
+                raise
+        self.batches += 1
+        self.messages += len(batch)
+        self._settle(batch, outcomes)
+
+    @staticmethod
+    def _settle(batch: list[Item], outcomes: list) -> None:
+        for (_envelope, _content, _spam, future), outcome in zip(batch, outcomes, strict=True):
+            if future.done():
+                continue
+            if isinstance(outcome, BaseException):
+                future.set_exception(outcome)
+            else:
+                future.set_result(outcome)

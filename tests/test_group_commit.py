@@ -1,0 +1,120 @@
+"""Group commit (issue 8): many bodies made durable in one round, many messages in one transaction."""
+
+from __future__ import annotations
+
+import os
+import smtplib
+import threading
+
+import pytest
+
+from mailcore.models import Delivery, Message
+from mailcore.services import inbound
+from mailcore.services.accounts import add_domain, add_mailbox
+from mailcore.store import message_store
+from tests import smtp_wire
+
+mx = smtp_wire.mx  # the fixture that starts `runsmtp`
+
+
+def files_under(path):
+    return sorted(os.path.relpath(os.path.join(r, f), path) for r, _d, fs in os.walk(path) for f in fs)
+
+
+def test_put_many_stores_every_body_durably_and_in_order(mail_store):
+    bodies = [f"Subject: {i}\r\n\r\n".encode() + bytes([i]) * (i * 1000) for i in range(20)]
+    stored = message_store().put_many(bodies)
+    assert [message_store().read(s.ref) for s in stored] == bodies
+    assert [s.size for s in stored] == [len(b) for b in bodies]
+    assert len({s.ref for s in stored}) == 20
+    assert not [f for f in files_under(mail_store) if ".tmp-" in f]
+
+
+def test_put_many_that_fails_keeps_nothing(mail_store, monkeypatch):
+    message_store().put(b"already there")
+    before = files_under(mail_store)
+    calls = []
+
+    def failing_fsync(fd):
+        calls.append(fd)
+        if len(calls) == 3:
+            raise OSError("disk gone")
+
+    monkeypatch.setattr("mailcore.store.backends.os.fsync", failing_fsync)
+    with pytest.raises(OSError):
+        message_store().put_many([b"one", b"two", b"three", b"four"])
+    assert files_under(mail_store) == before
+
+
+@pytest.fixture
+def mailboxes():
+    add_domain("a.test")
+    add_domain("strict.test", "reject")
+    for address in ("bob@a.test", "carol@a.test", "s@strict.test"):
+        add_mailbox(address, "pw")
+
+
+@pytest.mark.django_db
+def test_receive_many_answers_each_message_in_order(mail_store, mailboxes):
+    items = [
+        (inbound.Envelope(mail_from="x@else.test", rcpt_tos=["bob@a.test"]), b"Subject: first\r\n\r\n1\r\n", None),
+        (inbound.Envelope(mail_from="x@else.test", rcpt_tos=["s@strict.test"]), b"Subject: refused\r\n\r\n2\r\n", None),
+        (inbound.Envelope(mail_from="x@else.test", rcpt_tos=["carol@a.test", "bob@a.test"]), b"Subject: third\r\n\r\n3\r\n", None),
+    ]
+    first, refused, third = inbound.receive_many(items)
+    assert isinstance(refused, inbound.PolicyRejection)
+    assert first.delivered == ["bob@a.test"] and sorted(third.delivered) == ["bob@a.test", "carol@a.test"]
+    assert sorted(Message.objects.values_list("subject", flat=True)) == ["first", "third"]
+    assert Delivery.objects.count() == 3
+    assert message_store().read(third.message.body_ref).endswith(b"Subject: third\r\n\r\n3\r\n")
+    assert len(files_under(mail_store)) == 2
+
+
+@pytest.mark.django_db(transaction=True)
+def test_one_message_the_database_refuses_does_not_fail_its_batch(mail_store, mailboxes, monkeypatch):
+    from django.db import DatabaseError
+
+    real_create = Delivery.objects.create
+
+    def create(**fields):
+        if fields["mailbox"].address == "carol@a.test":
+            raise DatabaseError("constraint on carol")
+        return real_create(**fields)
+
+    monkeypatch.setattr("mailcore.models.Delivery.objects.create", create)
+    items = [
+        (inbound.Envelope(mail_from="x@else.test", rcpt_tos=[rcpt]), f"Subject: to {rcpt}\r\n\r\nhi\r\n".encode(), None)
+        for rcpt in ("bob@a.test", "carol@a.test", "bob@a.test")
+    ]
+    outcomes = inbound.receive_many(items)
+    assert isinstance(outcomes[1], DatabaseError)
+    assert [o.delivered for o in (outcomes[0], outcomes[2])] == [["bob@a.test"], ["bob@a.test"]]
+    assert Message.objects.count() == 2
+    # The refused message's body is gone; the others' stay, each referenced by its row.
+    assert sorted(files_under(mail_store)) == sorted(Message.objects.values_list("body_ref", flat=True))
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_sessions_are_all_stored_once(mx):
+    add_domain("b.test")
+    add_mailbox("bob@b.test", "pw")
+    server = mx(MAIL_SMTP_COMMIT_BATCH="8")
+    errors: list[BaseException] = []
+
+    def client(n: int) -> None:
+        try:
+            with smtplib.SMTP("127.0.0.1", server.port, timeout=30) as c:
+                for i in range(5):
+                    c.sendmail("alice@remote.test", ["bob@b.test"], f"Subject: c{n}m{i}\r\n\r\nhello\r\n".encode())
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    subjects = list(Message.objects.values_list("subject", flat=True))
+    assert sorted(subjects) == sorted(f"c{n}m{i}" for n in range(20) for i in range(5))
+    assert Delivery.objects.filter(mailbox__address="bob@b.test").count() == 100
