@@ -87,7 +87,7 @@ def forward(message: Message, recipients: list[str]) -> list[QueueItem]:
 
 
 def forwarding_reverse_path(message: Message) -> str:
-    """The reverse-path of a forwarded copy: postmaster at the local domain that the alias belongs to.
+    """The reverse-path of a forwarded copy: the sender's own when it is ours, else postmaster of the alias's domain.
 
     Spec §6 asks only for "its own domain". The postmaster of the aliased recipient's domain is
     chosen because it exists at every domain we serve (RFC 5321 §4.5.1), its domain's MX is us
@@ -96,6 +96,10 @@ def forwarding_reverse_path(message: Message) -> str:
     may have forged (no backscatter, spec §6). An SRS address that routes bounces back to the
     original sender would need the MX to accept and decode it.
     """
+    if accounts.is_local_domain(domain_of(message.mail_from)):
+        # Already our own domain (a local user's mail to a forwarding alias): we answer for it as
+        # it is, and a bounce reaches the real sender.
+        return message.mail_from
     for rcpt in message.rcpt_tos:
         domain = domain_of(rcpt)
         if accounts.is_local_domain(domain):

@@ -6,6 +6,7 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from asgiref.sync import sync_to_async
+from django.db import DatabaseError
 
 from mailcore.delivery.client import Connection, OutboundClient, OutboundMessage, Reply, Session, SMTPFailure
 from mailcore.services import verification
@@ -35,6 +36,13 @@ class SourcingClient(OutboundClient):
         self.record = record or sync_to_async(verification.record_sourced)
         self.withdraw = withdraw or sync_to_async(verification.withdraw_sourced)
 
+    async def _withdraw(self, source_id: str) -> None:
+        try:
+            await self.withdraw(source_id)
+        except DatabaseError as exc:
+            # The id stays servable until its retention ends; the queue still retries the recipients.
+            log.warning("SOURCE %s could not be withdrawn: %s", source_id, exc)
+
     def may_source(self, session: Session, message: OutboundMessage) -> bool:
         # Spec §3: only to a peer that listed SOURCE after EHLO, and never for a null reverse-path
         # (a bounce has no domain for the receiver to call back).
@@ -43,7 +51,11 @@ class SourcingClient(OutboundClient):
     async def transfer(self, conn: Connection, session: Session, message: OutboundMessage, accepted: list[str]) -> tuple[Reply, str]:
         if not self.may_source(session, message):
             return await super().transfer(conn, session, message, accepted)
-        source_id = await self.record(message.message_id, message.mail_from, list(accepted), session.host.name, len(message.content))
+        try:
+            source_id = await self.record(message.message_id, message.mail_from, list(accepted), session.host.name, len(message.content))
+        except DatabaseError as exc:
+            # Our fault, so temporary: without the record there is nothing a GET could be served.
+            raise SMTPFailure(f"local error: cannot record the sourced message: {exc}") from None
         if source_id is None:
             # The stored body is not the octets DATA would send (or is gone): GET could not serve
             # them exactly (spec §3 rule 1), so this message goes by DATA.
@@ -54,13 +66,16 @@ class SourcingClient(OutboundClient):
         except SMTPFailure:
             # We cannot know whether the receiver recorded it. Withdrawn, a late GET gets 550 and
             # the receiver delivers nothing, so the queue's retry is the only copy that lands.
-            await self.withdraw(source_id)
+            await self._withdraw(source_id)
             raise
         if reply.code == 250:
             log.info("%s: SOURCE %s to %s: %s", message.queue_id, source_id, session.remote_host, reply)
             return reply, "sourced"
-        await self.withdraw(source_id)
+        await self._withdraw(source_id)
         if reply.code in NOT_IMPLEMENTED:
+            # It does not know SOURCE after all: the next messages on this connection go by DATA
+            # straight away (and an aiosmtpd peer closes after a few unknown verbs).
+            session.extensions.pop("SOURCE", None)
             log.info(
                 "%s: %s answered SOURCE with %s; sending by DATA in the same transaction", message.queue_id, session.remote_host, reply
             )
