@@ -158,11 +158,12 @@ def receive(envelope: Envelope, content: bytes, spam: SpamVerdict | None = None)
     `spam`: a verdict from `mailcore.spam.check.check` made beforehand, by a caller that holds a
     transaction and must not wait for spamd inside it; otherwise the check is made here.
     """
-    prepared = _prepare(envelope, content, spam)
+    lookups = Lookups()
+    prepared = _prepare(envelope, content, spam, lookups)
     body = message_store().put(prepared.content)
     try:
         with transaction.atomic():
-            return _record(prepared, body)
+            return _record(prepared, body, lookups)
     except BaseException:
         message_store().delete(body.ref)
         raise
@@ -183,7 +184,9 @@ def spam_verdict(envelope: Envelope, content: bytes) -> SpamVerdict:
     return spam_check.check(envelope, trace_headers(envelope, queue_id) + content, recipients, queue_id)
 
 
-def receive_many(items: list[tuple[Envelope, bytes, SpamVerdict | None]]) -> list[Receipt | Exception]:
+def receive_many(
+    items: list[tuple[Envelope, bytes, SpamVerdict | None]], lookups: Lookups | None = None
+) -> list[Receipt | Exception]:
     """`receive` for several messages at once (group commit): one round of fsyncs, one transaction.
 
     Returns, in order, each message's Receipt or the exception that `receive` would have raised
@@ -194,9 +197,10 @@ def receive_many(items: list[tuple[Envelope, bytes, SpamVerdict | None]]) -> lis
     """
     outcomes: list[Receipt | Exception | None] = [None] * len(items)
     prepared: list[tuple[int, _Prepared]] = []
+    lookups = lookups or Lookups()
     for index, (envelope, content, spam) in enumerate(items):
         try:
-            prepared.append((index, _prepare(envelope, content, spam)))
+            prepared.append((index, _prepare(envelope, content, spam, lookups)))
         except PolicyRejection as exc:
             outcomes[index] = exc
     if prepared:
@@ -208,14 +212,14 @@ def receive_many(items: list[tuple[Envelope, bytes, SpamVerdict | None]]) -> lis
             return outcomes
         try:
             with transaction.atomic():
-                receipts = [_record(p, body) for (_i, p), body in zip(prepared, bodies, strict=True)]
+                receipts = [_record(p, body, lookups) for (_i, p), body in zip(prepared, bodies, strict=True)]
         except DatabaseError:
             log.warning("a batch of %d messages failed to commit together; committing them one by one", len(prepared))
             receipts = []
             for (_i, p), body in zip(prepared, bodies, strict=True):
                 try:
                     with transaction.atomic():
-                        receipts.append(_record(p, body))
+                        receipts.append(_record(p, body, lookups))
                 except Exception as exc:
                     message_store().delete(body.ref)
                     receipts.append(exc)
@@ -226,6 +230,40 @@ def receive_many(items: list[tuple[Envelope, bytes, SpamVerdict | None]]) -> lis
         for (index, _p), receipt in zip(prepared, receipts, strict=True):
             outcomes[index] = receipt
     return outcomes
+
+
+class Lookups:
+    """Routes and domain policies, each looked up once while this object lives.
+
+    `receive_many` makes one per batch unless given one: a listener may keep one for a second or
+    two, so that a stream of messages to the same mailboxes costs no routing queries at all.
+    """
+
+    def __init__(self) -> None:
+        self._routes: dict[str, accounts.Route | AddressError] = {}
+        self._rejects: dict[str, bool] = {}
+        self._policies: dict[str, str] = {}
+
+    def route(self, address: str) -> accounts.Route:
+        if address not in self._routes:
+            try:
+                self._routes[address] = accounts.route(address)
+            except AddressError as exc:
+                self._routes[address] = exc
+        found = self._routes[address]
+        if isinstance(found, AddressError):
+            raise found
+        return found
+
+    def rejects_unverified(self, address: str) -> bool:
+        if address not in self._rejects:
+            self._rejects[address] = rejects_unverified(address)
+        return self._rejects[address]
+
+    def policy(self, address: str) -> str:
+        if address not in self._policies:
+            self._policies[address] = _policy_for(address)
+        return self._policies[address]
 
 
 @dataclass
@@ -242,18 +280,18 @@ class _Prepared:
     header_from: str
 
 
-def _prepare(envelope: Envelope, content: bytes, spam: SpamVerdict | None) -> _Prepared:
+def _prepare(envelope: Envelope, content: bytes, spam: SpamVerdict | None, lookups: Lookups) -> _Prepared:
     queue_id = new_queue_id()
     unverified = envelope.verification != Verification.VERIFIED
     routes = []
     rejected: list[str] = []
     for rcpt in envelope.rcpt_tos:
         try:
-            r = accounts.route(rcpt)
+            r = lookups.route(rcpt)
         except AddressError:
             rejected.append(rcpt)
             continue
-        if unverified and envelope.reject_policy_applies and rejects_unverified(rcpt):
+        if unverified and envelope.reject_policy_applies and lookups.rejects_unverified(rcpt):
             rejected.append(rcpt)
             continue
         routes.append(r)
@@ -272,7 +310,7 @@ def _prepare(envelope: Envelope, content: bytes, spam: SpamVerdict | None) -> _P
     return _Prepared(envelope, queue_id, routes, rejected, spam, content, subject, header_from)
 
 
-def _record(prepared: _Prepared, body: StoredBody) -> Receipt:
+def _record(prepared: _Prepared, body: StoredBody, lookups: Lookups) -> Receipt:
     """The rows of one stored message: the Message, a Delivery per mailbox, forwards. In a transaction."""
     envelope, spam = prepared.envelope, prepared.spam
     unverified = envelope.verification != Verification.VERIFIED
@@ -297,7 +335,7 @@ def _record(prepared: _Prepared, body: StoredBody) -> Receipt:
     seen: set[int] = set()
     remote: list[str] = []
     for r in prepared.routes:
-        policy = _policy_for(r.address)
+        policy = lookups.policy(r.address)
         quarantine = unverified and policy == UnverifiedPolicy.QUARANTINE
         reason = "unverified" if quarantine else ""
         if spam.quarantines(r.address):  # issue 9: "spam" says more than "unverified"

@@ -28,8 +28,14 @@ Item = tuple[inbound.Envelope, bytes, "SpamVerdict | None", asyncio.Future]
 class GroupCommit:
     """The batches of one listener process. `call` is the handler's one sync_to_async boundary."""
 
-    def __init__(self, call: Callable[..., Awaitable[Any]], max_batch: int = 64, committers: int = 2):
+    def __init__(
+        self, call: Callable[..., Awaitable[Any]], max_batch: int = 64, committers: int = 2, lookup_seconds: float = 0.0
+    ):
         self.call = call
+        # Routes and policies shared by the batches of the last `lookup_seconds` (the RCPT
+        # cache's lifetime): a mailbox's messages then cost no routing queries.
+        self.lookup_seconds = lookup_seconds
+        self._lookups: tuple[float, inbound.Lookups] | None = None
         self.max_batch = max(1, max_batch)
         self.committers = max(1, committers)
         self.waiting: list[Item] = []
@@ -60,7 +66,7 @@ class GroupCommit:
     async def _commit(self, batch: list[Item]) -> None:
         items = [(envelope, content, spam) for envelope, content, spam, _future in batch]
         try:
-            outcomes = await self.call(inbound.receive_many, items)
+            outcomes = await self.call(inbound.receive_many, items, self.lookups())
         except BaseException as exc:  # the whole batch failed: each session answers for itself
             outcomes = [exc] * len(batch)
             if not isinstance(exc, Exception):
@@ -69,6 +75,14 @@ class GroupCommit:
         self.batches += 1
         self.messages += len(batch)
         self._settle(batch, outcomes)
+
+    def lookups(self) -> inbound.Lookups | None:
+        if self.lookup_seconds <= 0:
+            return None
+        now = asyncio.get_running_loop().time()
+        if self._lookups is None or self._lookups[0] <= now:
+            self._lookups = (now + self.lookup_seconds, inbound.Lookups())
+        return self._lookups[1]
 
     @staticmethod
     def _settle(batch: list[Item], outcomes: list) -> None:

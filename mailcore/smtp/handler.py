@@ -78,7 +78,9 @@ class InboundHandler:
             max_workers=workers or settings.MAIL_SMTP_WORKER_THREADS, thread_name_prefix="smtp-services"
         )
         # Messages received by DATA are stored and committed in batches across sessions.
-        self.group_commit = GroupCommit(self.call, settings.MAIL_SMTP_COMMIT_BATCH, settings.MAIL_SMTP_COMMITTERS)
+        self.group_commit = GroupCommit(
+            self.call, settings.MAIL_SMTP_COMMIT_BATCH, settings.MAIL_SMTP_COMMITTERS, settings.MAIL_SMTP_RECIPIENT_CACHE
+        )
         # RCPT verdicts of the last few seconds (address -> (expiry, check)): a sender's next
         # message to the same mailbox needs no trip to the database before its 250.
         self.recipient_cache: dict[str, tuple[float, inbound.RecipientCheck]] = {}

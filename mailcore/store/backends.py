@@ -85,8 +85,11 @@ class DurableFileSystemStorage(FileSystemStorage):
                 view = memoryview(content)
                 while view:
                     view = view[os.write(fd, view):]
-            for _ in _FSYNC_THREADS.map(os.fsync, open_fds):
-                pass
+            if len(open_fds) == 1:
+                os.fsync(open_fds[0])  # nothing to overlap with: spare the hop to another thread
+            else:
+                for _ in _FSYNC_THREADS.map(os.fsync, open_fds):
+                    pass
             while open_fds:
                 os.close(open_fds.pop())
             for temp_path, full_path in temps:
