@@ -72,12 +72,10 @@ def test_ten_thousand_messages_list_from_one_query(mailbox_id):
     Delivery.objects.bulk_create(
         Delivery(message=m, mailbox_id=mailbox_id, uid=f"uid{i:06d}") for i, m in enumerate(messages)
     )
-    started = time.monotonic()
     with CaptureQueriesContext(connection) as queries:
         entries = maildrop.listing(mailbox_id)
-    elapsed = time.monotonic() - started
+    # One query whatever the mailbox size; its speed is for `make bench`, not a timed test.
     assert len(entries) == 10_000 and len(queries) == 1
-    assert elapsed < 2, f"listing 10,000 messages took {elapsed:.2f}s"
 
 
 @pytest.mark.django_db(transaction=True)
@@ -91,20 +89,11 @@ def test_ten_thousand_message_mailbox_over_the_wire(server_factory):
     )
     Delivery.objects.bulk_create(Delivery(message=m, mailbox=mailbox, uid=f"wire{i:06d}") for i, m in enumerate(messages))
     raw = RawPop3(start_pop3(server_factory))
-    started = time.monotonic()
     assert raw.login() == b"+OK alice@a.test has 10000 messages (10000000 octets)"
-    login = time.monotonic() - started
-    timings = {}
     for command in ("LIST", "UIDL"):
-        started = time.monotonic()
         raw.cmd(command)
         listing = raw.multiline().split(b"\r\n")[:-1]
-        timings[command] = time.monotonic() - started
         assert len(listing) == 10_000
     assert listing[-1] == b"10000 wire009999"
-    started = time.monotonic()
     assert raw.cmd("STAT") == b"+OK 10000 10000000"
-    timings["STAT"] = time.monotonic() - started
     raw.cmd("QUIT")
-    print(f"10,000 messages: login {login:.3f}s, " + ", ".join(f"{k} {v:.3f}s" for k, v in timings.items()))
-    assert timings["LIST"] < 1 and timings["UIDL"] < 1 and timings["STAT"] < 0.5

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from mailcore.smtp import replies
@@ -76,14 +74,11 @@ def test_dot_stuff_of_a_body_ending_in_crlf_adds_only_the_dot():
     assert dot_stuff(b"") == b".\r\n"
 
 
-def test_reading_is_linear_in_the_message_size():
+def test_a_large_message_in_large_chunks_is_received_whole():
+    # Throughput is measured by `make bench`, not here; this checks that a 12 MB body with
+    # dot-stuffed lines, split across chunk boundaries, comes out exactly.
     line = b"x" * 76 + b"\r\n"
-    timings = []
-    for lines in (20_000, 160_000):
-        wire = line * lines + b".\r\n"
-        started = time.perf_counter()
-        receiver = receive(wire, 256 * 1024, max_size=len(wire))
-        assert receiver.outcome().content is not None
-        timings.append(time.perf_counter() - started)
-    # Eight times the data may take about eight times as long, never sixty-four.
-    assert timings[1] < timings[0] * 24 + 0.05
+    original = (line * 999 + b".starts with a dot\r\n") * 160
+    wire = original.replace(b"\r\n.", b"\r\n..") + b".\r\n"
+    receiver = receive(wire, 256 * 1024 + 3, max_size=len(wire))
+    assert receiver.outcome().content == original
