@@ -1,5 +1,6 @@
 """Django settings: everything an operator sets comes from the environment (operations.md)."""
 
+import json
 from pathlib import Path
 
 from mailsite import env
@@ -159,7 +160,9 @@ STORAGES = {
     "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
     "mailbodies": {
         "BACKEND": env.get("MAIL_STORAGE_BACKEND", "mailcore.store.backends.DurableFileSystemStorage"),
-        "OPTIONS": {"location": str(MAIL_DATA_DIR)},
+        # MAIL_STORAGE_OPTIONS (a JSON object) gives another backend its options, e.g. for
+        # django-storages' S3Storage: {"bucket_name": "mail", "endpoint_url": "https://..."}.
+        "OPTIONS": {"location": str(MAIL_DATA_DIR), **json.loads(env.get("MAIL_STORAGE_OPTIONS", "{}"))},
     },
 }
 
