@@ -185,10 +185,15 @@ service anvil {{
         time.sleep(0.5)
 
     def master_pid(self) -> int | None:
-        try:
-            return int((self.root / "run" / "master.pid").read_text().split()[0])
-        except (OSError, ValueError, IndexError):
-            return None
+        # The daemon writes its pid file a moment after it starts listening.
+        deadline = time.monotonic() + 5
+        while True:
+            try:
+                return int((self.root / "run" / "master.pid").read_text().split()[0])
+            except (OSError, ValueError, IndexError):
+                if time.monotonic() > deadline:
+                    return None
+                time.sleep(0.05)
 
 
 def write_maildir(vmail: Path, domain: str, user: str, messages: list[bytes]) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
 import shutil
@@ -356,61 +357,101 @@ def bench_source(args, workdir: Path, template: project.Template, results: Resul
 # --- idle connections --------------------------------------------------------------------------------
 
 
-def bench_memory(args, workdir: Path, template: project.Template, results: Results) -> None:
-    db, data_dir = template.fresh("memory")
-    env = project.base_env(workdir, db, data_dir)
-    smtp_port, pop3_port, bare_port = project.free_port(), project.free_port(), project.free_port()
-    servers = {
-        "mailcore SMTP": Process.manage(["runsmtp", "--bind", f"{HOST}:{smtp_port}"], env, workdir / "memory-smtp.log"),
-        "mailcore POP3": Process.manage(["runpop3", "--bind", f"{HOST}:{pop3_port}"], env, workdir / "memory-pop3.log"),
-        "aiosmtpd bare": Process([sys.executable, str(Path(__file__).with_name("bare_smtp.py")), HOST, str(bare_port)],
-                                 env, workdir / "memory-bare.log"),
-    }
-    ports = {"mailcore SMTP": smtp_port, "mailcore POP3": pop3_port, "aiosmtpd bare": bare_port}
-    pids = {name: proc.pid for name, proc in servers.items()}
-    postfix = dovecot = None
-    try:
-        for name, proc in servers.items():
-            project.wait_for_port(HOST, ports[name], proc.proc)
-        if args.peers:
-            postfix = peers.Postfix(workdir / "memory", HOST, project.free_port(), DOMAIN, SMTP_USER, process_limit=args.idle + 100)
+class MemoryTarget:
+    """A server started afresh for each measurement: a warmed-up process would reuse freed memory
+    (Python's allocator) or idle worker processes (Postfix, Dovecot) and hide the cost."""
+
+    def __init__(self, name: str, start, stop):
+        self.name, self._start, self._stop = name, start, stop
+
+    def __enter__(self) -> tuple[int, int]:
+        return self._start()
+
+    def __exit__(self, *exc) -> None:
+        self._stop()
+
+
+def memory_targets(args, workdir: Path, template: project.Template) -> list[MemoryTarget]:
+    targets = []
+
+    def manage_target(name: str, command: str) -> MemoryTarget:
+        state = {}
+
+        def start():
+            db, data_dir = template.fresh("memory")
+            port = project.free_port()
+            proc = Process.manage([command, "--bind", f"{HOST}:{port}"], project.base_env(workdir, db, data_dir),
+                                  workdir / f"memory-{command}.log")
+            state.update(proc=proc, copy=(db, data_dir))
+            project.wait_for_port(HOST, port, proc.proc)
+            return port, proc.pid
+
+        def stop():
+            state["proc"].stop()
+            project.remove_copy(*state["copy"])
+
+        return MemoryTarget(name, start, stop)
+
+    targets.append(manage_target("mailcore SMTP", "runsmtp"))
+    targets.append(manage_target("mailcore POP3", "runpop3"))
+    bare_state = {}
+
+    def bare_start():
+        port = project.free_port()
+        proc = Process([sys.executable, str(Path(__file__).with_name("bare_smtp.py")), HOST, str(port)], os.environ.copy(),
+                       workdir / "memory-bare.log")
+        bare_state["proc"] = proc
+        project.wait_for_port(HOST, port, proc.proc)
+        return port, proc.pid
+
+    targets.append(MemoryTarget("aiosmtpd bare", bare_start, lambda: bare_state["proc"].stop()))
+    if args.peers:
+        limit = args.idle + 100
+        postfix = peers.Postfix(workdir / "memory", HOST, project.free_port(), DOMAIN, SMTP_USER, process_limit=limit)
+        vmail = workdir / "memory" / "vmail-empty"
+        dovecot = peers.Dovecot(workdir / "memory", HOST, project.free_port(), vmail, {f"{RETR_USER}@{DOMAIN}": PASSWORD},
+                                process_limit=limit)
+
+        def postfix_start():
             postfix.start()
-            vmail = workdir / "memory" / "vmail-empty"
-            peers.write_maildir(vmail, DOMAIN, RETR_USER, [])
-            dovecot = peers.Dovecot(workdir / "memory", HOST, project.free_port(), vmail, {f"{RETR_USER}@{DOMAIN}": PASSWORD},
-                                    process_limit=args.idle + 100)
-            dovecot.start()
             project.wait_for_port(HOST, postfix.port)
+            return postfix.port, postfix.master_pid()
+
+        def dovecot_start():
+            peers.write_maildir(vmail, DOMAIN, RETR_USER, [])
+            dovecot.start()
             project.wait_for_port(HOST, dovecot.port)
-            ports["postfix SMTP"], pids["postfix SMTP"] = postfix.port, postfix.master_pid()
-            ports["dovecot POP3"], pids["dovecot POP3"] = dovecot.port, dovecot.master_pid()
-        for round_no in range(args.rounds):
-            log(f"idle connections, round {round_no + 1} of {args.rounds}")
-            for name, port in ports.items():
-                opened, before, during = clients.hold_idle(HOST, port, args.idle, pids[name])
-                results.add("idle connections", f"{args.idle} idle: {name}", "KiB PSS each", (during - before) / opened)
-                time.sleep(0.5)
-        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        if soft >= args.many + 200:
-            for name in ("mailcore SMTP", "mailcore POP3"):
-                log(f"holding {args.many} idle connections to {name}")
-                try:
-                    opened, before, during = clients.hold_idle(HOST, ports[name], args.many, pids[name], settle=2.0)
-                    results.add("idle connections", f"{args.many} held at once: {name}", "connections", opened)
-                    results.add("idle connections", f"{args.many} idle: {name}", "KiB PSS each", (during - before) / opened)
-                except RuntimeError as error:
-                    results.add("idle connections", f"{args.many} held at once: {name}", "connections", 0)
-                    results.note("idle connections", f"{args.many} held at once: {name}", str(error)[:120])
-        else:
-            log(f"fd limit {soft}: not trying {args.many} connections")
-    finally:
-        for proc in servers.values():
-            proc.stop()
-        if postfix is not None:
-            postfix.stop()
-        if dovecot is not None:
-            dovecot.stop()
-        project.remove_copy(db, data_dir)
+            return dovecot.port, dovecot.master_pid()
+
+        targets.append(MemoryTarget("postfix SMTP", postfix_start, postfix.stop))
+        targets.append(MemoryTarget("dovecot POP3", dovecot_start, dovecot.stop))
+    return targets
+
+
+def bench_memory(args, workdir: Path, template: project.Template, results: Results) -> None:
+    targets = memory_targets(args, workdir, template)
+    for round_no in range(args.rounds):
+        log(f"idle connections, round {round_no + 1} of {args.rounds}")
+        for target in targets:
+            with target as (port, pid):
+                if pid is None:
+                    raise RuntimeError(f"{target.name}: no process id")
+                opened, before, during = clients.hold_idle(HOST, port, args.idle, pid)
+                results.add("idle connections", f"{args.idle} idle: {target.name}", "KiB PSS each", (during - before) / opened)
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < args.many + 200:
+        log(f"fd limit {soft}: not trying {args.many} connections")
+        return
+    for target in targets[:2]:
+        log(f"holding {args.many} idle connections to {target.name}")
+        with target as (port, pid):
+            try:
+                opened, before, during = clients.hold_idle(HOST, port, args.many, pid, settle=2.0)
+                results.add("idle connections", f"{args.many} held at once: {target.name}", "connections", opened)
+                results.add("idle connections", f"{args.many} idle: {target.name}", "KiB PSS each", (during - before) / opened)
+            except RuntimeError as error:
+                results.add("idle connections", f"{args.many} held at once: {target.name}", "connections", 0)
+                results.note("idle connections", f"{args.many} held at once: {target.name}", str(error)[:120])
 
 
 # --- main --------------------------------------------------------------------------------------------
@@ -425,8 +466,6 @@ def machine() -> str:
                 break
     except OSError:
         pass
-    import os
-
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     return f"{platform.node()}: {os.cpu_count()} CPUs ({cpu}), {mem:.0f} GiB RAM, {platform.platform()}, Python {platform.python_version()}"
 
