@@ -81,6 +81,12 @@ def test_one_message_the_database_refuses_does_not_fail_its_batch(mail_store, ma
             raise DatabaseError("constraint on carol")
         return real_create(**fields)
 
+    def bulk_create(rows, *args, **kwargs):
+        if any(row.mailbox.address == "carol@a.test" for row in rows):
+            raise DatabaseError("constraint on carol")
+        raise AssertionError("the batch had carol's message in it")
+
+    monkeypatch.setattr("mailcore.models.Delivery.objects.bulk_create", bulk_create)
     monkeypatch.setattr("mailcore.models.Delivery.objects.create", create)
     items = [
         (inbound.Envelope(mail_from="x@else.test", rcpt_tos=[rcpt]), f"Subject: to {rcpt}\r\n\r\nhi\r\n".encode(), None)

@@ -13,7 +13,7 @@ from email.utils import format_datetime, parseaddr
 from typing import TYPE_CHECKING
 
 from django.conf import settings
-from django.db import DatabaseError, transaction
+from django.db import DatabaseError, connection, transaction
 from django.utils import timezone
 
 from mailcore.addresses import AddressError, domain_of, normalize_domain
@@ -212,7 +212,7 @@ def receive_many(
             return outcomes
         try:
             with transaction.atomic():
-                receipts = [_record(p, body, lookups) for (_i, p), body in zip(prepared, bodies, strict=True)]
+                receipts = _record_many([(p, body) for (_i, p), body in zip(prepared, bodies, strict=True)], lookups)
         except DatabaseError:
             log.warning("a batch of %d messages failed to commit together; committing them one by one", len(prepared))
             receipts = []
@@ -312,10 +312,27 @@ def _prepare(envelope: Envelope, content: bytes, spam: SpamVerdict | None, looku
 
 def _record(prepared: _Prepared, body: StoredBody, lookups: Lookups) -> Receipt:
     """The rows of one stored message: the Message, a Delivery per mailbox, forwards. In a transaction."""
-    envelope, spam = prepared.envelope, prepared.spam
-    unverified = envelope.verification != Verification.VERIFIED
-    receipt = Receipt(queue_id=prepared.queue_id, rejected=list(prepared.rejected))
-    message = Message.objects.create(
+    message = _message_row(prepared, body)
+    message.save(force_insert=True)
+    receipt, deliveries, remote = _deliveries(prepared, message, lookups)
+    for delivery in deliveries:
+        Delivery.objects.create(message=message, mailbox=delivery.mailbox, state=delivery.state, reason=delivery.reason)
+    return _forward(receipt, message, remote)
+
+
+def _record_many(batch: list[tuple[_Prepared, StoredBody]], lookups: Lookups) -> list[Receipt]:
+    """`_record` for a batch: all Message rows in one INSERT, all Delivery rows in another."""
+    if not connection.features.can_return_rows_from_bulk_insert:  # bulk_create could not give the ids back
+        return [_record(prepared, body, lookups) for prepared, body in batch]
+    messages = Message.objects.bulk_create([_message_row(prepared, body) for prepared, body in batch])
+    routed = [_deliveries(prepared, message, lookups) for (prepared, _body), message in zip(batch, messages, strict=True)]
+    Delivery.objects.bulk_create([delivery for _receipt, deliveries, _remote in routed for delivery in deliveries])
+    return [_forward(receipt, message, remote) for (receipt, _d, remote), message in zip(routed, messages, strict=True)]
+
+
+def _message_row(prepared: _Prepared, body: StoredBody) -> Message:
+    envelope = prepared.envelope
+    return Message(
         queue_id=prepared.queue_id,
         body_ref=body.ref,
         size=body.size,
@@ -330,8 +347,16 @@ def _record(prepared: _Prepared, body: StoredBody, lookups: Lookups) -> Receipt:
         auth_results=authentication_results(envelope),
         subject=prepared.subject,
         header_from=prepared.header_from,
-        **spam.message_fields(),
+        **prepared.spam.message_fields(),
     )
+
+
+def _deliveries(prepared: _Prepared, message: Message, lookups: Lookups) -> tuple[Receipt, list[Delivery], list[str]]:
+    """(receipt so far, unsaved Delivery rows, remote forwarding targets) of one message."""
+    envelope, spam = prepared.envelope, prepared.spam
+    unverified = envelope.verification != Verification.VERIFIED
+    receipt = Receipt(queue_id=prepared.queue_id, rejected=list(prepared.rejected))
+    deliveries: list[Delivery] = []
     seen: set[int] = set()
     remote: list[str] = []
     for r in prepared.routes:
@@ -344,14 +369,14 @@ def _record(prepared: _Prepared, body: StoredBody, lookups: Lookups) -> Receipt:
             if mailbox.pk in seen:
                 continue
             seen.add(mailbox.pk)
-            Delivery.objects.create(
-                message=message,
-                mailbox=mailbox,
-                state=DeliveryState.QUARANTINED if quarantine else DeliveryState.INBOX,
-                reason=reason,
-            )
+            state = DeliveryState.QUARANTINED if quarantine else DeliveryState.INBOX
+            deliveries.append(Delivery(message=message, mailbox=mailbox, state=state, reason=reason))
             (receipt.quarantined if quarantine else receipt.delivered).append(mailbox.address)
         remote.extend(t for t in r.remote if t not in remote)
+    return receipt, deliveries, remote
+
+
+def _forward(receipt: Receipt, message: Message, remote: list[str]) -> Receipt:
     if remote:
         from mailcore.services import outbound
 

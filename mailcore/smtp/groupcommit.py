@@ -65,6 +65,7 @@ class GroupCommit:
 
     async def _commit(self, batch: list[Item]) -> None:
         items = [(envelope, content, spam) for envelope, content, spam, _future in batch]
+        started = asyncio.get_running_loop().time()
         try:
             outcomes = await self.call(inbound.receive_many, items, self.lookups())
         except BaseException as exc:  # the whole batch failed: each session answers for itself
@@ -74,6 +75,7 @@ class GroupCommit:
                 raise
         self.batches += 1
         self.messages += len(batch)
+        log.debug("group commit: %d message(s) durable in %.1f ms", len(batch), (asyncio.get_running_loop().time() - started) * 1000)
         self._settle(batch, outcomes)
 
     def lookups(self) -> inbound.Lookups | None:
