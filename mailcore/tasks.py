@@ -12,6 +12,8 @@ log = logging.getLogger("mailcore.tasks")
 QUEUE_SWEEP_SCHEDULE = "mailcore outbound queue sweep"
 # The schedule that ends the retention of sourced messages (reverse-delivery.md §3 rule 5).
 SOURCE_EXPIRY_SCHEDULE = "mailcore sourced message expiry"
+# The schedule that removes bodies no message refers to (mailcore.services.bodies).
+STORE_GC_SCHEDULE = "mailcore body store gc"
 
 
 def enqueue_delivery(domain: str) -> None:
@@ -67,6 +69,15 @@ def register_schedules() -> None:
             "repeats": -1,
         },
     )
+    Schedule.objects.update_or_create(
+        name=STORE_GC_SCHEDULE,
+        defaults={
+            "func": "mailcore.tasks.collect_orphaned_bodies",
+            "schedule_type": "I",  # Schedule.MINUTES
+            "minutes": max(1, settings.MAIL_STORE_GC_MINUTES),
+            "repeats": -1,
+        },
+    )
 
 
 def enqueue_pull(sender_domain: str) -> None:
@@ -98,3 +109,13 @@ def expire_sourced() -> str:
 
     close_old_connections()
     return expire().summary()
+
+
+def collect_orphaned_bodies() -> str:
+    """Scheduled task: remove bodies older than MAIL_STORE_GC_GRACE that no message refers to."""
+    from django.db import close_old_connections
+
+    from mailcore.services.bodies import collect_orphans
+
+    close_old_connections()
+    return collect_orphans().summary()

@@ -150,6 +150,11 @@ MAIL_SUBMISSION_PLAINTEXT_AUTH = env.get("MAIL_SUBMISSION_PLAINTEXT_AUTH", "loop
 MAIL_AUTH_FAILURE_DELAY = env.get_float("MAIL_AUTH_FAILURE_DELAY", 2.0)
 MAIL_AUTH_MAX_FAILURES = env.get_int("MAIL_AUTH_MAX_FAILURES", 5)
 MAIL_AUTH_FAILURE_WINDOW = env.get_int("MAIL_AUTH_FAILURE_WINDOW", 900)
+# Body store garbage collection: a body no Message refers to (a crash between its fsync and its
+# row's commit) or a `.tmp-` file is removed once older than the grace period, by a schedule that
+# runs every MAIL_STORE_GC_MINUTES; a body being written now is always younger than the grace.
+MAIL_STORE_GC_GRACE = env.get_float("MAIL_STORE_GC_GRACE", 3600.0)
+MAIL_STORE_GC_MINUTES = env.get_int("MAIL_STORE_GC_MINUTES", 60)
 MAIL_DATA_DIR = Path(env.get("MAIL_DATA_DIR", "var/mail"))
 if not MAIL_DATA_DIR.is_absolute():
     MAIL_DATA_DIR = BASE_DIR / MAIL_DATA_DIR
