@@ -106,6 +106,17 @@ class InboundSMTP(SMTP):
     offers_source = True  # SOURCE and GET of reverse-delivery.md
     # The StreamReader's buffer; the protocol's own line limits are checked by the command loop.
     line_length_limit = 32 * 1024
+    _verb_names: dict[type, list[str]] = {}
+
+    def __dir__(self) -> list[str]:
+        # aiosmtpd's __init__ finds verbs and AUTH mechanisms with dir() and inspect.getmembers(),
+        # which reads every attribute of a new session: a third of a millisecond per connection
+        # (issue 8). Those are the only names it looks for, and they belong to the class.
+        names = self._verb_names.get(type(self))
+        if names is None:
+            names = [n for n in object.__dir__(self) if n.startswith(("smtp_", "auth_"))]
+            self._verb_names[type(self)] = names
+        return names
 
     def __init__(self, handler: InboundHandler, config: SMTPConfig, registry: ConnectionRegistry, **kwargs):
         super().__init__(
