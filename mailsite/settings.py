@@ -193,6 +193,31 @@ if REDIS_URL:
 else:
     Q_CLUSTER["orm"] = "default"
 
+# Django's cache holds what every process and node must share: the failed-login counts of
+# submission, POP3 and the web sign-in (mailcore.services.login_failures). Redis when REDIS_URL is
+# set; otherwise a database table (created by migration 0005). Two servers sharing one Redis need
+# distinct prefixes, like MAIL_Q_NAME.
+MAIL_CACHE_PREFIX = env.get("MAIL_CACHE_PREFIX", Q_CLUSTER["name"])
+if REDIS_URL:
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": REDIS_URL,
+            "KEY_PREFIX": MAIL_CACHE_PREFIX,
+        }
+    }
+else:
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.db.DatabaseCache",
+            "LOCATION": "mailcore_cache",
+            "KEY_PREFIX": MAIL_CACHE_PREFIX,
+            # Culling drops a third of the entries once this many exist: keep it far above the
+            # number of addresses failing at once, or a flood of addresses would wipe counts.
+            "OPTIONS": {"MAX_ENTRIES": 100000},
+        }
+    }
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,

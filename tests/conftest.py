@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
 import socket
@@ -17,9 +18,15 @@ from django.db import connection
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def cache_prefix(data_dir: Path) -> str:
+    """A cache key prefix of one test: every test logs in from 127.0.0.1, so failed-login counts
+    (kept in the shared cache, one Redis for all xdist workers in CI) must not leak between tests."""
+    return "test-" + hashlib.sha256(str(data_dir).encode()).hexdigest()[:16]
+
+
 @pytest.fixture(autouse=True)
 def mail_store(settings, tmp_path):
-    """Each test gets its own body store, so no test sees another's files."""
+    """Each test gets its own body store and cache namespace, so no test sees another's files or counts."""
     data_dir = tmp_path / "mail"
     settings.MAIL_DATA_DIR = data_dir
     settings.STORAGES = {
@@ -29,6 +36,7 @@ def mail_store(settings, tmp_path):
             "OPTIONS": {"location": str(data_dir)},
         },
     }
+    settings.CACHES = {"default": {**settings.CACHES["default"], "KEY_PREFIX": cache_prefix(data_dir)}}
     return data_dir
 
 
@@ -56,6 +64,7 @@ def child_env(data_dir: Path, **extra: str) -> dict[str, str]:
         DATABASE_URL=database_url(),
         MAIL_DATA_DIR=str(data_dir),
         MAIL_HOSTNAME="mx.test.example",
+        MAIL_CACHE_PREFIX=cache_prefix(data_dir),
         PYTHONUNBUFFERED="1",
     )
     env.update(extra)

@@ -10,6 +10,7 @@ from django.conf import settings
 
 from mailcore.pop3.maildrop import ServiceMaildrop
 from mailcore.pop3.protocol import Pop3Config, Pop3Server
+from mailcore.services.login_failures import LoginFailures
 from mailsite import env
 
 PLAINTEXT_POLICIES = ("loopback", "always", "never")
@@ -56,7 +57,8 @@ async def serve(
     stopping = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stopping.set)
-    server = Pop3Server(config, ServiceMaildrop(lock_ttl=config.lock_ttl), tls_context)
+    failures = LoginFailures(config.auth_max_failures, config.auth_failure_window)
+    server = Pop3Server(config, ServiceMaildrop(lock_ttl=config.lock_ttl, failures=failures), tls_context)
     await server.start(binds, tls_binds)
     await stopping.wait()
     await server.stop()

@@ -9,6 +9,7 @@ from typing import Protocol
 from asgiref.sync import sync_to_async
 
 from mailcore.services import maildrop as service
+from mailcore.services.login_failures import LoginFailures
 from mailcore.services.maildrop import Account, LockLost, MaildropEntry
 
 __all__ = ["Account", "LockLost", "Maildrop", "MaildropEntry", "ServiceMaildrop"]
@@ -18,6 +19,10 @@ class Maildrop(Protocol):
     """The storage side of a POP3 session; the protocol holds one and never a database handle."""
 
     async def authenticate(self, address: str, password: str) -> Account | None: ...
+
+    async def login_blocked(self, client: str) -> bool: ...
+
+    async def record_login_failure(self, client: str) -> None: ...
 
     async def lock(self, account: Account, holder: str) -> bool: ...
 
@@ -48,11 +53,19 @@ def _next_chunk(chunks):
 class ServiceMaildrop:
     """The Maildrop over `mailcore.services.maildrop`: every call runs off the event loop."""
 
-    def __init__(self, lock_ttl: float):
+    def __init__(self, lock_ttl: float, failures: LoginFailures):
         self.lock_ttl = lock_ttl
+        self.failures = failures
 
     async def authenticate(self, address: str, password: str) -> Account | None:
         return await _off_loop(service.authenticate, address, password)
+
+    async def login_blocked(self, client: str) -> bool:
+        """Whether `client` reached the failed-login limit, counted across processes and nodes."""
+        return await _off_loop(self.failures.blocked, client)
+
+    async def record_login_failure(self, client: str) -> None:
+        await _off_loop(self.failures.record, client)
 
     async def lock(self, account: Account, holder: str) -> bool:
         return await _off_loop(service.acquire_lock, account.mailbox_id, holder, self.lock_ttl)

@@ -13,7 +13,6 @@ import os
 import secrets
 import socket
 import ssl
-import time
 from dataclasses import dataclass
 
 from mailcore.pop3.maildrop import Account, LockLost, Maildrop, MaildropEntry
@@ -71,36 +70,6 @@ class Pop3Config:
     max_connections_per_client: int = 20
     shutdown_grace: float = 10.0
     tls_handshake_timeout: float = 30.0
-
-
-class FailureLimiter:
-    """Failed logins per client address in a sliding window, for this process."""
-
-    def __init__(self, limit: int, window: float):
-        self.limit = limit
-        self.window = window
-        self.failures: dict[str, collections.deque[float]] = {}
-
-    def _recent(self, address: str) -> collections.deque[float]:
-        times = self.failures.get(address)
-        if times is None:
-            return collections.deque()
-        horizon = time.monotonic() - self.window
-        while times and times[0] < horizon:
-            times.popleft()
-        if not times:
-            del self.failures[address]
-        return times
-
-    def blocked(self, address: str) -> bool:
-        return len(self._recent(address)) >= self.limit
-
-    def record(self, address: str) -> None:
-        self._recent(address)
-        self.failures.setdefault(address, collections.deque()).append(time.monotonic())
-        if len(self.failures) > 10000:  # forget addresses whose window has passed
-            for stale in list(self.failures):
-                self._recent(stale)
 
 
 class SessionEnd(Exception):
@@ -323,7 +292,7 @@ class Pop3Session:
         await self.login(authcid, password)
 
     async def login(self, address: str, password: str) -> None:
-        if self.server.failures.blocked(self.peer):
+        if await self.maildrop.login_blocked(self.peer):
             await asyncio.sleep(self.config.auth_failure_delay)
             await self.send(AUTH_BLOCKED)
             self.outcome = "login blocked"
@@ -349,12 +318,12 @@ class Pop3Session:
         await self.send(f"{OK} {account.address} has {count} messages ({size} octets)")
 
     async def fail_login(self) -> None:
-        self.server.failures.record(self.peer)
+        await self.maildrop.record_login_failure(self.peer)
         self.auth_failures += 1
         # RFC 1939 §13 and RFC 3206: a delay slows password guessing; [AUTH] says the credentials were wrong.
         await asyncio.sleep(self.config.auth_failure_delay)
         await self.send(AUTH_FAILED)
-        if self.auth_failures >= self.config.auth_max_failures or self.server.failures.blocked(self.peer):
+        if self.auth_failures >= self.config.auth_max_failures or await self.maildrop.login_blocked(self.peer):
             self.outcome = "too many failed logins"
             raise SessionEnd
 
@@ -566,7 +535,6 @@ class Pop3Server:
         self.config = config
         self.maildrop = maildrop
         self.tls_context = tls_context
-        self.failures = FailureLimiter(config.auth_max_failures, config.auth_failure_window)
         self.listeners: list[asyncio.base_events.Server] = []
         self.sessions: set[asyncio.Task] = set()
         self.per_client: collections.Counter[str] = collections.Counter()

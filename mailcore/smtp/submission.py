@@ -12,12 +12,11 @@ import base64
 import binascii
 import ipaddress
 import logging
-import time
-from collections import defaultdict, deque
 
 from django.conf import settings
 
 from mailcore.services import accounts, outbound
+from mailcore.services.login_failures import LoginFailures
 from mailcore.smtp import replies
 from mailcore.smtp.handler import InboundHandler, TemporaryFault
 from mailcore.smtp.replies import Reply
@@ -42,44 +41,25 @@ SENDER_NOT_OWNED = Reply(553, "5.7.1", "Sender address <{sender}> is not owned b
 SENDER_CHECK_TEMPFAIL = Reply(451, "4.3.0", "Temporary local problem checking the sender, try again later")
 
 
-class AuthFailures:
-    """Failed logins per client address over a sliding window: a brute-force brake."""
-
-    def __init__(self, limit: int, window: float):
-        self.limit = limit
-        self.window = window
-        self._failures: dict[str, deque[float]] = defaultdict(deque)
-
-    def _recent(self, address: str) -> deque[float]:
-        times = self._failures[address]
-        cutoff = time.monotonic() - self.window
-        while times and times[0] < cutoff:
-            times.popleft()
-        return times
-
-    def blocked(self, address: str) -> bool:
-        blocked = len(self._recent(address)) >= self.limit
-        if not self._failures[address]:
-            del self._failures[address]
-        return blocked
-
-    def record(self, address: str) -> None:
-        self._recent(address).append(time.monotonic())
-
-
 class SubmissionHandler(InboundHandler):
     """Policy of the submission port: authenticated users may send anywhere, as themselves."""
 
     def __init__(self, workers: int | None = None):
         super().__init__(workers)
-        self.failures = AuthFailures(settings.MAIL_AUTH_MAX_FAILURES, settings.MAIL_AUTH_FAILURE_WINDOW)
+        # Counted in the shared cache: every submission process (and POP3, and the web sign-in)
+        # sees the same failures of an address.
+        self.failures = LoginFailures(settings.MAIL_AUTH_MAX_FAILURES, settings.MAIL_AUTH_FAILURE_WINDOW)
+
+    async def auth_blocked(self, client_address: str) -> bool:
+        """Whether `client_address` reached the failed-login limit (TemporaryFault if the count is unreachable)."""
+        return await self.call(self.failures.blocked, client_address)
 
     async def authenticate(self, client_address: str, username: str, password: str) -> str | None:
         """The mailbox address for these credentials, or None (after the failure delay)."""
         mailbox = await self.call(accounts.authenticate, username, password)
         if mailbox is not None:
             return mailbox.address
-        self.failures.record(client_address)
+        await self.call(self.failures.record, client_address)
         # RFC 4954 §4 leaves the delay to us: it makes guessing slow without locking anyone out.
         await asyncio.sleep(settings.MAIL_AUTH_FAILURE_DELAY)
         return None
@@ -200,7 +180,12 @@ class SubmissionSMTP(InboundSMTP):
         if not self.auth_allowed():
             await self.reply(AUTH_NEEDS_TLS)
             return
-        if self.event_handler.failures.blocked(self.client_address):
+        try:
+            blocked = await self.event_handler.auth_blocked(self.client_address)
+        except TemporaryFault:
+            await self.reply(AUTH_TEMPFAIL)
+            return
+        if blocked:
             await self._refuse_blocked()
             return
         mechanism, _, initial = arg.partition(" ")
@@ -217,12 +202,13 @@ class SubmissionSMTP(InboundSMTP):
         username, password = credentials
         try:
             user = await self.event_handler.authenticate(self.client_address, username, password)
+            blocked = user is None and await self.event_handler.auth_blocked(self.client_address)
         except TemporaryFault:
             await self.reply(AUTH_TEMPFAIL)
             return
         if user is None:
             log.info("%s: AUTH %s failed for %r", self.client_address, mechanism, username[:100])
-            if self.event_handler.failures.blocked(self.client_address):
+            if blocked:
                 await self._refuse_blocked()
                 return
             await self.reply(AUTH_INVALID)
