@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from django.test import Client
 
 from mailcore.models import Delivery, DeliveryState
 from mailcore.services import accounts
+from mailcore.services.login_failures import LoginFailures
 from tests import web_data as w
 
 pytestmark = pytest.mark.django_db
@@ -15,6 +18,7 @@ pytestmark = pytest.mark.django_db
 @pytest.fixture(autouse=True)
 def fast_password_hashing(settings):
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+    settings.MAIL_AUTH_FAILURE_DELAY = 0.05
 
 
 @pytest.fixture
@@ -164,3 +168,52 @@ def test_login_next_stays_inside_the_self_service(world):
     assert response["Location"] == f"/mailbox/message/{d.pk}/"
     response = Client().post("/mailbox/login/", {"address": "alice@a.test", "password": w.PASSWORD, "next": "https://evil.example/"})
     assert response["Location"] == "/mailbox/"
+
+
+LOCKED_OUT = "Too many failed sign-ins from your address. Try again later."
+
+
+def failed_sign_in(client: Client, address: str = "alice@a.test", password: str = "wrong") -> str:
+    response = client.post("/mailbox/login/", {"address": address, "password": password})
+    assert response.status_code == 200
+    return response.content.decode()
+
+
+def test_failed_sign_ins_are_delayed_then_locked_out(world, settings):
+    settings.MAIL_AUTH_MAX_FAILURES = 3
+    settings.MAIL_AUTH_FAILURE_DELAY = 0.3
+    client = Client(REMOTE_ADDR="192.0.2.10")
+    started = time.monotonic()
+    assert "Wrong address or password." in failed_sign_in(client)
+    assert time.monotonic() - started >= 0.3
+    assert "Wrong address or password." in failed_sign_in(client, "nobody@a.test")
+    # The third failure reaches the limit: the form says so instead of "wrong password".
+    page = failed_sign_in(client)
+    assert LOCKED_OUT in page and "Wrong address or password." not in page
+    # Locked out: even the right password is refused, at once, and no session is made.
+    started = time.monotonic()
+    page = failed_sign_in(client, password=w.PASSWORD)
+    assert LOCKED_OUT in page
+    assert time.monotonic() - started < 0.3
+    assert client.get("/mailbox/").status_code == 302
+    # The count is per client address: another address signs in.
+    response = Client(REMOTE_ADDR="192.0.2.11").post("/mailbox/login/", {"address": "alice@a.test", "password": w.PASSWORD})
+    assert response.status_code == 302 and response["Location"] == "/mailbox/"
+
+
+def test_mail_port_failures_count_against_the_web_sign_in(world, settings):
+    """One count for every login: failures on POP3 or submission (the shared cache) lock the web form too."""
+    settings.MAIL_AUTH_MAX_FAILURES = 2
+    failures = LoginFailures(settings.MAIL_AUTH_MAX_FAILURES, settings.MAIL_AUTH_FAILURE_WINDOW)
+    failures.record("192.0.2.20")
+    failures.record("192.0.2.20")
+    assert LOCKED_OUT in failed_sign_in(Client(REMOTE_ADDR="192.0.2.20"), password=w.PASSWORD)
+
+
+def test_a_successful_sign_in_does_not_add_to_the_count(world, settings):
+    settings.MAIL_AUTH_MAX_FAILURES = 2
+    client = Client(REMOTE_ADDR="192.0.2.30")
+    assert "Wrong address or password." in failed_sign_in(client)
+    for _ in range(3):
+        signed = Client(REMOTE_ADDR="192.0.2.30")
+        assert signed.post("/mailbox/login/", {"address": "alice@a.test", "password": w.PASSWORD}).status_code == 302

@@ -135,18 +135,36 @@ class OwnerLoginForm(forms.Form):
     )
     password = forms.CharField(strip=False, widget=forms.PasswordInput(attrs={"autocomplete": "current-password"}))
 
-    def __init__(self, *args, **kwargs):
+    LOCKED_OUT = "Too many failed sign-ins from your address. Try again later."
+
+    def __init__(self, *args, client_address: str = "", **kwargs):
         self.mailbox = None
+        self.client_address = client_address
         super().__init__(*args, **kwargs)
 
     def clean(self):
+        import time
+
+        from django.conf import settings
+
         from mailcore.services import accounts
+        from mailcore.services.login_failures import LoginFailures
 
         cleaned = super().clean()
         address, password = cleaned.get("address"), cleaned.get("password")
         if address and password:
+            # The same count as submission and POP3 (the same passwords): a guesser locked out
+            # there gets no fresh guesses here, and the reverse.
+            failures = LoginFailures(settings.MAIL_AUTH_MAX_FAILURES, settings.MAIL_AUTH_FAILURE_WINDOW)
+            if failures.blocked(self.client_address):
+                raise forms.ValidationError(self.LOCKED_OUT, code="locked_out")
             self.mailbox = accounts.authenticate(address, password)
             if self.mailbox is None:
+                failures.record(self.client_address)
+                # As on the mail ports: a delay makes guessing slow without locking anyone out.
+                time.sleep(settings.MAIL_AUTH_FAILURE_DELAY)
+                if failures.blocked(self.client_address):
+                    raise forms.ValidationError(self.LOCKED_OUT, code="locked_out")
                 # One message for unknown address, wrong password and disabled mailbox alike.
                 raise forms.ValidationError("Wrong address or password.", code="invalid_login")
         return cleaned
