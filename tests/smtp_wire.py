@@ -12,8 +12,9 @@ from tests.conftest import free_port
 class RawSMTP:
     """A client that sends exactly the bytes it is given and reads whole replies."""
 
-    def __init__(self, port: int, host: str = "127.0.0.1", timeout: float = 10.0):
-        self.sock = socket.create_connection((host, port), timeout=timeout)
+    def __init__(self, port: int, host: str = "127.0.0.1", timeout: float = 10.0, source: str | None = None):
+        # `source`: the client's own address (any 127.0.0.0/8 address works on loopback), to be another client.
+        self.sock = socket.create_connection((host, port), timeout=timeout, source_address=(source, 0) if source else None)
         self.file = self.sock.makefile("rb")
 
     def send(self, data: bytes) -> None:
