@@ -124,9 +124,9 @@ MAIL_SMTP_MAX_RECIPIENTS = env.get_int("MAIL_SMTP_MAX_RECIPIENTS", 100)
 MAIL_SMTP_SHUTDOWN_GRACE = env.get_float("MAIL_SMTP_SHUTDOWN_GRACE", 30.0)
 MAIL_SMTP_WORKER_THREADS = env.get_int("MAIL_SMTP_WORKER_THREADS", 8)
 # Group commit on the MX (issue 8): at most this many messages per batch, this many batches at
-# once (0: one on SQLite, whose writers only queue for its lock, two on other databases).
+# once (on SQLite they store bodies in parallel and take turns to commit).
 MAIL_SMTP_COMMIT_BATCH = env.get_int("MAIL_SMTP_COMMIT_BATCH", 64)
-MAIL_SMTP_COMMITTERS = env.get_int("MAIL_SMTP_COMMITTERS", 0)
+MAIL_SMTP_COMMITTERS = env.get_int("MAIL_SMTP_COMMITTERS", 2)
 # Seconds an RCPT verdict (mailbox exists, domain policy) is reused by the MX; 0 turns it off.
 MAIL_SMTP_RECIPIENT_CACHE = env.get_float("MAIL_SMTP_RECIPIENT_CACHE", 2.0)
 MAIL_SOURCE_MAX_PENDING_PER_CLIENT = env.get_int("MAIL_SOURCE_MAX_PENDING_PER_CLIENT", 500)

@@ -195,40 +195,71 @@ def receive_many(
     whole batch of sessions with that. A message that the shared transaction cannot take does
     not fail the others: they are then committed one by one.
     """
+    lookups = lookups or Lookups()
+    return commit_staged(stage_many(items, lookups), lookups)
+
+
+@dataclass
+class StagedBatch:
+    """The first half of `receive_many`: bodies durable, rows not yet written."""
+
+    outcomes: list[Receipt | Exception | None]  # None: staged, waiting for its rows
+    staged: list[tuple[int, _Prepared, StoredBody]]
+
+
+def stage_many(items: list[tuple[Envelope, bytes, SpamVerdict | None]], lookups: Lookups | None = None) -> StagedBatch:
+    """Route, score and store a batch's bodies in one round of fsyncs; no rows are written.
+
+    A listener may stage the next batch while the previous one commits (`commit_staged`): the
+    file system's work and the database's then overlap.
+    """
+    lookups = lookups or Lookups()
     outcomes: list[Receipt | Exception | None] = [None] * len(items)
     prepared: list[tuple[int, _Prepared]] = []
-    lookups = lookups or Lookups()
     for index, (envelope, content, spam) in enumerate(items):
         try:
             prepared.append((index, _prepare(envelope, content, spam, lookups)))
         except PolicyRejection as exc:
             outcomes[index] = exc
-    if prepared:
-        try:
-            bodies = message_store().put_many([p.content for _i, p in prepared])
-        except OSError as exc:
-            for index, _p in prepared:
-                outcomes[index] = exc
-            return outcomes
-        try:
-            with transaction.atomic():
-                receipts = _record_many([(p, body) for (_i, p), body in zip(prepared, bodies, strict=True)], lookups)
-        except DatabaseError:
-            log.warning("a batch of %d messages failed to commit together; committing them one by one", len(prepared))
-            receipts = []
-            for (_i, p), body in zip(prepared, bodies, strict=True):
-                try:
-                    with transaction.atomic():
-                        receipts.append(_record(p, body, lookups))
-                except Exception as exc:
-                    message_store().delete(body.ref)
-                    receipts.append(exc)
-        except BaseException:
-            for body in bodies:
+    if not prepared:
+        return StagedBatch(outcomes, [])
+    try:
+        bodies = message_store().put_many([p.content for _i, p in prepared])
+    except OSError as exc:
+        for index, _p in prepared:
+            outcomes[index] = exc
+        return StagedBatch(outcomes, [])
+    return StagedBatch(outcomes, [(index, p, body) for (index, p), body in zip(prepared, bodies, strict=True)])
+
+
+def commit_staged(batch: StagedBatch, lookups: Lookups | None = None) -> list[Receipt | Exception]:
+    """The second half of `receive_many`: all rows of a staged batch in one transaction.
+
+    A body whose rows are not committed is deleted again, whatever the reason.
+    """
+    lookups = lookups or Lookups()
+    outcomes = list(batch.outcomes)
+    if not batch.staged:
+        return outcomes
+    try:
+        with transaction.atomic():
+            receipts = _record_many([(p, body) for _i, p, body in batch.staged], lookups)
+    except DatabaseError:
+        log.warning("a batch of %d messages failed to commit together; committing them one by one", len(batch.staged))
+        receipts = []
+        for _i, p, body in batch.staged:
+            try:
+                with transaction.atomic():
+                    receipts.append(_record(p, body, lookups))
+            except Exception as exc:
                 message_store().delete(body.ref)
-            raise
-        for (index, _p), receipt in zip(prepared, receipts, strict=True):
-            outcomes[index] = receipt
+                receipts.append(exc)
+    except BaseException:
+        for _i, _p, body in batch.staged:
+            message_store().delete(body.ref)
+        raise
+    for (index, _p, _body), receipt in zip(batch.staged, receipts, strict=True):
+        outcomes[index] = receipt
     return outcomes
 
 

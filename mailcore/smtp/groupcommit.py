@@ -1,9 +1,9 @@
 """Group commit for the MX: messages of many sessions stored, fsynced and committed as one batch.
 
 A session that has read a message hands it to `GroupCommit.deliver` and waits. A committer takes
-every message waiting at that moment (up to `max_batch`) to one worker thread, which stores all
-bodies in one round of fsyncs and records all rows in one transaction (`inbound.receive_many`);
-each session then gets its own outcome and only then answers 250. Nothing waits for a batch to
+every message waiting at that moment (up to `max_batch`) to a worker thread, which stores all
+bodies in one round of fsyncs (`inbound.stage_many`), then records all rows in one transaction
+(`inbound.commit_staged`); each session then gets its own outcome and only then answers 250. Nothing waits for a batch to
 fill: while one batch is being made durable the next one gathers, so one lone session pays for
 one message and fifty concurrent sessions share the cost of each fsync and commit.
 """
@@ -29,9 +29,18 @@ class GroupCommit:
     """The batches of one listener process. `call` is the handler's one sync_to_async boundary."""
 
     def __init__(
-        self, call: Callable[..., Awaitable[Any]], max_batch: int = 64, committers: int = 2, lookup_seconds: float = 0.0
+        self,
+        call: Callable[..., Awaitable[Any]],
+        max_batch: int = 64,
+        committers: int = 2,
+        lookup_seconds: float = 0.0,
+        one_writer: bool = False,
     ):
         self.call = call
+        # SQLite has one writer: batches take turns here, where the next is woken at once,
+        # rather than in SQLite's busy handler, which sleeps for milliseconds between tries.
+        # Their bodies are still stored in parallel, while another batch commits.
+        self.writer_turn = asyncio.Lock() if one_writer else None
         # Routes and policies shared by the batches of the last `lookup_seconds` (the RCPT
         # cache's lifetime): a mailbox's messages then cost no routing queries.
         self.lookup_seconds = lookup_seconds
@@ -66,8 +75,14 @@ class GroupCommit:
     async def _commit(self, batch: list[Item]) -> None:
         items = [(envelope, content, spam) for envelope, content, spam, _future in batch]
         started = asyncio.get_running_loop().time()
+        lookups = self.lookups()
         try:
-            outcomes = await self.call(inbound.receive_many, items, self.lookups())
+            staged = await self.call(inbound.stage_many, items, lookups)
+            if self.writer_turn is None:
+                outcomes = await self.call(inbound.commit_staged, staged, lookups)
+            else:
+                async with self.writer_turn:
+                    outcomes = await self.call(inbound.commit_staged, staged, lookups)
         except BaseException as exc:  # the whole batch failed: each session answers for itself
             outcomes = [exc] * len(batch)
             if not isinstance(exc, Exception):

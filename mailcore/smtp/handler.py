@@ -78,9 +78,12 @@ class InboundHandler:
             max_workers=workers or settings.MAIL_SMTP_WORKER_THREADS, thread_name_prefix="smtp-services"
         )
         # Messages received by DATA are stored and committed in batches across sessions.
-        committers = settings.MAIL_SMTP_COMMITTERS or (1 if connections["default"].vendor == "sqlite" else 2)
         self.group_commit = GroupCommit(
-            self.call, settings.MAIL_SMTP_COMMIT_BATCH, committers, settings.MAIL_SMTP_RECIPIENT_CACHE
+            self.call,
+            settings.MAIL_SMTP_COMMIT_BATCH,
+            settings.MAIL_SMTP_COMMITTERS,
+            settings.MAIL_SMTP_RECIPIENT_CACHE,
+            one_writer=connections["default"].vendor == "sqlite",
         )
         # RCPT verdicts of the last few seconds (address -> (expiry, check)): a sender's next
         # message to the same mailbox needs no trip to the database before its 250.
