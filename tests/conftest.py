@@ -138,7 +138,9 @@ def server_factory(tmp_path, mail_store):
         server.stop()
 
 
-def manage(*args: str, stdin: str | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+def manage(
+    *args: str, stdin: str | None = None, env: dict[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess:
     """Run a management command in a child process, as an operator would."""
     return subprocess.run(
         [sys.executable, str(ROOT / "manage.py"), *args],
@@ -147,5 +149,5 @@ def manage(*args: str, stdin: str | None = None, env: dict[str, str] | None = No
         text=True,
         env=env,
         cwd=ROOT,
-        timeout=60,
+        timeout=timeout,
     )

@@ -45,7 +45,7 @@ from pathlib import Path
 import pytest
 from django.db import connection
 
-from tests.conftest import ROOT, ServerProcess, wait_for_port
+from tests.conftest import ROOT, ServerProcess, free_port, manage, wait_for_port
 from tests.dnsserver import TestDNSServer
 
 # The loopback addresses of the instances and of a third, scripted peer (tests/smtppeer.py).
@@ -87,24 +87,6 @@ def common_port(addresses: list[str]) -> int:
             continue
         return port
     raise RuntimeError("no port free on all of " + ", ".join(addresses))
-
-
-def _free_port(address: str) -> int:
-    with socket.socket() as s:
-        s.bind((address, 0))
-        return s.getsockname()[1]
-
-
-def _manage(args: list[str], env: dict[str, str], stdin: str | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, str(ROOT / "manage.py"), *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=ROOT,
-        timeout=timeout,
-    )
 
 
 def _base_env() -> dict[str, str]:
@@ -159,7 +141,7 @@ class DatabaseFactory:
         env = _base_env()
         env["DATABASE_URL"] = self.url(self.template)
         env["MAIL_DATA_DIR"] = str(self.workdir / "template-mail")
-        result = _manage(["migrate", "--no-input", "-v", "0"], env, timeout=180)
+        result = manage("migrate", "--no-input", "-v", "0", env=env, timeout=180)
         if result.returncode:
             raise RuntimeError(f"migrating the instance template failed:\n{result.stderr}")
 
@@ -218,7 +200,7 @@ class Instance:
 
     def manage(self, *args: str, stdin: str | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
         """Run `manage.py ARGS` against this instance, as its operator would."""
-        return _manage(list(args), self.env, stdin, timeout)
+        return manage(*args, stdin=stdin, env=self.env, timeout=timeout)
 
     def provision(self, domains: list[str], mailboxes: dict[str, str]) -> subprocess.Popen:
         """Create domains and mailboxes in one child process (started, not waited for)."""
@@ -361,7 +343,7 @@ def start_instances(instance_databases, dns_server, tmp_path):
             database_url = instance_databases.create(name)
             made_dbs.append(database_url)
             child_env = _base_env()
-            submission_port = _free_port(address)
+            submission_port = free_port(address)
             child_env.update(
                 DATABASE_URL=database_url,
                 MAIL_DATA_DIR=str(data_dir),
@@ -371,7 +353,7 @@ def start_instances(instance_databases, dns_server, tmp_path):
                 MAIL_ALLOW_PRIVATE_DESTINATIONS="1",
                 MAIL_SMTP_BIND=f"{address}:{smtp_port}",
                 MAIL_SUBMISSION_BIND=f"{address}:{submission_port}",
-                MAIL_POP3_BIND=f"{address}:{_free_port(address)}",
+                MAIL_POP3_BIND=f"{address}:{free_port(address)}",
                 MAIL_Q_NAME=f"mailtest-{name}-{uuid.uuid4().hex[:10]}",
             )
             child_env.update(env or {})

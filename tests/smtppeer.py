@@ -14,36 +14,23 @@ from __future__ import annotations
 import asyncio
 import threading
 from dataclasses import dataclass, field
+from typing import Self
 
 
-@dataclass
-class ScriptedPeer:
-    hostname: str = "peer.test"
-    greeting: str = "220 {host} ESMTP scripted"
-    extensions: list[str] = field(default_factory=lambda: ["PIPELINING", "8BITMIME", "SIZE 10000000"])
-    ehlo_reply: str | None = None  # e.g. "502 5.5.1 no EHLO here" to force HELO
-    mail_replies: list[str] = field(default_factory=lambda: ["250 2.1.0 ok"])
-    rcpt_replies: dict[str, str] = field(default_factory=dict)  # recipient -> reply; others 250
-    data_replies: list[str] = field(default_factory=lambda: ["354 go ahead"])
-    final_replies: list[str] = field(default_factory=lambda: ["250 2.0.0 queued"])
-    # Misbehaviour, by stage: "greeting", "ehlo", "mail", "data-body": "garbage" | "stall" | "close"
-    misbehave: dict[str, str] = field(default_factory=dict)
+class ThreadedPeer:
+    """Serves `_session` (an asyncio stream handler) from its own event loop in a daemon thread.
 
-    def __post_init__(self):
-        self.transactions: list[tuple[str, list[str], bytes]] = []
-        self.commands: list[str] = []
-        self.connections = 0
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._server = None
-        self._thread: threading.Thread | None = None
-        self._counters: dict[str, int] = {}
+    The one runner of the scripted SMTP peers (ScriptedPeer, tests.source_peer.SourcePeer).
+    """
 
-    def _next(self, name: str, replies: list[str]) -> str:
-        n = self._counters.get(name, 0)
-        self._counters[name] = n + 1
-        return replies[min(n, len(replies) - 1)]
+    _loop: asyncio.AbstractEventLoop | None = None
+    _server: asyncio.base_events.Server | None = None
+    _thread: threading.Thread | None = None
 
-    def start(self, host: str, port: int) -> ScriptedPeer:
+    async def _session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        raise NotImplementedError
+
+    def start(self, host: str, port: int) -> Self:
         ready = threading.Event()
         errors: list[BaseException] = []
 
@@ -70,7 +57,7 @@ class ScriptedPeer:
         return self
 
     def stop(self) -> None:
-        if self._loop is None:
+        if self._loop is None or self._loop.is_closed():
             return
 
         async def shutdown():
@@ -81,6 +68,31 @@ class ScriptedPeer:
         asyncio.run_coroutine_threadsafe(shutdown(), self._loop).result(5)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(5)
+
+
+@dataclass
+class ScriptedPeer(ThreadedPeer):
+    hostname: str = "peer.test"
+    greeting: str = "220 {host} ESMTP scripted"
+    extensions: list[str] = field(default_factory=lambda: ["PIPELINING", "8BITMIME", "SIZE 10000000"])
+    ehlo_reply: str | None = None  # e.g. "502 5.5.1 no EHLO here" to force HELO
+    mail_replies: list[str] = field(default_factory=lambda: ["250 2.1.0 ok"])
+    rcpt_replies: dict[str, str] = field(default_factory=dict)  # recipient -> reply; others 250
+    data_replies: list[str] = field(default_factory=lambda: ["354 go ahead"])
+    final_replies: list[str] = field(default_factory=lambda: ["250 2.0.0 queued"])
+    # Misbehaviour, by stage: "greeting", "ehlo", "mail", "data-body": "garbage" | "stall" | "close"
+    misbehave: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.transactions: list[tuple[str, list[str], bytes]] = []
+        self.commands: list[str] = []
+        self.connections = 0
+        self._counters: dict[str, int] = {}
+
+    def _next(self, name: str, replies: list[str]) -> str:
+        n = self._counters.get(name, 0)
+        self._counters[name] = n + 1
+        return replies[min(n, len(replies) - 1)]
 
     async def _misbehave(self, stage: str, writer) -> bool:
         how = self.misbehave.get(stage)

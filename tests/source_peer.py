@@ -12,12 +12,13 @@ the last entry repeating. After any reply to SOURCE the transaction is over (spe
 from __future__ import annotations
 
 import asyncio
-import threading
 from dataclasses import dataclass, field
+
+from tests.smtppeer import ThreadedPeer
 
 
 @dataclass
-class SourcePeer:
+class SourcePeer(ThreadedPeer):
     hostname: str = "mx.c.test"
     extensions: list[str] = field(default_factory=lambda: ["PIPELINING", "SIZE 10000000", "SOURCE"])
     source_replies: list[str] = field(default_factory=lambda: ["250 2.6.0 {id} accepted for retrieval"])
@@ -27,47 +28,6 @@ class SourcePeer:
         self.transactions: list[tuple[str, list[str], bytes]] = []
         self.commands: list[str] = []
         self._used = 0
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._server = None
-        self._thread: threading.Thread | None = None
-
-    def start(self, host: str, port: int) -> SourcePeer:
-        ready = threading.Event()
-        errors: list[BaseException] = []
-
-        def run():
-            self._loop = asyncio.new_event_loop()
-            try:
-                self._server = self._loop.run_until_complete(asyncio.start_server(self._session, host, port))
-            except OSError as exc:
-                errors.append(exc)
-                ready.set()
-                return
-            ready.set()
-            try:
-                self._loop.run_forever()
-            finally:
-                self._loop.close()
-
-        self._thread = threading.Thread(target=run, daemon=True)
-        self._thread.start()
-        ready.wait(5)
-        if errors:
-            raise errors[0]
-        return self
-
-    def stop(self) -> None:
-        if self._loop is None or self._loop.is_closed():
-            return
-
-        async def shutdown():
-            self._server.close()
-            for task in [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]:
-                task.cancel()
-
-        asyncio.run_coroutine_threadsafe(shutdown(), self._loop).result(5)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(5)
 
     def _source_reply(self) -> str:
         reply = self.source_replies[min(self._used, len(self.source_replies) - 1)]
