@@ -42,7 +42,9 @@ def deliver_due() -> list[str]:
 
 
 def register_schedules() -> None:
-    """Create or update the queue sweep schedule; safe to run any number of times (after every migrate).
+    """Create or update the periodic schedules (queue sweep, sourced expiry, store GC), idempotently.
+
+    Safe to run any number of times (after every migrate).
 
     `schedule()` raises on a duplicate name, so the row is written with update_or_create. The
     scheduler wakes every 30 s, so the sweep's granularity is a minute at best: fast reactions
@@ -51,33 +53,16 @@ def register_schedules() -> None:
     """
     from django_q.models import Schedule
 
-    Schedule.objects.update_or_create(
-        name=QUEUE_SWEEP_SCHEDULE,
-        defaults={
-            "func": "mailcore.tasks.deliver_due",
-            "schedule_type": "I",  # Schedule.MINUTES
-            "minutes": max(1, settings.MAIL_QUEUE_SWEEP_MINUTES),
-            "repeats": -1,
-        },
-    )
-    Schedule.objects.update_or_create(
-        name=SOURCE_EXPIRY_SCHEDULE,
-        defaults={
-            "func": "mailcore.tasks.expire_sourced",
-            "schedule_type": "I",  # Schedule.MINUTES
-            "minutes": max(1, settings.MAIL_SOURCE_EXPIRY_MINUTES),
-            "repeats": -1,
-        },
-    )
-    Schedule.objects.update_or_create(
-        name=STORE_GC_SCHEDULE,
-        defaults={
-            "func": "mailcore.tasks.collect_orphaned_bodies",
-            "schedule_type": "I",  # Schedule.MINUTES
-            "minutes": max(1, settings.MAIL_STORE_GC_MINUTES),
-            "repeats": -1,
-        },
-    )
+    periodic = [
+        (QUEUE_SWEEP_SCHEDULE, "mailcore.tasks.deliver_due", settings.MAIL_QUEUE_SWEEP_MINUTES),
+        (SOURCE_EXPIRY_SCHEDULE, "mailcore.tasks.expire_sourced", settings.MAIL_SOURCE_EXPIRY_MINUTES),
+        (STORE_GC_SCHEDULE, "mailcore.tasks.collect_orphaned_bodies", settings.MAIL_STORE_GC_MINUTES),
+    ]
+    for name, func, minutes in periodic:
+        Schedule.objects.update_or_create(
+            name=name,
+            defaults={"func": func, "schedule_type": Schedule.MINUTES, "minutes": max(1, minutes), "repeats": -1},
+        )
 
 
 def enqueue_pull(sender_domain: str) -> None:
