@@ -288,7 +288,7 @@ class DeliveryAdmin(admin.ModelAdmin):
     """The quarantine (and every other delivery, by the state filter)."""
 
     list_display = ["mailbox", "envelope_sender", "header_from", "recipients", "subject", "size", "received_at",
-                    "client_address", "reason", "state", "row_actions"]
+                    "client_address", "reason", "spam", "state", "row_actions"]
     list_display_links = ["subject"]
     list_filter = [DeliveryStateFilter, "mailbox__domain", "mailbox", "reason", "delivered_at"]
     search_fields = ["mailbox__address", "message__queue_id", "message__mail_from", "message__header_from", "message__subject",
@@ -358,6 +358,15 @@ class DeliveryAdmin(admin.ModelAdmin):
     @admin.display(description="client", ordering="message__client_address")
     def client_address(self, obj):
         return obj.message.client_address
+
+    @admin.display(description="spam score", ordering="message__spam_score")
+    def spam(self, obj):
+        """Score and the rules that hit (issue 9), so a held message's reason is plain in the list."""
+        message = obj.message
+        if message.spam_score is None:
+            return message.get_spam_status_display()
+        rules = ", ".join(message.spam_rules[:6]) + (" ..." if len(message.spam_rules) > 6 else "")
+        return f"{message.spam_score:.1f} ({rules})" if rules else f"{message.spam_score:.1f}"
 
     @admin.display(description="")
     def row_actions(self, obj):

@@ -7,7 +7,7 @@ import re
 import pytest
 from django.test import Client
 
-from mailcore.models import Alias, Delivery, DeliveryState, Domain, Mailbox, QueueItem, QueueState
+from mailcore.models import Alias, Delivery, DeliveryState, Domain, Mailbox, Message, QueueItem, QueueState
 from mailcore.store import message_store
 from tests import web_data as w
 
@@ -444,3 +444,16 @@ def test_alias_forms(world):
     assert "already exists" in add("postmaster@a.test", "alice@a.test").content.decode()
     assert add("@b.test", "carol@b.test").status_code == 302
     assert set(Alias.objects.values_list("source", "target")) == {("postmaster@a.test", "alice@a.test"), ("@b.test", "carol@b.test")}
+
+
+def test_spam_score_and_rules_in_the_quarantine_and_the_message_view(world):
+    held = world["held_delivery"]
+    Message.objects.filter(pk=held.message_id).update(
+        spam_status="scored", spam_score=7.5, spam_rules=["GTUBE", "RCVD_ILLEGAL_IP"]
+    )
+    Delivery.objects.filter(pk=held.pk).update(reason="spam")
+    client = as_user(world, "superuser")
+    listing = client.get("/admin/mailcore/delivery/?reason=spam").content.decode()
+    assert "7.5 (GTUBE, RCVD_ILLEGAL_IP)" in listing
+    page = client.get(f"/admin/mailcore/message/{held.message_id}/change/").content.decode()
+    assert "score 7.5; rules GTUBE, RCVD_ILLEGAL_IP" in page
