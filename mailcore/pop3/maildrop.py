@@ -45,6 +45,10 @@ async def _off_loop(func, *args):
 
 _EXHAUSTED = object()
 
+# What RETR reads in one go (memory per session in flight stays within a few times this); a
+# larger body is streamed in the store's chunks.
+WHOLE_READ = 256 * 1024
+
 
 def _next_chunk(chunks):
     return next(chunks, _EXHAUSTED)
@@ -80,12 +84,18 @@ class ServiceMaildrop:
         return await _off_loop(service.listing, account.mailbox_id)
 
     async def body(self, entry: MaildropEntry) -> AsyncIterator[bytes]:
-        chunks = await _off_loop(service.body_chunks, entry.body_ref)
+        # One trip to a worker thread opens, reads and closes a body up to WHOLE_READ octets;
+        # only a larger one goes on in chunks, one trip each, with the file held open.
+        first, rest = await _off_loop(service.body_start, entry.body_ref, WHOLE_READ)
+        if rest is None:
+            yield first
+            return
         try:
-            while (chunk := await _off_loop(_next_chunk, chunks)) is not _EXHAUSTED:
+            yield first
+            while (chunk := await _off_loop(_next_chunk, rest)) is not _EXHAUSTED:
                 yield chunk
         finally:
-            await _off_loop(chunks.close)  # closes the file even when the client vanished mid-RETR
+            await _off_loop(rest.close)  # closes the file even when the client vanished mid-RETR
 
     async def update(self, account: Account, holder: str, deleted: list[int], retrieved: list[int]) -> int:
         return await _off_loop(service.commit_update, account.mailbox_id, holder, deleted, retrieved)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -13,6 +14,7 @@ from mailcore.models import Delivery, DeliveryState, MailboxLock, Message, Queue
 from mailcore.pop3.wire import wire_size
 from mailcore.services import accounts
 from mailcore.store import message_store
+from mailcore.store.bodies import CHUNK_SIZE
 
 log = logging.getLogger("mailcore.pop3")
 
@@ -112,6 +114,31 @@ def _count_sizes(refs: dict[int, str]) -> dict[int, int]:
 def body_chunks(body_ref: str):
     """The stored body, chunk by chunk (blocking reads: call it off the event loop)."""
     return message_store().iter_chunks(body_ref)
+
+
+def body_start(body_ref: str, limit: int) -> tuple[bytes, Iterator[bytes] | None]:
+    """Open a body and read up to `limit` octets in one call (blocking: call it off the event loop).
+
+    Returns the octets and None when that was the whole body, the file then already closed: a
+    typical message costs RETR one trip to a worker thread. A larger body comes back with an
+    iterator over the rest, which holds the file open until it is exhausted or closed.
+    """
+    f = message_store().open(body_ref)
+    try:
+        first = f.read(limit)  # a buffered read returns short only at the end of the file
+        if len(first) < limit:
+            f.close()
+            return first, None
+    except BaseException:
+        f.close()
+        raise
+    return first, _rest(f)
+
+
+def _rest(f) -> Iterator[bytes]:
+    with f:
+        while chunk := f.read(CHUNK_SIZE):
+            yield chunk
 
 
 def commit_update(mailbox_id: int, holder: str, deleted: list[int], retrieved: list[int]) -> int:
