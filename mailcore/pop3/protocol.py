@@ -15,7 +15,7 @@ import socket
 import ssl
 from dataclasses import dataclass
 
-from mailcore.pop3.maildrop import Account, LockLost, Maildrop, MaildropEntry
+from mailcore.pop3.maildrop import Account, LockLost, Maildrop, MaildropEntry, ReadAhead
 from mailcore.pop3.wire import CRLF, TERMINATOR, BodyEncoder
 
 log = logging.getLogger("mailcore.pop3")
@@ -97,6 +97,7 @@ class Pop3Session:
         self.entries: list[MaildropEntry] = []
         self.deleted: set[int] = set()  # message numbers, 1-based
         self.retrieved: set[int] = set()
+        self.read_ahead = ReadAhead(self.maildrop)  # RETR's; holds nothing until the first RETR
         self.bad_commands = 0
         self.auth_failures = 0
         self.heartbeat: asyncio.Task | None = None
@@ -438,7 +439,15 @@ class Pop3Session:
         n = await self.message_number(argument)
         if n is not None:
             entry = self.entries[n - 1]
-            await self.stream(entry, BodyEncoder(), f"{OK} {entry.size} octets")
+            status = f"{OK} {entry.size} octets"
+            body = await self.read_ahead.take(self.entries, n, self.deleted)
+            if body is None:
+                await self.stream(entry, BodyEncoder(), status)
+            else:
+                # The whole reply in one write: status line, body, terminator (RFC 1939 §3).
+                encoder = BodyEncoder()
+                self.writer.write(status.encode("ascii") + CRLF + encoder.feed(body) + encoder.finish() + TERMINATOR)
+                await self.drain_when_full()
             self.retrieved.add(n)
 
     async def cmd_top(self, argument: str) -> None:
