@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from mailcore.pop3.wire import BodyEncoder, encode, wire_size
+from mailcore.pop3.wire import BodyEncoder, encode, encode_stored, wire_size
 
 
 def line_by_line(body: bytes, size: int, *, stuff: bool = True) -> bytes:
@@ -30,6 +30,7 @@ def test_random_bodies_and_chunkings_match_the_line_by_line_encoding(seed):
         for stuff in (True, False):
             assert whole_chunks(body, size, stuff=stuff) == line_by_line(body, size, stuff=stuff)
     assert wire_size([body]) == len(line_by_line(body, 7, stuff=False))
+    assert encode_stored(body, wire_size([body])) == line_by_line(body, 5)
 
 
 def test_crlf_bodies_are_stuffed_and_terminated():
@@ -37,3 +38,11 @@ def test_crlf_bodies_are_stuffed_and_terminated():
     assert encode(b"x\r\n.") == b"x\r\n..\r\n"
     assert whole_chunks(b"x\r\n.y\r\n", 2) == b"x\r\n..y\r\n"
     assert whole_chunks(b"x\r\r\n\n.", 3) == b"x\r\r\n\r\n..\r\n"
+
+
+def test_a_body_already_in_wire_form_is_only_stuffed():
+    body = b".a\r\nb\r\n.\r\n"
+    assert encode_stored(body, len(body)) == b"..a\r\nb\r\n..\r\n" == encode(body)
+    assert encode_stored(b"x\r\n", 3) == b"x\r\n" and encode_stored(b"", 0) == b""
+    for lengthened in (b"a\nb\r\n", b"a\r\nno end", b"a\r"):
+        assert encode_stored(lengthened, wire_size([lengthened])) == encode(lengthened)

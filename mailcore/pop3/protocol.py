@@ -16,7 +16,7 @@ import ssl
 from dataclasses import dataclass
 
 from mailcore.pop3.maildrop import Account, LockLost, Maildrop, MaildropEntry, ReadAhead
-from mailcore.pop3.wire import CRLF, TERMINATOR, BodyEncoder
+from mailcore.pop3.wire import CRLF, TERMINATOR, BodyEncoder, encode_stored
 
 log = logging.getLogger("mailcore.pop3")
 
@@ -445,8 +445,7 @@ class Pop3Session:
                 await self.stream(entry, BodyEncoder(), status)
             else:
                 # The whole reply in one write: status line, body, terminator (RFC 1939 §3).
-                encoder = BodyEncoder()
-                self.writer.write(status.encode("ascii") + CRLF + encoder.feed(body) + encoder.finish() + TERMINATOR)
+                self.writer.write(b"".join((status.encode("ascii"), CRLF, encode_stored(body, entry.size), TERMINATOR)))
                 await self.drain_when_full()
             self.retrieved.add(n)
 

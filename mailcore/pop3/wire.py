@@ -113,6 +113,19 @@ class BodyEncoder:
             self.done = True
 
 
+def encode_stored(body: bytes, size: int) -> bytes:
+    """RETR's text of a whole stored body whose size as sent (LIST's count) is `size`.
+
+    Encoding only lengthens a body (a CR for each bare LF, a line end for an unterminated last
+    line), so a body as long as its size as sent is already in wire form: it needs only the
+    byte-stuffing, one replace over the body. Any other body goes through the encoder.
+    """
+    if len(body) != size:
+        return encode(body)
+    body = body.replace(b"\r\n.", b"\r\n..")  # RFC 1939 §3; matches never overlap
+    return b"." + body if body.startswith(b".") else body
+
+
 def wire_size(chunks: Iterable[bytes]) -> int:
     """The exact octet count LIST, STAT and RETR announce: as sent, without byte-stuffing (RFC 1939 §11)."""
     encoder = BodyEncoder(stuff=False)
