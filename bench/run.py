@@ -108,21 +108,30 @@ def bench_smtp(args, workdir: Path, template: project.Template, results: Results
         db, data_dir = template.fresh("smtp")
         port = project.free_port()
         env = project.base_env(workdir, db, data_dir)
-        servers: dict[str, tuple[int, callable]] = {}
-        mailcore = Process.manage(["runsmtp", "--bind", f"{HOST}:{port}"], env, workdir / "runsmtp.log")
-        project.wait_for_port(HOST, port, mailcore.proc)
-        servers["mailcore"] = port
-        bare_port = project.free_port()
-        bare = Process([sys.executable, str(Path(__file__).with_name("bare_smtp.py")), HOST, str(bare_port)], env, workdir / "bare.log")
-        project.wait_for_port(HOST, bare_port, bare.proc)
-        servers["aiosmtpd bare"] = bare_port
-        postfix = None
-        if args.peers:
-            postfix = peers.Postfix(workdir, HOST, project.free_port(), DOMAIN, SMTP_USER)
-            postfix.clear_maildir()
-            postfix.start()
-            project.wait_for_port(HOST, postfix.port)
-            servers["postfix"] = postfix.port
+        servers: dict[str, int] = {}
+        mailcore = bare = postfix = None
+        try:
+            mailcore = Process.manage(["runsmtp", "--bind", f"{HOST}:{port}"], env, workdir / "runsmtp.log")
+            project.wait_for_port(HOST, port, mailcore.proc)
+            servers["mailcore"] = port
+            bare_port = project.free_port()
+            bare = Process([sys.executable, str(Path(__file__).with_name("bare_smtp.py")), HOST, str(bare_port)], env,
+                           workdir / "bare.log")
+            project.wait_for_port(HOST, bare_port, bare.proc)
+            servers["aiosmtpd bare"] = bare_port
+            if args.peers:
+                postfix = peers.Postfix(workdir, HOST, project.free_port(), DOMAIN, SMTP_USER)
+                postfix.clear_maildir()
+                postfix.start()
+                project.wait_for_port(HOST, postfix.port)
+                servers["postfix"] = postfix.port
+        except BaseException:
+            for server in (mailcore, bare):
+                if server is not None:
+                    server.stop()
+            if postfix is not None:
+                postfix.stop()
+            raise
         expected = 0
         try:
             for size_name, size in SIZES.items():
@@ -274,35 +283,68 @@ def announce(port: int, source_id: str) -> float:
     return acknowledged
 
 
+class InstancePair:
+    """Two fresh instances: A's MX answers GET for what A sourced; B's MX takes SOURCE, B's cluster pulls."""
+
+    def __init__(self, workdir: Path, template, dns_address: str, redis_url: str | None, label: str, **extra_env: str):
+        self.workdir, self.template, self.dns_address = workdir, template, dns_address
+        self.redis_url, self.label, self.extra_env = redis_url, label, extra_env
+        self.procs: list[Process] = []
+        self.copies: list[tuple[Path, Path]] = []
+        self.envs: dict[str, dict[str, str]] = {}
+        self.port = project.free_port("127.0.0.2")
+
+    def __enter__(self) -> InstancePair:
+        try:
+            for name, address in (("a", "127.0.0.2"), ("b", "127.0.0.3")):
+                db, data_dir = self.template.fresh(f"source-{name}")
+                self.copies.append((db, data_dir))
+                extra = dict(
+                    MAIL_HOSTNAME=f"mx.{name}.test", MAIL_DNS_SERVERS=self.dns_address,
+                    MAIL_REMOTE_SMTP_PORT=str(self.port), MAIL_ALLOW_PRIVATE_DESTINATIONS="1",
+                    MAIL_Q_NAME=f"bench-{name}-{self.label}", MAIL_LOG_LEVEL="WARNING", **self.extra_env,
+                )
+                if self.redis_url:
+                    extra["REDIS_URL"] = self.redis_url
+                env = self.envs[name] = project.base_env(self.workdir, db, data_dir, **extra)
+                user = "alice" if name == "a" else "bob"
+                project.manage(["shell", "-c", ADD_ACCOUNT], env, stdin=f"{name}.test {user}@{name}.test")
+                proc = Process.manage(["runsmtp", "--bind", f"{address}:{self.port}"], env, self.workdir / f"source-{name}-smtp.log")
+                self.procs.append(proc)
+                project.wait_for_port(address, self.port, proc.proc)
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def start_cluster(self) -> None:
+        self.procs.append(Process.manage(["qcluster"], self.envs["b"], self.workdir / "source-b-qcluster.log"))
+
+    def source_on_a(self, count: int, content: str) -> list[str]:
+        spec = json.dumps({"count": count, "content": content})
+        return json.loads(project.manage(["shell", "-c", SOURCE_ON_A], self.envs["a"], stdin=spec).splitlines()[-1])
+
+    @property
+    def b_db(self) -> Path:
+        return self.copies[1][0]
+
+    def __exit__(self, *exc) -> None:
+        for proc in self.procs:
+            proc.stop()
+        for db, data_dir in self.copies:
+            project.remove_copy(db, data_dir)
+
+
 def source_round(args, workdir: Path, template, dns_address: str, redis_url: str | None, label: str, content: str) -> list[float]:
-    """Two fresh instances (A's MX answers GET; B's MX and cluster pull): seconds from each 250 to B's mailbox."""
-    port = project.free_port("127.0.0.2")
-    procs, copies, envs = [], [], {}
-    try:
-        for name, address in (("a", "127.0.0.2"), ("b", "127.0.0.3")):
-            db, data_dir = template.fresh(f"source-{name}")
-            copies.append((db, data_dir))
-            extra = dict(
-                MAIL_HOSTNAME=f"mx.{name}.test", MAIL_DNS_SERVERS=dns_address,
-                MAIL_REMOTE_SMTP_PORT=str(port), MAIL_ALLOW_PRIVATE_DESTINATIONS="1",
-                MAIL_Q_NAME=f"bench-{name}-{label}", MAIL_LOG_LEVEL="WARNING",
-            )
-            if redis_url:
-                extra["REDIS_URL"] = redis_url
-            env = envs[name] = project.base_env(workdir, db, data_dir, **extra)
-            user = "alice" if name == "a" else "bob"
-            project.manage(["shell", "-c", ADD_ACCOUNT], env, stdin=f"{name}.test {user}@{name}.test")
-            procs.append(Process.manage(["runsmtp", "--bind", f"{address}:{port}"], env, workdir / f"source-{name}-smtp.log"))
-        procs.append(Process.manage(["qcluster"], envs["b"], workdir / "source-b-qcluster.log"))
-        project.wait_for_port("127.0.0.2", port, procs[0].proc)
-        project.wait_for_port("127.0.0.3", port, procs[1].proc)
-        spec = json.dumps({"count": args.source_count, "content": content})
-        ids = json.loads(project.manage(["shell", "-c", SOURCE_ON_A], envs["a"], stdin=spec).splitlines()[-1])
+    """Seconds from each SOURCE's 250 to the Delivery row on B, one message after another."""
+    with InstancePair(workdir, template, dns_address, redis_url, label) as pair:
+        pair.start_cluster()
+        ids = pair.source_on_a(args.source_count, content)
         time.sleep(2)  # the cluster's workers are up
         timings = []
-        with sqlite3.connect(copies[1][0], timeout=30) as reader:
+        with sqlite3.connect(pair.b_db, timeout=30) as reader:
             for source_id in ids:
-                acknowledged = announce(port, source_id)
+                acknowledged = announce(pair.port, source_id)
                 while not reader.execute(
                     "SELECT 1 FROM mailcore_delivery d JOIN mailcore_announcement n ON n.message_id = d.message_id"
                     " WHERE n.source_id = ?", (source_id,),
@@ -312,11 +354,40 @@ def source_round(args, workdir: Path, template, dns_address: str, redis_url: str
                     time.sleep(0.002)
                 timings.append(time.perf_counter() - acknowledged)
         return timings
-    finally:
-        for proc in procs:
-            proc.stop()
-        for db, data_dir in copies:
-            project.remove_copy(db, data_dir)
+
+
+def verify_round(args, workdir: Path, template, dns_address: str, redis_url: str | None, label: str, content: str) -> float:
+    """Announcements verified per second on B when `--pending` of them from one origin wait at once.
+
+    All are announced before B's cluster starts, so they are all pending when the pulls begin;
+    the rate is taken from the first verified to the last.
+    """
+    limits = {"MAIL_SOURCE_MAX_PENDING_PER_CLIENT": str(args.pending * 2), "MAIL_SOURCE_MAX_PENDING_PER_DOMAIN": str(args.pending * 2)}
+    with InstancePair(workdir, template, dns_address, redis_url, label, **limits) as pair:
+        ids = pair.source_on_a(args.pending, content)
+        with smtplib.SMTP("127.0.0.3", pair.port, local_hostname="mx.a.test", timeout=30) as client:
+            client.ehlo("mx.a.test")
+            for source_id in ids:
+                client.mail("alice@a.test")
+                client.rcpt("bob@b.test")
+                code, text = client.docmd("SOURCE", source_id)
+                if code != 250:
+                    raise RuntimeError(f"SOURCE answered {code} {text!r}")
+        pair.start_cluster()
+        first = None
+        deadline = time.perf_counter() + 300
+        with sqlite3.connect(pair.b_db, timeout=30) as reader:
+            while True:
+                (done,) = reader.execute("SELECT COUNT(*) FROM mailcore_announcement WHERE state = 'verified'").fetchone()
+                now = time.perf_counter()
+                if done and first is None:
+                    first = (now, done)
+                if done >= args.pending:
+                    break
+                if now > deadline:
+                    raise RuntimeError(f"{done} of {args.pending} verified after 300 s")
+                time.sleep(0.05)
+        return (done - first[1]) / (now - first[0]) if now > first[0] else 0.0
 
 
 def bench_source(args, workdir: Path, template: project.Template, results: Results) -> None:
@@ -336,7 +407,8 @@ def bench_source(args, workdir: Path, template: project.Template, results: Resul
         "a.test": {"MX": [(10, "mx.a.test")]}, "mx.a.test": {"A": ["127.0.0.2"]},
         "b.test": {"MX": [(10, "mx.b.test")]}, "mx.b.test": {"A": ["127.0.0.3"]},
     }
-    content = project.message_bytes(2048).decode()
+    # From: aligned with the envelope's a.test, so that a pulled message is verified (spec §5).
+    content = project.message_bytes(2048).decode().replace("sender@example.test", "alice@a.test")
     try:
         with TestDNSServer(records) as dns:
             for broker in brokers:
@@ -348,6 +420,13 @@ def bench_source(args, workdir: Path, template: project.Template, results: Resul
                     results.add("SOURCE to mailbox", f"p99, {broker} broker", "s", _percentile(timings, 0.99))
                     log(f"  median {statistics.median(timings) * 1000:.0f} ms, p99 {_percentile(timings, 0.99) * 1000:.0f} ms")
                 results.note("SOURCE to mailbox", f"median, {broker} broker", f"{args.source_count} messages one after another, 2 KB")
+            for broker in brokers if args.pending else []:
+                for round_no in range(args.rounds):
+                    log(f"{args.pending} pending announcements, {broker} broker, round {round_no + 1} of {args.rounds}")
+                    redis_url = f"redis://{HOST}:{redis_port}/0" if broker == "Redis" else None
+                    rate = verify_round(args, workdir, template, dns.address, redis_url, f"v{round_no}-{broker.lower()}", content)
+                    results.add("SOURCE to mailbox", f"verified/s, {args.pending} pending, {broker} broker", "messages/s", rate)
+                    log(f"  {rate:.0f} verified/s")
     finally:
         if redis is not None:
             redis.terminate()
@@ -493,6 +572,7 @@ def main() -> int:
     parser.add_argument("--retr-size", type=int, default=10 * 1024)
     parser.add_argument("--login-seconds", type=float, default=3.0)
     parser.add_argument("--source-count", type=int, default=100)
+    parser.add_argument("--pending", type=int, default=1000, help="announcements pending at once (0: skip)")
     parser.add_argument("--idle", type=int, default=1000)
     parser.add_argument("--many", type=int, default=10000)
     parser.add_argument("--workdir", default=str(project.ROOT / "var" / "bench"))
