@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
+import logging
 from collections.abc import AsyncIterator
 from typing import Protocol
 
 from asgiref.sync import sync_to_async
 
+from mailcore.pop3.wire import retr_reply
 from mailcore.services import maildrop as service
 from mailcore.services.login_failures import LoginFailures
 from mailcore.services.maildrop import Account, LockLost, MaildropEntry
+
+log = logging.getLogger("mailcore.pop3")
 
 __all__ = ["Account", "LockLost", "Maildrop", "MaildropEntry", "ReadAhead", "ServiceMaildrop"]
 
@@ -34,7 +39,7 @@ class Maildrop(Protocol):
 
     def body(self, entry: MaildropEntry) -> AsyncIterator[bytes]: ...
 
-    async def bodies(self, entries: list[MaildropEntry]) -> list[bytes | None]: ...
+    async def replies(self, entries: list[MaildropEntry], asked: bool = True) -> list[bytes | None]: ...
 
     async def update(self, account: Account, holder: str, deleted: list[int], retrieved: list[int]) -> int: ...
 
@@ -50,6 +55,12 @@ _EXHAUSTED = object()
 # What RETR reads in one go (memory per session in flight stays within a few times this); a
 # larger body is streamed in the store's chunks.
 WHOLE_READ = 256 * 1024
+
+
+def _retr_replies(entries: list[MaildropEntry], asked: bool) -> list[bytes | None]:
+    # The encoding runs here too, in the worker, while the event loop serves other commands.
+    bodies = service.read_bodies([entry.body_ref for entry in entries], asked)
+    return [None if body is None else retr_reply(body, entry.size) for entry, body in zip(entries, bodies, strict=True)]
 
 
 def _next_chunk(chunks):
@@ -99,62 +110,110 @@ class ServiceMaildrop:
         finally:
             await _off_loop(rest.close)  # closes the file even when the client vanished mid-RETR
 
-    async def bodies(self, entries: list[MaildropEntry]) -> list[bytes | None]:
-        return await _off_loop(service.read_bodies, [entry.body_ref for entry in entries])
+    async def replies(self, entries: list[MaildropEntry], asked: bool = True) -> list[bytes | None]:
+        """Whole RETR replies of small messages, read and encoded in one trip to a worker thread.
+
+        With `asked`, the first is the message the client asked for, and failing to read it
+        raises; any other body that cannot be read comes back as None (its own RETR tries again).
+        """
+        return await _off_loop(_retr_replies, entries, asked)
 
     async def update(self, account: Account, holder: str, deleted: list[int], retrieved: list[int]) -> int:
         return await _off_loop(service.commit_update, account.mailbox_id, holder, deleted, retrieved)
 
 
-# RETR's read-ahead: at most this many octets of bodies held per session, and at most this many
-# bodies read in one trip to a worker thread.
+# RETR's read-ahead: at most this many octets of bodies held or being read per session, and at
+# most this many bodies read in one trip to a worker thread.
 READ_AHEAD_OCTETS = 256 * 1024
 READ_AHEAD_COUNT = 64
 
+# Reads ahead still running when their session ended: the loop keeps only weak references to tasks.
+_READS_IN_FLIGHT: set[asyncio.Task] = set()
+
+
+
+def _read_done(task: asyncio.Task) -> None:
+    _READS_IN_FLIGHT.discard(task)
+    # A batch read ahead returns None for what it cannot read; anything raised is unexpected,
+    # and nobody may await a batch its session dropped, so it is logged here.
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("pop3: reading ahead failed: %s", task.exception())
+
 
 class ReadAhead:
-    """Small bodies a session is likely to RETR next, read several in one trip to a worker thread.
+    """RETR replies of small messages a session is likely to ask for next, several read in one trip.
 
     Mail clients retrieve in order, one RETR at a time (RFC 1939 has no bulk retrieval), and a
     trip to a worker thread costs more than sending a 10 KB body. Like a file system's
-    read-ahead, the window starts at one message and doubles each time the client asks for the
-    message after the last one it asked for, up to READ_AHEAD_OCTETS and READ_AHEAD_COUNT; any
-    other request starts again at one, so a client that picks messages here and there makes
-    the same one trip per RETR as without read-ahead. Bodies are immutable once stored and the
-    session holds the maildrop's lock (RFC 1939 §8), so a body read ahead is the body.
+    read-ahead, the window starts at one message and doubles each time the client goes on with
+    the message after the last one, up to READ_AHEAD_COUNT bodies; once half of what was read
+    is sent, the next batch is read in the background, so a client that goes on in order never
+    waits for the disk. Any other request starts again at one message, so a client that picks
+    messages here and there makes the same one trip per RETR as without read-ahead. Bodies are
+    immutable once stored and the session holds the maildrop's lock (RFC 1939 §8), so a body
+    read ahead is the body.
     """
 
     def __init__(self, maildrop: Maildrop):
         self.maildrop = maildrop
-        self.bodies: dict[int, bytes] = {}
+        self.held: dict[int, bytes] = {}  # message number: its whole RETR reply
         self.window = 1
         self.expected = 0  # the message number that would continue the client's run
+        self.reading: asyncio.Task | None = None  # the next batch, read in the background
+        self.reading_numbers: list[int] = []
 
     async def take(self, entries: list[MaildropEntry], n: int, skip: set[int]) -> bytes | None:
-        """The stored body of message `n`, or None when it is too large to hold (stream it instead).
+        """The whole RETR reply for message `n`, or None when it is too large to hold (stream it instead).
 
         `entries` is the session's listing and `skip` the numbers not to read ahead (deleted).
         """
         entry = entries[n - 1]
         in_order, self.expected = n == self.expected, n + 1
         if entry.size > WHOLE_READ:  # the listed size is as sent, never less than as stored
-            self.bodies.clear()
+            self.forget()
             return None
-        body = self.bodies.pop(n, None)
-        if body is not None:
-            return body
-        self.bodies.clear()
-        self.window = min(self.window * 2, READ_AHEAD_COUNT) if in_order else 1
-        numbers, octets = [n], entry.size
-        following = n + 1
+        if n not in self.held and n in self.reading_numbers:
+            await self.collect()
+        reply = self.held.pop(n, None)
+        if reply is None:
+            self.forget()
+            self.window = min(self.window * 2, READ_AHEAD_COUNT) if in_order else 1
+            numbers = self.plan(entries, n, skip, READ_AHEAD_OCTETS // 2)
+            replies = await self.maildrop.replies([entries[m - 1] for m in numbers])
+            self.held = {m: b for m, b in zip(numbers[1:], replies[1:], strict=True) if b is not None}
+            reply = replies[0]
+        if in_order and self.reading is None and len(self.held) <= self.window // 2:
+            self.window = min(self.window * 2, READ_AHEAD_COUNT)
+            numbers = self.plan(entries, max(self.held, default=n) + 1, skip, READ_AHEAD_OCTETS // 2)
+            if numbers:
+                self.reading_numbers = numbers
+                self.reading = asyncio.ensure_future(self.maildrop.replies([entries[m - 1] for m in numbers], asked=False))
+                _READS_IN_FLIGHT.add(self.reading)
+                self.reading.add_done_callback(_read_done)
+        return reply
+
+    def plan(self, entries: list[MaildropEntry], first: int, skip: set[int], octets: int) -> list[int]:
+        """Message numbers from `first` on, within the window and `octets`; the first one always."""
+        numbers: list[int] = []
+        following = first
         while len(numbers) < self.window and following <= len(entries):
             if following not in skip:
                 size = entries[following - 1].size
-                if size > WHOLE_READ or octets + size > READ_AHEAD_OCTETS:
+                if size > WHOLE_READ or (numbers and size > octets):
                     break
                 numbers.append(following)
-                octets += size
+                octets -= size
             following += 1
-        bodies = await self.maildrop.bodies([entries[m - 1] for m in numbers])
-        self.bodies = {m: b for m, b in zip(numbers[1:], bodies[1:], strict=True) if b is not None}
-        return bodies[0]
+        return numbers
+
+    async def collect(self) -> None:
+        """Wait for the batch being read; its replies join the ones held."""
+        reading, numbers = self.reading, self.reading_numbers
+        self.reading, self.reading_numbers = None, []
+        replies = await reading
+        self.held.update((m, b) for m, b in zip(numbers, replies, strict=True) if b is not None)
+
+    def forget(self) -> None:
+        """Drop what is held; a batch still being read finishes in its thread, unused."""
+        self.held.clear()
+        self.reading, self.reading_numbers = None, []

@@ -16,7 +16,7 @@ import ssl
 from dataclasses import dataclass
 
 from mailcore.pop3.maildrop import Account, LockLost, Maildrop, MaildropEntry, ReadAhead
-from mailcore.pop3.wire import CRLF, TERMINATOR, BodyEncoder, encode_stored
+from mailcore.pop3.wire import CRLF, TERMINATOR, BodyEncoder
 
 log = logging.getLogger("mailcore.pop3")
 
@@ -439,13 +439,12 @@ class Pop3Session:
         n = await self.message_number(argument)
         if n is not None:
             entry = self.entries[n - 1]
-            status = f"{OK} {entry.size} octets"
-            body = await self.read_ahead.take(self.entries, n, self.deleted)
-            if body is None:
-                await self.stream(entry, BodyEncoder(), status)
+            reply = await self.read_ahead.take(self.entries, n, self.deleted)
+            if reply is None:
+                await self.stream(entry, BodyEncoder(), f"{OK} {entry.size} octets")
             else:
-                # The whole reply in one write: status line, body, terminator (RFC 1939 §3).
-                self.writer.write(b"".join((status.encode("ascii"), CRLF, encode_stored(body, entry.size), TERMINATOR)))
+                # A small message's whole reply (status line, body, terminator) in one write.
+                self.writer.write(reply)
                 await self.drain_when_full()
             self.retrieved.add(n)
 

@@ -126,6 +126,11 @@ def encode_stored(body: bytes, size: int) -> bytes:
     return b"." + body if body.startswith(b".") else body
 
 
+def retr_reply(body: bytes, size: int) -> bytes:
+    """RETR's whole reply for a stored body of `size` octets as sent: status line, text, terminator."""
+    return b"".join((b"+OK %d octets" % size, CRLF, encode_stored(body, size), TERMINATOR))
+
+
 def wire_size(chunks: Iterable[bytes]) -> int:
     """The exact octet count LIST, STAT and RETR announce: as sent, without byte-stuffing (RFC 1939 §11)."""
     encoder = BodyEncoder(stuff=False)

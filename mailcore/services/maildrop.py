@@ -135,15 +135,16 @@ def body_start(body_ref: str, limit: int) -> tuple[bytes, Iterator[bytes] | None
     return first, _rest(f)
 
 
-def read_bodies(body_refs: list[str]) -> list[bytes | None]:
+def read_bodies(body_refs: list[str], asked: bool = True) -> list[bytes | None]:
     """Whole bodies, read in one call (blocking: call it off the event loop); the caller keeps them small.
 
-    The first is the one a client asked for: its failure is raised. The others are read ahead;
-    one that cannot be read comes back as None, and its own RETR reads it again and answers.
+    With `asked`, the first is the one a client asked for: its failure is raised. The others
+    are read ahead: one that cannot be read comes back as None, and its own RETR reads it again
+    and answers.
     """
     store = message_store()
-    bodies: list[bytes | None] = [store.read(body_refs[0])]
-    for ref in body_refs[1:]:
+    bodies: list[bytes | None] = [store.read(body_refs[0])] if asked else []
+    for ref in body_refs[len(bodies) :]:
         try:
             bodies.append(store.read(ref))
         except Exception as exc:  # any storage backend's error: raised again by the message's own RETR
