@@ -572,11 +572,14 @@ def main() -> int:
     parser.add_argument("--retr-size", type=int, default=10 * 1024)
     parser.add_argument("--login-seconds", type=float, default=3.0)
     parser.add_argument("--source-count", type=int, default=100)
-    parser.add_argument("--pending", type=int, default=1000, help="announcements pending at once (0: skip)")
+    parser.add_argument("--pending", type=int, default=None,
+                        help="announcements pending at once (0: skip; default 1000 with --peers, else 0)")
     parser.add_argument("--idle", type=int, default=1000)
     parser.add_argument("--many", type=int, default=10000)
     parser.add_argument("--workdir", default=str(project.ROOT / "var" / "bench"))
     args = parser.parse_args()
+    if args.pending is None:
+        args.pending = 1000 if args.peers else 0  # about three minutes: only in the long run
 
     # 10,000 idle connections need more descriptors than the usual 1,024, here and in the servers.
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
