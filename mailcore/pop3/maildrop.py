@@ -154,6 +154,9 @@ class ReadAhead:
     read ahead is the body.
     """
 
+    # Every POP3 session has one, idle ones too (issue 8 counts memory per idle connection).
+    __slots__ = ("expected", "held", "maildrop", "reading", "reading_numbers", "window")
+
     def __init__(self, maildrop: Maildrop):
         self.maildrop = maildrop
         self.held: dict[int, bytes] = {}  # message number: its whole RETR reply
