@@ -150,6 +150,10 @@ MAIL_SUBMISSION_PLAINTEXT_AUTH = env.get("MAIL_SUBMISSION_PLAINTEXT_AUTH", "loop
 MAIL_AUTH_FAILURE_DELAY = env.get_float("MAIL_AUTH_FAILURE_DELAY", 2.0)
 MAIL_AUTH_MAX_FAILURES = env.get_int("MAIL_AUTH_MAX_FAILURES", 5)
 MAIL_AUTH_FAILURE_WINDOW = env.get_int("MAIL_AUTH_FAILURE_WINDOW", 900)
+# Recently verified credentials (POP3, submission, web sign-in), per process, as Dovecot's auth
+# cache: seconds an entry lives (0 turns the cache off) and how many entries a process keeps.
+MAIL_AUTH_CACHE_TTL = env.get_float("MAIL_AUTH_CACHE_TTL", 60.0)
+MAIL_AUTH_CACHE_SIZE = env.get_int("MAIL_AUTH_CACHE_SIZE", 10000)
 # Body store garbage collection: a body no Message refers to (a crash between its fsync and its
 # row's commit) or a `.tmp-` file is removed once older than the grace period, by a schedule that
 # runs every MAIL_STORE_GC_MINUTES; a body being written now is always younger than the grace.
