@@ -6,16 +6,16 @@ import signal
 import time
 import urllib.request
 
-import pytest
-
 from tests.conftest import free_port, wait_for_port
 
 
-@pytest.mark.django_db(transaction=True)
-def test_runmail_starts_everything_and_stops_on_ctrl_c(server_factory):
+def test_runmail_starts_everything_and_stops_on_ctrl_c(server_factory, tmp_path):
+    # As on a fresh clone: runmail gets a database of its own, which it migrates itself, rather than
+    # the test database that other tests' processes have used.
     ports = {name: free_port() for name in ("smtp", "submission", "pop3", "web")}
     server = server_factory(
         "runmail",
+        DATABASE_URL=f"sqlite:///{tmp_path / 'fresh.sqlite3'}",
         MAIL_SMTP_BIND=f"127.0.0.1:{ports['smtp']}",
         MAIL_SUBMISSION_BIND=f"127.0.0.1:{ports['submission']}",
         MAIL_POP3_BIND=f"127.0.0.1:{ports['pop3']}",
