@@ -65,6 +65,9 @@ def child_env(data_dir: Path, **extra: str) -> dict[str, str]:
         MAIL_DATA_DIR=str(data_dir),
         MAIL_HOSTNAME="mx.test.example",
         MAIL_CACHE_PREFIX=cache_prefix(data_dir),
+        # Its own django-q2 queue too: with the Redis broker the queue is shared by every process
+        # of the run, and a child's qcluster must not take tasks that other tests enqueued.
+        MAIL_Q_NAME=cache_prefix(data_dir),
         PYTHONUNBUFFERED="1",
     )
     env.update(extra)
