@@ -10,12 +10,12 @@ import json
 import os
 import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
+
+from tests.sockets import free_port, wait_for_port  # noqa: F401  (bench.run calls project.free_port)
 
 ROOT = Path(__file__).resolve().parent.parent
 DOMAIN = "bench.test"
@@ -118,25 +118,6 @@ class Template:
             source.backup(target)
         subprocess.run(["cp", "-al", str(self.data_dir), str(data_dir)], check=True)
         return db, data_dir
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
-
-
-def wait_for_port(host: str, port: int, proc: subprocess.Popen | None = None, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode} before listening on {host}:{port}")
-        try:
-            with socket.create_connection((host, port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(f"nothing listens on {host}:{port}")
 
 
 class Process:

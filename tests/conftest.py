@@ -5,15 +5,15 @@ from __future__ import annotations
 import hashlib
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 from urllib.parse import quote
 
 import pytest
 from django.db import connection
+
+from tests.sockets import free_port, wait_for_port  # noqa: F401  (re-exported: tests import them from here)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -40,10 +40,14 @@ def mail_store(settings, tmp_path):
     return data_dir
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+def require_program(program: str, package: str) -> None:
+    """Skip where a Debian client is not installed, but never in CI: .ci/run installs it there."""
+    import shutil
+
+    if shutil.which(program) is None:
+        if os.environ.get("CI"):
+            pytest.fail(f"{program} is missing in CI: .ci/run must install the {package} package")
+        pytest.skip(f"{program} is not installed (apt-get install {package})")
 
 
 def database_url() -> str:
@@ -72,19 +76,6 @@ def child_env(data_dir: Path, **extra: str) -> dict[str, str]:
     )
     env.update(extra)
     return env
-
-
-def wait_for_port(host: str, port: int, proc: subprocess.Popen | None = None, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode} before listening on {host}:{port}")
-        try:
-            with socket.create_connection((host, port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(f"nothing listens on {host}:{port}")
 
 
 class ServerProcess:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import smtplib
 import subprocess
 
@@ -13,6 +12,7 @@ from mailcore.services.accounts import add_alias, add_domain, add_mailbox
 from mailcore.smtp import replies
 from mailcore.store import message_store
 from tests import smtp_wire
+from tests.conftest import require_program
 from tests.smtp_wire import RawSMTP, starts
 
 mx = smtp_wire.mx  # the fixture that starts `runsmtp`
@@ -75,8 +75,8 @@ def test_smtplib_message_is_stored_byte_for_byte_with_our_headers(mx, b_test):
     assert f"{queue_id}: client=[127.0.0.1], helo=client.example, from=<alice@remote.test>, to=<bob@b.test>" in server.output()
 
 
-@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is installed by .ci/run")
 def test_curl_smtp_upload(mx, b_test, tmp_path):
+    require_program("curl", "curl")
     server = mx()
     eml = tmp_path / "m.eml"
     eml.write_bytes(MESSAGE)

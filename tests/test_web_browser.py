@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import poplib
-import shutil
 
 import pytest
 from django.contrib.auth.models import User
@@ -11,7 +10,7 @@ from django.test import Client
 
 from mailcore.models import Delivery, DeliveryState
 from tests import web_data as w
-from tests.conftest import free_port
+from tests.conftest import free_port, require_program
 
 CHROMIUM = "/usr/bin/chromium"
 # Flags that keep Chromium quiet and offline in a container: no sandbox (root), no GPU, no
@@ -22,9 +21,7 @@ TIMEOUT_MS = 15_000
 
 
 def launch_chromium(playwright):
-    if shutil.which(CHROMIUM) is None:
-        # .ci/run installs Debian's chromium, so this only skips on a machine where it cannot be installed.
-        pytest.skip(f"{CHROMIUM} is not installed (apt-get install chromium)")
+    require_program(CHROMIUM, "chromium")
     return playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
 
 
