@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 from collections.abc import AsyncIterator
@@ -131,7 +132,6 @@ READ_AHEAD_COUNT = 64
 _READS_IN_FLIGHT: set[asyncio.Task] = set()
 
 
-
 def _read_done(task: asyncio.Task) -> None:
     _READS_IN_FLIGHT.discard(task)
     # A batch read ahead returns None for what it cannot read; anything raised is unexpected,
@@ -165,6 +165,18 @@ class ReadAhead:
         self.reading: asyncio.Task | None = None  # the next batch, read in the background
         self.reading_numbers: list[int] = []
 
+    def ready(self, entries: list[MaildropEntry], n: int, skip: set[int]) -> bytes | None:
+        """The whole RETR reply for message `n` if it is held: no waiting, no trip to a thread.
+
+        None means ask `take`. Arguments as for `take`.
+        """
+        reply = self.held.pop(n, None)
+        if reply is not None:
+            in_order, self.expected = n == self.expected, n + 1
+            if in_order:
+                self.read_on(entries, n, skip)
+        return reply
+
     async def take(self, entries: list[MaildropEntry], n: int, skip: set[int]) -> bytes | None:
         """The whole RETR reply for message `n`, or None when it is too large to hold (stream it instead).
 
@@ -175,9 +187,13 @@ class ReadAhead:
         if entry.size > WHOLE_READ:  # the listed size is as sent, never less than as stored
             self.forget()
             return None
-        if n not in self.held and n in self.reading_numbers:
-            await self.collect()
         reply = self.held.pop(n, None)
+        if reply is None and n in self.reading_numbers:
+            reading = self.reading
+            with contextlib.suppress(Exception):  # logged by _read_done; the miss below reads it again
+                await reading
+            self.absorb(reading)
+            reply = self.held.pop(n, None)
         if reply is None:
             self.forget()
             self.window = min(self.window * 2, READ_AHEAD_COUNT) if in_order else 1
@@ -185,15 +201,23 @@ class ReadAhead:
             replies = await self.maildrop.replies([entries[m - 1] for m in numbers])
             self.held = {m: b for m, b in zip(numbers[1:], replies[1:], strict=True) if b is not None}
             reply = replies[0]
-        if in_order and self.reading is None and len(self.held) <= self.window // 2:
-            self.window = min(self.window * 2, READ_AHEAD_COUNT)
-            numbers = self.plan(entries, max(self.held, default=n) + 1, skip, READ_AHEAD_OCTETS // 2)
-            if numbers:
-                self.reading_numbers = numbers
-                self.reading = asyncio.ensure_future(self.maildrop.replies([entries[m - 1] for m in numbers], asked=False))
-                _READS_IN_FLIGHT.add(self.reading)
-                self.reading.add_done_callback(_read_done)
+        if in_order:
+            self.read_on(entries, n, skip)
         return reply
+
+    def read_on(self, entries: list[MaildropEntry], n: int, skip: set[int]) -> None:
+        """Once half of what is held is sent, read the next batch in the background (window doubled)."""
+        if self.reading is not None or len(self.held) > self.window // 2:
+            return
+        self.window = min(self.window * 2, READ_AHEAD_COUNT)
+        numbers = self.plan(entries, max(self.held, default=n) + 1, skip, READ_AHEAD_OCTETS // 2)
+        if numbers:
+            self.reading_numbers = numbers
+            self.reading = asyncio.ensure_future(self.maildrop.replies([entries[m - 1] for m in numbers], asked=False))
+            _READS_IN_FLIGHT.add(self.reading)
+            self.reading.add_done_callback(_read_done)
+            # Held as soon as read, so the RETR that asks for them finds them ready.
+            self.reading.add_done_callback(self.absorb)
 
     def plan(self, entries: list[MaildropEntry], first: int, skip: set[int], octets: int) -> list[int]:
         """Message numbers from `first` on, within the window and `octets`; the first one always."""
@@ -209,12 +233,15 @@ class ReadAhead:
             following += 1
         return numbers
 
-    async def collect(self) -> None:
-        """Wait for the batch being read; its replies join the ones held."""
-        reading, numbers = self.reading, self.reading_numbers
+    def absorb(self, reading: asyncio.Task) -> None:
+        """A batch read in the background joins the replies held, unless it was dropped meanwhile."""
+        if reading is not self.reading:
+            return
+        numbers = self.reading_numbers
         self.reading, self.reading_numbers = None, []
-        replies = await reading
-        self.held.update((m, b) for m, b in zip(numbers, replies, strict=True) if b is not None)
+        if reading.cancelled() or reading.exception() is not None:
+            return  # each of these messages is read again by its own RETR
+        self.held.update((m, b) for m, b in zip(numbers, reading.result(), strict=True) if b is not None)
 
     def forget(self) -> None:
         """Drop what is held; a batch still being read finishes in its thread, unused."""

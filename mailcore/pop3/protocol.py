@@ -1,4 +1,4 @@
-"""The POP3 protocol (RFC 1939, CAPA RFC 2449, STLS RFC 2595, AUTH RFC 5034) on asyncio streams."""
+"""The POP3 protocol (RFC 1939, CAPA RFC 2449, STLS RFC 2595, AUTH RFC 5034) as an asyncio protocol."""
 
 from __future__ import annotations
 
@@ -76,18 +76,31 @@ class SessionEnd(Exception):
     """The session is over: close the connection without UPDATE unless QUIT ran it."""
 
 
-class Pop3Session:
-    """One connection: the AUTHORIZATION and TRANSACTION states, then UPDATE on QUIT (RFC 1939 §3)."""
+# What next_line gives for a line longer than its limit (the line itself is discarded).
+OVERLONG = object()
+# Input held while a command is in progress, beyond which the session stops reading the socket.
+INPUT_HELD = 2 * SASL_LINE_LIMIT
 
-    def __init__(self, server: Pop3Server, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, tls: bool):
+
+class Pop3Session(asyncio.Protocol):
+    """One connection: the AUTHORIZATION and TRANSACTION states, then UPDATE on QUIT (RFC 1939 §3).
+
+    A protocol, not a coroutine on streams: most commands (an in-order RETR whose reply was read
+    ahead, STAT, LIST, DELE, NOOP...) are answered from memory, and `data_received` answers them
+    at once, with one `transport.write` each: no task, no future, no timer per command. A command
+    that needs a worker thread (logins, UPDATE, a body not read ahead) or the client (a SASL
+    continuation, a slow reader of a large body) returns a coroutine; it runs as a task, and
+    commands that arrive meanwhile wait in the input buffer, so replies stay in order (RFC 2449 §6.6).
+    """
+
+    def __init__(self, server: Pop3Server, implicit_tls: bool):
         self.server = server
         self.config = server.config
         self.maildrop: Maildrop = server.maildrop
-        self.reader = reader
-        self.writer = writer
-        self.tls = tls
-        peer = writer.get_extra_info("peername") or ("unknown", 0)
-        self.peer = str(peer[0])
+        self.loop = asyncio.get_running_loop()
+        self.transport: asyncio.Transport | None = None
+        self.tls = implicit_tls
+        self.peer = "unknown"
         self.state = "AUTHORIZATION"
         self.user: str | None = None
         self.attempted = "-"  # the last name a login was tried for, for the log
@@ -103,111 +116,290 @@ class Pop3Session:
         self.heartbeat: asyncio.Task | None = None
         self.outcome = "dropped"
         self.deleted_count = 0
+        self.inbox = bytearray()  # what the client sent that no command has taken yet
+        self.discarding = False  # inside an overlong line, dropping it up to its end
+        self.command: asyncio.Task | None = None  # the command in progress off the fast path
+        self.waiter: asyncio.Future | None = None  # that command waiting for the client
+        self.writing_paused = False
+        self.reading_paused = False
+        self.lost = False  # the connection is gone
+        self.closed = self.loop.create_future()  # set when it is gone
+        self.ending = False
+        # RFC 1939 §3's autologout timer: one timer per session, re-armed only when it fires.
+        # `idle_since` is when the session began waiting for the client, None while it works.
+        self.idle_since: float | None = None
+        self.idle_timer: asyncio.TimerHandle | None = None
 
-    # --- the session loop ----------------------------------------------------------------
+    # --- the connection ------------------------------------------------------------------
 
-    async def run(self) -> None:
-        try:
-            await self.send(GREETING.format(hostname=self.config.hostname))
-            while True:
-                line = await self.read_line(self.config.max_line)
-                if line is None:
-                    await self.bad(LINE_TOO_LONG)
-                    continue
-                await self.dispatch(line)
-        except SessionEnd:
-            pass
-        except TimeoutError:
-            # RFC 1939 §3: on the autologout timer the server closes without a response and without UPDATE.
-            self.outcome = "idle timeout"
-        except asyncio.IncompleteReadError:
-            self.outcome = "closed by client without QUIT"
-        except (ConnectionError, ssl.SSLError, OSError) as exc:
-            self.outcome = f"dropped ({exc.__class__.__name__})"
-        finally:
-            await self.end()
+    def connection_made(self, transport: asyncio.Transport) -> None:
+        self.transport = transport
+        peer = transport.get_extra_info("peername") or ("unknown", 0)
+        self.peer = str(peer[0])
+        if not self.server.admit(self):
+            transport.write((TOO_MANY_CONNECTIONS + "\r\n").encode("ascii"))
+            transport.close()  # after the reply is flushed
+            self.ending = True
+            log.info("pop3: refused a connection from %s: too many connections", self.peer)
+            return
+        self.idle_since = self.loop.time()
+        self.idle_timer = self.loop.call_at(self.idle_since + self.config.idle_timeout, self.check_idle)
+        self.send(GREETING.format(hostname=self.config.hostname))
 
-    async def end(self) -> None:
-        if self.heartbeat is not None:
-            self.heartbeat.cancel()
-        if self.account is not None and self.locked:
-            try:
-                await self.maildrop.unlock(self.account, self.holder)
-            except Exception as exc:  # the lock then lapses at its expiry
-                log.warning("pop3: could not release the lock of %s: %s", self.account.address, exc)
-        self.writer.close()
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.writer.wait_closed(), 5)
-        log.info(
-            "pop3 session client=%s user=%s tls=%s retrieved=%d deleted=%d end=%s",
-            self.peer,
-            self.account.address if self.account else self.attempted,
-            "yes" if self.tls else "no",
-            len(self.retrieved),
-            self.deleted_count,
-            self.outcome,
-        )
+    def data_received(self, data: bytes) -> None:
+        if self.ending:
+            return
+        self.inbox += data
+        if self.command is None and not self.writing_paused:
+            self.process()
+        elif self.waiter is not None:
+            self.wake()
+        if len(self.inbox) > INPUT_HELD and not self.reading_paused and self.command is not None:
+            # A command is in progress: hold what the client pipelines, within bounds.
+            self.transport.pause_reading()
+            self.reading_paused = True
 
-    async def read_line(self, limit: int) -> bytes | None:
-        """One line without its line end, None if it was longer than `limit`; idle timeout applies."""
-        return await asyncio.wait_for(self._read_line(limit), self.config.idle_timeout)
+    def eof_received(self) -> bool:
+        return False  # the transport closes; connection_lost follows
 
-    async def _read_line(self, limit: int) -> bytes | None:
-        overlong = False
-        while True:
-            try:
-                line = await self.reader.readuntil(b"\n")
-                break
-            except asyncio.LimitOverrunError as exc:
-                # Discard what the buffer holds and keep reading to the line's end: memory stays flat.
-                overlong = True
-                await self.reader.readexactly(exc.consumed)
-        if overlong or len(line) > limit:
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        if not self.closed.done():
+            self.closed.set_result(None)
+        if self.ending:
+            return
+        if self.waiter is not None:
+            self.wake(asyncio.IncompleteReadError(b"", None))
+        elif self.command is None:
+            self.process()  # commands the client sent before it left are still answered (QUIT's UPDATE)
+
+    def pause_writing(self) -> None:
+        self.writing_paused = True
+
+    def resume_writing(self) -> None:
+        self.writing_paused = False
+        if self.waiter is not None:
+            self.wake()
+        elif self.command is None and not self.ending:
+            self.process()
+
+    def check_idle(self) -> None:
+        since = self.idle_since
+        now = self.loop.time()
+        if since is None or now < since + self.config.idle_timeout:
+            self.idle_timer = self.loop.call_at((since or now) + self.config.idle_timeout, self.check_idle)
+            return
+        # RFC 1939 §3: on the autologout timer the server closes without a response and without UPDATE.
+        self.idle_timer = None
+        if self.waiter is not None:
+            self.wake(TimeoutError())
+        else:
+            self.end_session("idle timeout")
+
+    # --- commands, in order ----------------------------------------------------------------
+
+    def process(self) -> None:
+        """Answer the complete command lines received, until one needs a task or the client."""
+        while self.command is None and not self.ending:
+            if self.writing_paused:
+                # A client that stops reading is as idle as one that stops writing.
+                self.idle_since = self.loop.time()
+                return
+            line = self.next_line(self.config.max_line)
+            if line is None:
+                if self.lost:
+                    self.end_session("closed by client without QUIT")
+                    return
+                self.idle_since = self.loop.time()
+                if self.reading_paused:
+                    self.reading_paused = False
+                    self.transport.resume_reading()
+                return
+            self.dispatch(line)
+
+    def next_line(self, limit: int):
+        """One line without its line end, OVERLONG if it was longer than `limit`, None if none is complete."""
+        inbox = self.inbox
+        end = inbox.find(b"\n")
+        if end < 0:
+            if len(inbox) > SASL_LINE_LIMIT:
+                # Drop what is held and keep dropping to the line's end: memory stays flat.
+                self.discarding = True
+                inbox.clear()
             return None
+        line = bytes(inbox[: end + 1])
+        del inbox[: end + 1]
+        if self.discarding or len(line) > limit:
+            self.discarding = False
+            return OVERLONG
         return line.rstrip(b"\r\n")
 
-    async def send(self, *lines: str) -> None:
-        self.writer.write("".join(f"{line}\r\n" for line in lines).encode("utf-8"))
-        await self.drain()
+    def dispatch(self, line) -> None:
+        verb = "-"
+        try:
+            if line is OVERLONG:
+                self.bad(LINE_TOO_LONG)
+                return
+            text = line.decode("utf-8", "surrogateescape")
+            keyword, _, argument = text.partition(" ")
+            verb = keyword.upper()
+            handler = COMMANDS.get(verb)
+            if handler is None:
+                self.bad(UNKNOWN_COMMAND)
+                return
+            states, method = handler
+            if self.state not in states:
+                self.bad(WRONG_STATE)
+                return
+            if verb != "PASS":  # RFC 1939 §7: a password may contain spaces
+                argument = argument.strip()
+            pending = method(self, argument)
+        except Exception as exc:
+            self.failed(verb, exc)
+            return
+        if pending is not None:  # the command goes on in a task; what follows it waits
+            self.idle_since = None
+            self.command = self.loop.create_task(self.finish(verb, pending))
 
-    async def drain(self) -> None:
-        # A client that stops reading is as idle as one that stops writing.
-        await asyncio.wait_for(self.writer.drain(), self.config.idle_timeout)
+    async def finish(self, verb: str, pending) -> None:
+        try:
+            await pending
+        except Exception as exc:
+            self.failed(verb, exc)
+        self.command = None
+        if not self.ending:
+            self.process()
 
-    async def bad(self, reply: str) -> None:
+    def failed(self, verb: str, exc: Exception) -> None:
+        """What a command raised: the end of the session, or a temporary error and the session goes on."""
+        try:
+            if isinstance(exc, SessionEnd):
+                self.end_session()
+            elif isinstance(exc, TimeoutError):
+                self.end_session("idle timeout")
+            elif isinstance(exc, asyncio.IncompleteReadError):
+                self.end_session("closed by client without QUIT")
+            elif isinstance(exc, (ConnectionError, ssl.SSLError)):
+                self.end_session(f"dropped ({exc.__class__.__name__})")
+            elif isinstance(exc, LockLost):
+                self.send(UPDATE_FAILED)
+                self.end_session("lock lost")
+            else:  # our fault (database down, store unreadable): temporary, never a traceback to the client
+                log.error(
+                    "pop3: %s failed for %s",
+                    verb,
+                    self.account.address if self.account else self.peer,
+                    exc_info=(type(exc), exc, exc.__traceback__),
+                )
+                self.send(TEMPORARY)
+        except ConnectionError as gone:
+            self.end_session(f"dropped ({gone.__class__.__name__})")
+
+    # --- the end -----------------------------------------------------------------------------
+
+    def end_session(self, outcome: str | None = None) -> None:
+        """Stop answering and close: the lock is released, the connection closed, the session logged."""
+        if self.ending:
+            return
+        self.ending = True
+        if outcome is not None:
+            self.outcome = outcome
+        if self.idle_timer is not None:
+            self.idle_timer.cancel()
+        self.inbox.clear()
+        if self.heartbeat is not None:
+            self.heartbeat.cancel()
+        ending = self.loop.create_task(self.end())
+        self.server.endings.add(ending)
+        ending.add_done_callback(self.server.endings.discard)
+
+    async def end(self) -> None:
+        try:
+            if self.account is not None and self.locked:
+                try:
+                    await self.maildrop.unlock(self.account, self.holder)
+                except Exception as exc:  # the lock then lapses at its expiry
+                    log.warning("pop3: could not release the lock of %s: %s", self.account.address, exc)
+            self.transport.close()  # what was written is flushed first
+            try:
+                await asyncio.wait_for(asyncio.shield(self.closed), 5)
+            except TimeoutError:
+                self.transport.abort()
+            log.info(
+                "pop3 session client=%s user=%s tls=%s retrieved=%d deleted=%d end=%s",
+                self.peer,
+                self.account.address if self.account else self.attempted,
+                "yes" if self.tls else "no",
+                len(self.retrieved),
+                self.deleted_count,
+                self.outcome,
+            )
+        finally:
+            self.server.release(self)
+
+    def abort(self) -> None:
+        """Shutdown after the grace period: close without UPDATE, whatever the session was doing."""
+        if self.command is not None:
+            self.command.cancel()
+        self.end_session("closed at shutdown")
+
+    # --- talking to the client -----------------------------------------------------------------
+
+    def send(self, *lines: str) -> None:
+        self.write("".join(f"{line}\r\n" for line in lines).encode("utf-8"))
+
+    def write(self, data: bytes) -> None:
+        """Queue a reply; flow control (pause_writing) holds the next command while the client lags."""
+        if self.lost or self.transport.is_closing():
+            raise ConnectionResetError("connection lost")
+        self.transport.write(data)
+
+    def wake(self, exc: BaseException | None = None) -> None:
+        waiter, self.waiter = self.waiter, None
+        if not waiter.done():
+            if exc is None:
+                waiter.set_result(None)
+            else:
+                waiter.set_exception(exc)
+
+    async def wait_for_client(self) -> None:
+        """Until the client sends or reads something, or the idle timer fires."""
+        self.waiter = self.loop.create_future()
+        self.idle_since = self.loop.time()
+        try:
+            await self.waiter
+        finally:
+            self.waiter = None
+            self.idle_since = None
+
+    async def read_line(self, limit: int):
+        """A line inside a command (a SASL response): None if it was longer than `limit`."""
+        while (line := self.next_line(limit)) is None:
+            if self.lost:
+                raise asyncio.IncompleteReadError(b"", None)
+            if self.reading_paused:
+                self.reading_paused = False
+                self.transport.resume_reading()
+            await self.wait_for_client()
+        return None if line is OVERLONG else line
+
+    async def writable(self) -> None:
+        """Wait while the transport holds more than its high-water mark (inside a long reply)."""
+        while self.writing_paused:
+            if self.lost:
+                raise ConnectionResetError("connection lost")
+            await self.wait_for_client()
+        if self.lost or self.transport.is_closing():
+            raise ConnectionResetError("connection lost")
+
+    def bad(self, reply: str) -> None:
         """A client error: reply, and close after too many of them."""
         self.bad_commands += 1
         if self.bad_commands >= self.config.max_bad_commands:
-            await self.send(TOO_MANY_BAD)
+            self.send(TOO_MANY_BAD)
             self.outcome = "too many bad commands"
             raise SessionEnd
-        await self.send(reply)
-
-    async def dispatch(self, line: bytes) -> None:
-        text = line.decode("utf-8", "surrogateescape")
-        keyword, _, argument = text.partition(" ")
-        verb = keyword.upper()
-        handler = COMMANDS.get(verb)
-        if handler is None:
-            await self.bad(UNKNOWN_COMMAND)
-            return
-        states, method = handler
-        if self.state not in states:
-            await self.bad(WRONG_STATE)
-            return
-        if verb != "PASS":  # RFC 1939 §7: a password may contain spaces
-            argument = argument.strip()
-        try:
-            await method(self, argument)
-        except (TimeoutError, SessionEnd, ConnectionError, ssl.SSLError, asyncio.IncompleteReadError):
-            raise  # the connection is gone or over: run() ends the session
-        except LockLost:
-            await self.send(UPDATE_FAILED)
-            self.outcome = "lock lost"
-            raise SessionEnd from None
-        except Exception:  # our fault (database down, store unreadable): temporary, never a traceback to the client
-            log.exception("pop3: %s failed for %s", verb, self.account.address if self.account else self.peer)
-            await self.send(TEMPORARY)
+        self.send(reply)
 
     # --- AUTHORIZATION (RFC 1939 §4, §7) ---------------------------------------------------
 
@@ -222,7 +414,7 @@ class Pop3Session:
                 return address.is_loopback
         return False
 
-    async def cmd_capa(self, argument: str) -> None:
+    def cmd_capa(self, argument: str) -> None:
         # RFC 2449 §5: the list for the state the session is in.
         caps = ["TOP", "UIDL", "RESP-CODES", "AUTH-RESP-CODE", "PIPELINING"]
         if self.state == "AUTHORIZATION":
@@ -231,22 +423,22 @@ class Pop3Session:
             if self.server.tls_context is not None and not self.tls:
                 caps.append("STLS")
         caps.append(f"IMPLEMENTATION {IMPLEMENTATION}")
-        await self.send("+OK capability list follows", *caps, ".")
+        self.send("+OK capability list follows", *caps, ".")
 
-    async def cmd_user(self, argument: str) -> None:
+    def cmd_user(self, argument: str) -> None:
         if not self.plaintext_allowed():
-            await self.bad(AUTH_PLAINTEXT)
+            self.bad(AUTH_PLAINTEXT)
             return
         if not argument or " " in argument:
-            await self.bad(SYNTAX)
+            self.bad(SYNTAX)
             return
         # The same answer for every name, so USER does not tell which mailboxes exist.
         self.user = argument
-        await self.send(OK + " send PASS")
+        self.send(OK + " send PASS")
 
     async def cmd_pass(self, argument: str) -> None:
         if self.user is None:
-            await self.bad(NO_USER)
+            self.bad(NO_USER)
             return
         user, self.user = self.user, None
         self.attempted = user
@@ -254,31 +446,31 @@ class Pop3Session:
 
     async def cmd_auth(self, argument: str) -> None:
         if not argument:
-            await self.send(OK + " SASL mechanisms follow", "PLAIN", ".")
+            self.send(OK + " SASL mechanisms follow", "PLAIN", ".")
             return
         mechanism, _, initial = argument.partition(" ")
         if mechanism.upper() != "PLAIN":
-            await self.bad(AUTH_UNKNOWN_MECHANISM)
+            self.bad(AUTH_UNKNOWN_MECHANISM)
             return
         if not self.plaintext_allowed():
-            await self.bad(AUTH_PLAINTEXT)
+            self.bad(AUTH_PLAINTEXT)
             return
         if not initial:
-            await self.send("+ ")  # RFC 5034 §4: an empty challenge
+            self.send("+ ")  # RFC 5034 §4: an empty challenge
             line = await self.read_line(SASL_LINE_LIMIT)
             if line is None:
-                await self.bad(LINE_TOO_LONG)
+                self.bad(LINE_TOO_LONG)
                 return
             initial = line.decode("ascii", "replace").strip()
             if initial == "*":
-                await self.send(AUTH_CANCELLED)
+                self.send(AUTH_CANCELLED)
                 return
         elif initial == "=":
             initial = ""  # RFC 5034 §4: "=" is an empty initial response
         try:
             decoded = base64.b64decode(initial, validate=True)
         except (binascii.Error, ValueError):
-            await self.bad(AUTH_BAD_BASE64)
+            self.bad(AUTH_BAD_BASE64)
             return
         parts = decoded.split(b"\0")
         try:
@@ -295,7 +487,7 @@ class Pop3Session:
     async def login(self, address: str, password: str) -> None:
         if await self.maildrop.login_blocked(self.peer):
             await asyncio.sleep(self.config.auth_failure_delay)
-            await self.send(AUTH_BLOCKED)
+            self.send(AUTH_BLOCKED)
             self.outcome = "login blocked"
             raise SessionEnd
         account = await self.maildrop.authenticate(address, password)
@@ -303,7 +495,7 @@ class Pop3Session:
             await self.fail_login()
             return
         if not await self.maildrop.lock(account, self.holder):
-            await self.send(IN_USE)
+            self.send(IN_USE)
             return
         self.account = account
         self.locked = True
@@ -316,14 +508,14 @@ class Pop3Session:
         self.state = "TRANSACTION"
         self.heartbeat = asyncio.create_task(self.keep_lock())
         count, size = self.totals()
-        await self.send(f"{OK} {account.address} has {count} messages ({size} octets)")
+        self.send(f"{OK} {account.address} has {count} messages ({size} octets)")
 
     async def fail_login(self) -> None:
         await self.maildrop.record_login_failure(self.peer)
         self.auth_failures += 1
         # RFC 1939 §13 and RFC 3206: a delay slows password guessing; [AUTH] says the credentials were wrong.
         await asyncio.sleep(self.config.auth_failure_delay)
-        await self.send(AUTH_FAILED)
+        self.send(AUTH_FAILED)
         if self.auth_failures >= self.config.auth_max_failures or await self.maildrop.login_blocked(self.peer):
             self.outcome = "too many failed logins"
             raise SessionEnd
@@ -339,28 +531,41 @@ class Pop3Session:
             except Exception as exc:  # a database hiccup: try again at the next beat
                 log.warning("pop3: could not refresh the lock of %s: %s", self.account.address, exc)
 
-    async def cmd_stls(self, argument: str) -> None:
+    def cmd_stls(self, argument: str):
         if self.tls:
-            await self.bad(TLS_ACTIVE)
-            return
+            self.bad(TLS_ACTIVE)
+            return None
         if self.server.tls_context is None:
-            await self.bad(TLS_UNAVAILABLE)
-            return
+            self.bad(TLS_UNAVAILABLE)
+            return None
         # RFC 2595 §4 (and the STARTTLS command-injection bugs): anything the client pipelined
         # after STLS arrived in plaintext and must not be read as if it came through TLS.
-        self.reader._buffer.clear()  # noqa: SLF001 - asyncio offers no public way to drop buffered input
-        # No await between the +OK and start_tls: the loop would otherwise read the client's
-        # ClientHello into the plaintext buffer, where the TLS layer never sees it.
-        self.writer.write(f"{TLS_GO}\r\n".encode("ascii"))
-        await self.writer.start_tls(
-            self.server.tls_context, ssl_handshake_timeout=self.config.tls_handshake_timeout
-        )
+        self.inbox.clear()
+        self.write(f"{TLS_GO}\r\n".encode("ascii"))
+        # Not one more read in plaintext: the client's ClientHello is for the TLS layer, which
+        # starts reading where this leaves off (start_tls resumes reading once it is in place).
+        self.transport.pause_reading()
+        return self.start_tls()
+
+    async def start_tls(self) -> None:
+        try:
+            self.transport = await self.loop.start_tls(
+                self.transport,
+                self,
+                self.server.tls_context,
+                server_side=True,
+                ssl_handshake_timeout=self.config.tls_handshake_timeout,
+            )
+        except BaseException:
+            # A failed handshake closes the connection without telling this protocol.
+            self.connection_lost(None)
+            raise
         self.tls = True
         self.user = None  # RFC 2595 §4: forget what was said before TLS
 
     async def cmd_quit(self, argument: str) -> None:
         if argument:
-            await self.bad(SYNTAX)
+            self.bad(SYNTAX)
             return
         if self.state == "TRANSACTION":
             # RFC 1939 §6: the UPDATE state. Deletions happen here, all in one transaction, or not at all.
@@ -378,12 +583,12 @@ class Pop3Session:
                 raise
             except Exception:
                 log.exception("pop3: UPDATE failed for %s", self.account.address)
-                await self.send(UPDATE_FAILED)
+                self.send(UPDATE_FAILED)
                 self.outcome = "update failed"
                 raise SessionEnd from None
-            await self.send(BYE_UPDATED.format(hostname=self.config.hostname, deleted=self.deleted_count))
+            self.send(BYE_UPDATED.format(hostname=self.config.hostname, deleted=self.deleted_count))
         else:
-            await self.send(BYE.format(hostname=self.config.hostname))
+            self.send(BYE.format(hostname=self.config.hostname))
         self.outcome = "quit"
         raise SessionEnd
 
@@ -393,73 +598,81 @@ class Pop3Session:
         live = [e for n, e in enumerate(self.entries, 1) if n not in self.deleted]
         return len(live), sum(e.size for e in live)
 
-    async def message_number(self, text: str) -> int | None:
+    def message_number(self, text: str) -> int | None:
         """The number of a message that exists and is not deleted, or None after an -ERR."""
         if not text.isascii() or not text.isdigit():
-            await self.bad(INVALID_NUMBER)
+            self.bad(INVALID_NUMBER)
             return None
         n = int(text)
         if not 1 <= n <= len(self.entries):
-            await self.bad(NO_SUCH_MESSAGE)
+            self.bad(NO_SUCH_MESSAGE)
             return None
         if n in self.deleted:
-            await self.bad(ALREADY_DELETED.format(n=n))
+            self.bad(ALREADY_DELETED.format(n=n))
             return None
         return n
 
-    async def cmd_stat(self, argument: str) -> None:
+    def cmd_stat(self, argument: str) -> None:
         if argument:
-            await self.bad(SYNTAX)
+            self.bad(SYNTAX)
             return
         count, size = self.totals()
-        await self.send(f"{OK} {count} {size}")
+        self.send(f"{OK} {count} {size}")
 
-    async def cmd_list(self, argument: str) -> None:
-        await self.scan_listing(argument, lambda n, e: f"{n} {e.size}", "scan listing follows")
+    def cmd_list(self, argument: str) -> None:
+        self.scan_listing(argument, lambda n, e: f"{n} {e.size}", "scan listing follows")
 
-    async def cmd_uidl(self, argument: str) -> None:
-        await self.scan_listing(argument, lambda n, e: f"{n} {e.uid}", "unique-id listing follows")
+    def cmd_uidl(self, argument: str) -> None:
+        self.scan_listing(argument, lambda n, e: f"{n} {e.uid}", "unique-id listing follows")
 
-    async def scan_listing(self, argument: str, render, title: str) -> None:
+    def scan_listing(self, argument: str, render, title: str) -> None:
         if " " in argument:
-            await self.bad(SYNTAX)
+            self.bad(SYNTAX)
             return
         if argument:
-            n = await self.message_number(argument)
+            n = self.message_number(argument)
             if n is not None:
-                await self.send(f"{OK} {render(n, self.entries[n - 1])}")
+                self.send(f"{OK} {render(n, self.entries[n - 1])}")
             return
         lines = [render(n, e) for n, e in enumerate(self.entries, 1) if n not in self.deleted]
         count, size = self.totals()
         header = f"{OK} {count} messages ({size} octets)" if title.startswith("scan") else f"{OK} {title}"
-        self.writer.write((header + "\r\n" + "".join(f"{line}\r\n" for line in lines) + ".\r\n").encode("ascii"))
-        await self.drain()
+        self.write((header + "\r\n" + "".join(f"{line}\r\n" for line in lines) + ".\r\n").encode("ascii"))
 
-    async def cmd_retr(self, argument: str) -> None:
-        n = await self.message_number(argument)
-        if n is not None:
-            entry = self.entries[n - 1]
-            reply = await self.read_ahead.take(self.entries, n, self.deleted)
-            if reply is None:
-                await self.stream(entry, BodyEncoder(), f"{OK} {entry.size} octets")
-            else:
-                # A small message's whole reply (status line, body, terminator) in one write.
-                self.writer.write(reply)
-                await self.drain_when_full()
-            self.retrieved.add(n)
+    def cmd_retr(self, argument: str):
+        n = self.message_number(argument)
+        if n is None:
+            return None
+        reply = self.read_ahead.ready(self.entries, n, self.deleted)
+        if reply is None:
+            return self.retrieve(n)  # a trip to a worker thread first
+        # The usual case: read ahead, the whole reply (status line, body, terminator) in one write.
+        self.write(reply)
+        self.retrieved.add(n)
+        return None
 
-    async def cmd_top(self, argument: str) -> None:
+    async def retrieve(self, n: int) -> None:
+        entry = self.entries[n - 1]
+        reply = await self.read_ahead.take(self.entries, n, self.deleted)
+        if reply is None:
+            await self.stream(entry, BodyEncoder(), f"{OK} {entry.size} octets")
+        else:
+            self.write(reply)
+        self.retrieved.add(n)
+
+    def cmd_top(self, argument: str):
         parts = argument.split()
         if len(parts) != 2:
-            await self.bad(SYNTAX)
-            return
+            self.bad(SYNTAX)
+            return None
         count = parts[1]
         if not (count.isascii() and count.isdigit()):
-            await self.bad(NEGATIVE_LINES)
-            return
-        n = await self.message_number(parts[0])
-        if n is not None:
-            await self.stream(self.entries[n - 1], BodyEncoder(body_lines=int(count)), f"{OK} top of message follows")
+            self.bad(NEGATIVE_LINES)
+            return None
+        n = self.message_number(parts[0])
+        if n is None:
+            return None
+        return self.stream(self.entries[n - 1], BodyEncoder(body_lines=int(count)), f"{OK} top of message follows")
 
     async def stream(self, entry: MaildropEntry, encoder: BodyEncoder, status: str) -> None:
         """Send a body: a typical one in one write with its status line and terminator, a large
@@ -472,8 +685,8 @@ class Pop3Session:
                 async for chunk in chunks:
                     if encoder.done:
                         break
-                    self.writer.write(pending)
-                    await self.drain_when_full()
+                    self.write(pending)
+                    await self.writable()
                     pending = encoder.feed(chunk)
             except (TimeoutError, ConnectionError):
                 raise
@@ -482,38 +695,27 @@ class Pop3Session:
                 log.error("pop3: reading body %s failed mid-response: %s", entry.body_ref, exc)
                 self.outcome = "store error"
                 raise SessionEnd from None
-        self.writer.write(pending + encoder.finish() + TERMINATOR)
-        await self.drain_when_full()
+        self.write(pending + encoder.finish() + TERMINATOR)
 
-    async def drain_when_full(self) -> None:
-        """Wait for the client only above the transport's high-water mark, or to learn it is gone.
-
-        Below the mark drain() would return at once anyway; skipping its timeout wrapper spares a
-        task and a timer per reply, which is much of what a small RETR costs.
-        """
-        transport = self.writer.transport
-        if transport.is_closing() or transport.get_write_buffer_size() > transport.get_write_buffer_limits()[1]:
-            await self.drain()
-
-    async def cmd_dele(self, argument: str) -> None:
-        n = await self.message_number(argument)
+    def cmd_dele(self, argument: str) -> None:
+        n = self.message_number(argument)
         if n is not None:
             self.deleted.add(n)
-            await self.send(f"{OK} message {n} deleted")
+            self.send(f"{OK} message {n} deleted")
 
-    async def cmd_noop(self, argument: str) -> None:
+    def cmd_noop(self, argument: str) -> None:
         if argument:
-            await self.bad(SYNTAX)
+            self.bad(SYNTAX)
             return
-        await self.send(OK)
+        self.send(OK)
 
-    async def cmd_rset(self, argument: str) -> None:
+    def cmd_rset(self, argument: str) -> None:
         if argument:
-            await self.bad(SYNTAX)
+            self.bad(SYNTAX)
             return
         self.deleted.clear()
         count, size = self.totals()
-        await self.send(f"{OK} maildrop has {count} messages ({size} octets)")
+        self.send(f"{OK} maildrop has {count} messages ({size} octets)")
 
 
 AUTHORIZATION = ("AUTHORIZATION",)
@@ -552,16 +754,18 @@ class Pop3Server:
         self.maildrop = maildrop
         self.tls_context = tls_context
         self.listeners: list[asyncio.base_events.Server] = []
-        self.sessions: set[asyncio.Task] = set()
+        self.sessions: set[Pop3Session] = set()
         self.per_client: collections.Counter[str] = collections.Counter()
+        self.endings: set[asyncio.Task] = set()  # sessions closing (the loop keeps only weak references)
+        self.all_ended: asyncio.Event | None = None  # set up by stop()
 
     async def start(self, binds: list[tuple[str, int]], tls_binds: list[tuple[str, int]] = ()) -> None:
+        loop = asyncio.get_running_loop()
         for (host, port), implicit_tls in [(b, False) for b in binds] + [(b, True) for b in tls_binds]:
-            server = await asyncio.start_server(
-                lambda r, w, t=implicit_tls: self.accept(r, w, t),
+            server = await loop.create_server(
+                lambda t=implicit_tls: Pop3Session(self, t),
                 host,
                 port,
-                limit=SASL_LINE_LIMIT,
                 ssl=self.tls_context if implicit_tls else None,
                 ssl_handshake_timeout=self.config.tls_handshake_timeout if implicit_tls else None,
                 reuse_address=True,
@@ -571,38 +775,36 @@ class Pop3Server:
             starttls = ", STLS offered" if self.tls_context is not None and not implicit_tls else ""
             log.info("pop3: %s listening on %s%s", kind, format_address(host, port), starttls)
 
-    async def accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, implicit_tls: bool) -> None:
-        peer = writer.get_extra_info("peername") or ("unknown", 0)
-        client = str(peer[0])
+    def admit(self, session: Pop3Session) -> bool:
+        """Count a new session in, or refuse it over the caps."""
+        client = session.peer
         if len(self.sessions) >= self.config.max_connections or (
             self.per_client[client] >= self.config.max_connections_per_client
         ):
-            with contextlib.suppress(Exception):
-                writer.write((TOO_MANY_CONNECTIONS + "\r\n").encode("ascii"))
-                await asyncio.wait_for(writer.drain(), 5)
-            writer.close()
-            log.info("pop3: refused a connection from %s: too many connections", client)
-            return
-        task = asyncio.current_task()
-        self.sessions.add(task)
+            return False
+        self.sessions.add(session)
         self.per_client[client] += 1
-        try:
-            await Pop3Session(self, reader, writer, implicit_tls).run()
-        finally:
-            self.sessions.discard(task)
-            self.per_client[client] -= 1
-            if not self.per_client[client]:
-                del self.per_client[client]
+        return True
+
+    def release(self, session: Pop3Session) -> None:
+        self.sessions.discard(session)
+        self.per_client[session.peer] -= 1
+        if not self.per_client[session.peer]:
+            del self.per_client[session.peer]
+        if not self.sessions and self.all_ended is not None:
+            self.all_ended.set()
 
     async def stop(self) -> None:
         """Stop accepting; give sessions in flight the grace period to QUIT, then close them without UPDATE."""
         for listener in self.listeners:
             listener.close()
         log.info("pop3: stopping; %d sessions in flight", len(self.sessions))
+        self.all_ended = asyncio.Event()
         if self.sessions:
-            _, pending = await asyncio.wait(set(self.sessions), timeout=self.config.shutdown_grace)
-            for task in pending:
-                task.cancel()
-            if pending:
-                await asyncio.wait(pending, timeout=10)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.all_ended.wait(), self.config.shutdown_grace)
+            for session in list(self.sessions):
+                session.abort()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.all_ended.wait(), 10)
         log.info("pop3: stopped")
