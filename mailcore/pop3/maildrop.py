@@ -40,6 +40,8 @@ class Maildrop(Protocol):
 
     def body(self, entry: MaildropEntry) -> AsyncIterator[bytes]: ...
 
+    def cached_reply(self, entry: MaildropEntry) -> bytes | None: ...
+
     async def replies(self, entries: list[MaildropEntry], asked: bool = True) -> list[bytes | None]: ...
 
     async def update(self, account: Account, holder: str, deleted: list[int], retrieved: list[int]) -> int: ...
@@ -111,6 +113,12 @@ class ServiceMaildrop:
         finally:
             await _off_loop(rest.close)  # closes the file even when the client vanished mid-RETR
 
+    def cached_reply(self, entry: MaildropEntry) -> bytes | None:
+        """RETR's whole reply when the page cache holds the body, on the event loop without waiting
+        for the disk; None says to read it with `replies` in a worker thread."""
+        body = service.cached_body(entry.body_ref, entry.size)
+        return None if body is None else retr_reply(body, entry.size)
+
     async def replies(self, entries: list[MaildropEntry], asked: bool = True) -> list[bytes | None]:
         """Whole RETR replies of small messages, read and encoded in one trip to a worker thread.
 
@@ -155,7 +163,7 @@ class ReadAhead:
     """
 
     # Every POP3 session has one, idle ones too (issue 8 counts memory per idle connection).
-    __slots__ = ("expected", "held", "maildrop", "reading", "reading_numbers", "window")
+    __slots__ = ("cold", "expected", "held", "maildrop", "reading", "reading_numbers", "window")
 
     def __init__(self, maildrop: Maildrop):
         self.maildrop = maildrop
@@ -164,17 +172,25 @@ class ReadAhead:
         self.expected = 0  # the message number that would continue the client's run
         self.reading: asyncio.Task | None = None  # the next batch, read in the background
         self.reading_numbers: list[int] = []
+        self.cold = False  # the last body asked for was not in the page cache
 
     def ready(self, entries: list[MaildropEntry], n: int, skip: set[int]) -> bytes | None:
-        """The whole RETR reply for message `n` if it is held: no waiting, no trip to a thread.
+        """The whole RETR reply for message `n` without waiting: held, or read from the page cache.
 
-        None means ask `take`. Arguments as for `take`.
+        None means ask `take`, which goes to a worker thread. Arguments as for `take`.
         """
         reply = self.held.pop(n, None)
-        if reply is not None:
-            in_order, self.expected = n == self.expected, n + 1
-            if in_order:
-                self.read_on(entries, n, skip)
+        if reply is None:
+            entry = entries[n - 1]
+            # A body in the page cache costs less to read here than a trip to a thread; only
+            # bodies that were not (cold mail) are read ahead, in batches, by workers.
+            reply = self.maildrop.cached_reply(entry) if entry.size <= WHOLE_READ else None
+            if reply is None:
+                return None
+            self.cold = False
+        elif n == self.expected and self.cold:
+            self.read_on(entries, n, skip)
+        self.expected = n + 1
         return reply
 
     async def take(self, entries: list[MaildropEntry], n: int, skip: set[int]) -> bytes | None:
@@ -184,6 +200,7 @@ class ReadAhead:
         """
         entry = entries[n - 1]
         in_order, self.expected = n == self.expected, n + 1
+        self.cold = True  # not in the page cache (or not a local file): workers read ahead
         if entry.size > WHOLE_READ:  # the listed size is as sent, never less than as stored
             self.forget()
             return None
