@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from mailcore.models import Delivery, Message
+from mailcore.models import Delivery, Mailbox, Message
 from mailcore.services import inbound
 from mailcore.services.accounts import add_domain, add_mailbox
 from mailcore.store import message_store
@@ -74,25 +74,24 @@ def test_receive_many_answers_each_message_in_order(mail_store, mailboxes):
 def test_one_message_the_database_refuses_does_not_fail_its_batch(mail_store, mailboxes, monkeypatch):
     from django.db import DatabaseError
 
-    real_create = Delivery.objects.create
+    carol = Mailbox.objects.get(address="carol@a.test").pk
+    real_insert = inbound._insert_rows
+    inserts = []
 
-    def create(**fields):
-        if fields["mailbox"].address == "carol@a.test":
-            raise DatabaseError("constraint on carol")
-        return real_create(**fields)
+    def insert(model, rows, **kwargs):
+        if model is Delivery:
+            inserts.append(len(rows))
+            if any(row["mailbox_id"] == carol for row in rows):
+                raise DatabaseError("constraint on carol")
+        return real_insert(model, rows, **kwargs)
 
-    def bulk_create(rows, *args, **kwargs):
-        if any(row.mailbox.address == "carol@a.test" for row in rows):
-            raise DatabaseError("constraint on carol")
-        raise AssertionError("the batch had carol's message in it")
-
-    monkeypatch.setattr("mailcore.models.Delivery.objects.bulk_create", bulk_create)
-    monkeypatch.setattr("mailcore.models.Delivery.objects.create", create)
+    monkeypatch.setattr("mailcore.services.inbound._insert_rows", insert)
     items = [
         (inbound.Envelope(mail_from="x@else.test", rcpt_tos=[rcpt]), f"Subject: to {rcpt}\r\n\r\nhi\r\n".encode(), None)
         for rcpt in ("bob@a.test", "carol@a.test", "bob@a.test")
     ]
     outcomes = inbound.receive_many(items)
+    assert inserts == [3, 1, 1, 1]  # the whole batch first, then one by one
     assert isinstance(outcomes[1], DatabaseError)
     assert [o.delivered for o in (outcomes[0], outcomes[2])] == [["bob@a.test"], ["bob@a.test"]]
     assert Message.objects.count() == 2

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from mailcore.models import Message
+from mailcore.models import Delivery, Message
 from mailcore.services import inbound
 from mailcore.services.accounts import add_domain, add_mailbox
 from mailcore.store import message_store
@@ -56,10 +56,14 @@ def test_failed_commit_leaves_no_row_and_no_file(mail_store, monkeypatch):
     add_domain("a.test")
     add_mailbox("bob@a.test", "pw")
 
-    def fail(*args, **kwargs):
-        raise RuntimeError("database gone")
+    real_insert = inbound._insert_rows
 
-    monkeypatch.setattr("mailcore.models.Delivery.objects.create", fail)
+    def fail(model, rows, **kwargs):
+        if model is Delivery:  # after the Message row: the transaction must undo it
+            raise RuntimeError("database gone")
+        return real_insert(model, rows, **kwargs)
+
+    monkeypatch.setattr("mailcore.services.inbound._insert_rows", fail)
     envelope = inbound.Envelope(mail_from="x@else.test", rcpt_tos=["bob@a.test"])
     with pytest.raises(RuntimeError):
         inbound.receive(envelope, b"Subject: x\r\n\r\nbody\r\n")
