@@ -1,14 +1,15 @@
-"""RETR's read-ahead over real sockets: bodies read several at a time are still sent byte for byte, in any order."""
+"""RETR's read-ahead: bodies read from the page cache or several at a time by workers, sent byte for byte in any order."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 
 import pytest
 
 from mailcore.models import Delivery
 from mailcore.pop3 import protocol as replies
-from mailcore.pop3.maildrop import WHOLE_READ
+from mailcore.pop3.maildrop import READ_AHEAD_COUNT, WHOLE_READ, ReadAhead, ServiceMaildrop
 from mailcore.pop3.wire import encode
 from mailcore.services import maildrop
 from mailcore.store import message_store
@@ -65,3 +66,106 @@ def test_in_order_out_of_order_deleted_large_and_unreadable_bodies(server_factor
     assert raw.cmd("TOP 13 1") == b"+OK top of message follows"
     assert raw.multiline() == encode(stored(deliveries[12]), body_lines=1)
     assert raw.cmd("QUIT").startswith(b"+OK")
+
+
+# --- where a RETR's body is read: the page cache on the loop, or worker threads in batches --------
+
+
+class CountingMaildrop:
+    """A Maildrop's RETR side that counts trips to workers; `cached` says whether the page cache has bodies."""
+
+    def __init__(self, cached: bool):
+        self.cached = cached
+        self.trips: list[list[int]] = []
+
+    def cached_reply(self, entry):
+        return b"cached %d" % entry.delivery_id if self.cached else None
+
+    async def replies(self, entries, asked=True):
+        self.trips.append([entry.delivery_id for entry in entries])
+        return [b"read %d" % entry.delivery_id for entry in entries]
+
+
+def listing(count: int, size: int = 10_240) -> list[maildrop.MaildropEntry]:
+    return [maildrop.MaildropEntry(n, n, f"uid{n}", size, f"ref{n}") for n in range(1, count + 1)]
+
+
+async def retrieve_in_order(read_ahead: ReadAhead, entries, skip=frozenset()) -> list[bytes]:
+    sent = []
+    for n in range(1, len(entries) + 1):
+        if n in skip:
+            continue
+        reply = read_ahead.ready(entries, n, set(skip))
+        if reply is None:
+            reply = await read_ahead.take(entries, n, set(skip))
+        sent.append(reply)
+        await asyncio.sleep(0)  # the loop turns between commands: batches read ahead arrive
+    return sent
+
+
+def test_a_warm_page_cache_costs_no_trip_to_a_worker():
+    drop = CountingMaildrop(cached=True)
+    sent = asyncio.run(retrieve_in_order(ReadAhead(drop), listing(200)))
+    assert sent == [b"cached %d" % n for n in range(1, 201)]
+    assert drop.trips == []
+
+
+def test_a_cold_cache_is_read_ahead_in_growing_batches_in_order():
+    drop = CountingMaildrop(cached=False)
+    sent = asyncio.run(retrieve_in_order(ReadAhead(drop), listing(300), skip={50, 51}))
+    assert sent == [b"read %d" % n for n in range(1, 301) if n not in (50, 51)]
+    assert [n for trip in drop.trips for n in trip] == [n for n in range(1, 301) if n not in (50, 51)]
+    sizes = [len(trip) for trip in drop.trips]
+    assert sizes[:4] == [1, 2, 4, 8] and max(sizes) <= READ_AHEAD_COUNT
+    assert len(drop.trips) < 40  # about 12 bodies of 10 KB a trip once the window is open
+
+
+def test_a_cold_body_then_a_warm_cache_stops_reading_ahead():
+    drop = CountingMaildrop(cached=False)
+    read_ahead = ReadAhead(drop)
+    entries = listing(100)
+
+    async def scenario():
+        first = await read_ahead.take(entries, 1, set())
+        drop.cached = True
+        return [first] + await retrieve_in_order_from(read_ahead, entries, 2)
+
+    async def retrieve_in_order_from(read_ahead, entries, start):
+        sent = []
+        for n in range(start, len(entries) + 1):
+            sent.append(read_ahead.ready(entries, n, set()) or await read_ahead.take(entries, n, set()))
+            await asyncio.sleep(0)
+        return sent
+
+    sent = asyncio.run(scenario())
+    assert len(sent) == 100 and sent[0] == b"read 1"
+    assert len(drop.trips) <= 2  # what was held is sent, then the cache serves the rest
+    assert sent[-1] == b"cached 100"
+
+
+def test_the_page_cache_and_the_worker_give_the_same_reply():
+    make_mailbox()
+    deliveries = [deliver(body(i)) for i in range(1, 8)]
+    entries = maildrop.listing(deliveries[0].mailbox_id)
+    service = ServiceMaildrop(lock_ttl=60, failures=None)
+    from_workers = asyncio.run(service.replies(entries))
+    for entry, reply in zip(entries, from_workers, strict=True):
+        assert service.cached_reply(entry) == reply
+        assert reply == b"+OK %d octets\r\n" % entry.size + encode(message_store().read(entry.body_ref)) + b".\r\n"
+
+
+def test_cached_body_never_waits_for_the_disk(monkeypatch):
+    make_mailbox()
+    delivery = deliver(body(3))  # bare LF: stored shorter than sent, so the end of the file is checked
+    entry = maildrop.listing(delivery.mailbox_id)[0]
+    assert maildrop.cached_body(entry.body_ref, entry.size) == stored(delivery)
+
+    def not_cached(fd, buffers, offset, flags):
+        assert flags & os.RWF_NOWAIT
+        raise BlockingIOError(11, "would block")
+
+    monkeypatch.setattr(maildrop.os, "preadv", not_cached)
+    assert maildrop.cached_body(entry.body_ref, entry.size) is None
+    monkeypatch.undo()
+    os.unlink(message_store().storage.path(entry.body_ref))
+    assert maildrop.cached_body(entry.body_ref, entry.size) is None  # its RETR's worker reports it
