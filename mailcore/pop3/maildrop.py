@@ -11,7 +11,7 @@ from typing import Protocol
 
 from asgiref.sync import sync_to_async
 
-from mailcore.pop3.wire import retr_reply
+from mailcore.pop3.wire import TERMINATOR, retr_reply
 from mailcore.services import maildrop as service
 from mailcore.services.login_failures import LoginFailures
 from mailcore.services.maildrop import Account, LockLost, MaildropEntry
@@ -54,6 +54,7 @@ async def _off_loop(func, *args):
 
 
 _EXHAUSTED = object()
+DOT = ord(".")
 
 # What RETR reads in one go (memory per session in flight stays within a few times this); a
 # larger body is streamed in the store's chunks.
@@ -113,11 +114,24 @@ class ServiceMaildrop:
         finally:
             await _off_loop(rest.close)  # closes the file even when the client vanished mid-RETR
 
-    def cached_reply(self, entry: MaildropEntry) -> bytes | None:
+    def cached_reply(self, entry: MaildropEntry) -> bytes | bytearray | None:
         """RETR's whole reply when the page cache holds the body, on the event loop without waiting
         for the disk; None says to read it with `replies` in a worker thread."""
-        body = service.cached_body(entry.body_ref, entry.size)
-        return None if body is None else retr_reply(body, entry.size)
+        size = entry.size
+        status = b"+OK %d octets\r\n" % size
+        start, end = len(status), len(status) + size
+        # Room for the status line, the body and the terminator: the body is read in place.
+        reply = bytearray(end + len(TERMINATOR))
+        read = service.cached_body_into(entry.body_ref, memoryview(reply)[start : end + 1])
+        if read is None:
+            return None
+        # In wire form (as long as its size as sent: every LF is in a CRLF) with no line that
+        # starts with a dot to stuff (RFC 1939 §3), the reply is complete without a copy.
+        if read == size and reply.find(b"\n.", start, end) < 0 and reply[start] != DOT:
+            reply[:start] = status
+            reply[end:] = TERMINATOR
+            return reply
+        return retr_reply(bytes(reply[start : start + read]), size)
 
     async def replies(self, entries: list[MaildropEntry], asked: bool = True) -> list[bytes | None]:
         """Whole RETR replies of small messages, read and encoded in one trip to a worker thread.

@@ -137,17 +137,19 @@ def body_start(body_ref: str, limit: int) -> tuple[bytes, Iterator[bytes] | None
     return first, _rest(f)
 
 
-def cached_body(body_ref: str, size: int) -> bytes | bytearray | None:
-    """The whole body if the page cache holds all of it, read without ever waiting for the disk.
+def cached_body_into(body_ref: str, buffer: memoryview) -> int | None:
+    """Read a whole body into `buffer` if the page cache holds all of it, without waiting for the disk.
 
     Safe to call on the event loop: the read uses RWF_NOWAIT (Linux preadv2), which fails at
     once rather than wait for the disk, and then None says to read the body in a worker thread,
     as it does for a store without local files. Only the open(2) may touch the disk, for a cold
     inode (event-driven servers such as nginx open files on their loop for the same reason: a
-    trip to a thread costs more than a cached read). `size` is the body's size as sent, never
-    less than as stored (encoding only lengthens), so one read of size + 1 octets finds its end.
+    trip to a thread costs more than a cached read). `buffer` is one octet longer than the body
+    can be (its size as sent: encoding only lengthens), so one read finds its end. Returns the
+    body's length.
     """
-    path = _local_path(body_ref)
+    global _NO_CACHED_READS
+    path = None if _NO_CACHED_READS else _local_path(body_ref)
     if path is None:
         return None
     try:
@@ -155,36 +157,41 @@ def cached_body(body_ref: str, size: int) -> bytes | bytearray | None:
     except OSError:
         return None  # its RETR reads it in a worker and reports the error
     try:
-        buffer = bytearray(size + 1)
         read = os.preadv(fd, [buffer], 0, os.RWF_NOWAIT)
-        if read > size:
-            return None  # not the body that was listed: the worker's read decides
+        if read == len(buffer):
+            return None  # longer than the body that was listed: the worker's read decides
         # A short read is the end of the file, or the end of what the cache holds: ask once more.
-        if read < size and os.preadv(fd, [bytearray(1)], read, os.RWF_NOWAIT):
+        if read < len(buffer) - 1 and os.preadv(fd, [bytearray(1)], read, os.RWF_NOWAIT):
             return None
     except OSError as exc:  # BlockingIOError: not all in the cache
         if exc.errno == errno.EOPNOTSUPP:  # a file system without RWF_NOWAIT: worker threads only
-            global _NO_CACHED_READS
             _NO_CACHED_READS = True
         return None
     finally:
         os.close(fd)
-    del buffer[read:]
-    return buffer
+    return read
 
 
 def _local_path(body_ref: str) -> str | None:
     """The body's file, or None when the store keeps no local files (Storage.path says so)."""
-    global _NO_CACHED_READS
-    if _NO_CACHED_READS:
+    global _STORE_ROOT
+    storage = message_store().storage
+    if _STORE_ROOT[0] is not storage:
+        try:
+            _STORE_ROOT = (storage, storage.path(""))
+        except NotImplementedError:
+            _STORE_ROOT = (storage, None)
+    root = _STORE_ROOT[1]
+    if root is None:
         return None
-    try:
-        return message_store().storage.path(body_ref)
-    except NotImplementedError:
-        _NO_CACHED_READS = True
-        return None
+    if body_ref.startswith("/") or ".." in body_ref:
+        return storage.path(body_ref)  # the storage's own checks, for a name we never make
+    # Names are ours (year/month/day/random.eml): a join, without safe_join's cost on every RETR.
+    return f"{root}/{body_ref}"
 
 
+# The store and its directory, looked up once per store rather than once per RETR.
+_STORE_ROOT: tuple[object, str | None] = (None, None)
 _NO_CACHED_READS = not hasattr(os, "RWF_NOWAIT")
 
 
