@@ -101,6 +101,18 @@ def log(text: str) -> None:
 # --- inbound SMTP ---------------------------------------------------------------------------------
 
 
+def chosen_sizes(args) -> list[tuple[str, int]]:
+    return [(name, size) for name, size in SIZES.items() if not args.sizes or name.split()[0] in args.sizes.split(",")]
+
+
+def chosen_sessions(args) -> list[int]:
+    return [n for n in SESSIONS if not args.sessions or str(n) in args.sessions.split(",")]
+
+
+def smtp_labels(args) -> list[str]:
+    return [f"{s}, {n} session{'s' if n > 1 else ''}" for s, _ in chosen_sizes(args) for n in chosen_sessions(args)]
+
+
 def bench_smtp(args, workdir: Path, template: project.Template, results: Results) -> None:
     recipient = f"{SMTP_USER}@{DOMAIN}"
     for round_no in range(args.rounds):
@@ -134,8 +146,8 @@ def bench_smtp(args, workdir: Path, template: project.Template, results: Results
             raise
         expected = 0
         try:
-            for size_name, size in SIZES.items():
-                for sessions in SESSIONS:
+            for size_name, size in chosen_sizes(args):
+                for sessions in chosen_sessions(args):
                     count = messages_for(sessions, args.scale)
                     rates = {}
                     for name, server_port in servers.items():
@@ -161,11 +173,11 @@ def bench_smtp(args, workdir: Path, template: project.Template, results: Results
                 while postfix.delivered() < expected and time.monotonic() < deadline:
                     time.sleep(0.2)
                 delivered = postfix.delivered()
-                for label in [f"{s}, {n} session{'s' if n > 1 else ''}" for s in SIZES for n in SESSIONS]:
+                for label in smtp_labels(args):
                     results.note("inbound SMTP", f"{label}: postfix",
                                  "all in Maildir" if delivered == expected else f"{delivered} of {expected} in Maildir")
             stored = project.count_inbox(db, recipient)
-            for label in [f"{s}, {n} session{'s' if n > 1 else ''}" for s in SIZES for n in SESSIONS]:
+            for label in smtp_labels(args):
                 if stored == expected:
                     results.note("inbound SMTP", f"{label}: mailcore", "all in mailbox (counted)")
         finally:
@@ -568,6 +580,8 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--scale", type=float, default=1.0, help="multiplies the SMTP message counts")
     parser.add_argument("--only", default="smtp,pop3,source,memory", help="comma-separated sections")
+    parser.add_argument("--sizes", default="", help="SMTP message sizes to run, e.g. 1,10 (KB; default all)")
+    parser.add_argument("--sessions", default="", help="SMTP session counts to run, e.g. 1,10 (default all)")
     parser.add_argument("--retr-count", type=int, default=5000)
     parser.add_argument("--retr-size", type=int, default=10 * 1024)
     parser.add_argument("--login-seconds", type=float, default=3.0)

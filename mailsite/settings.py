@@ -1,6 +1,7 @@
 """Django settings: everything an operator sets comes from the environment (operations.md)."""
 
 import json
+import os
 from pathlib import Path
 
 from mailsite import env
@@ -123,6 +124,8 @@ MAIL_SMTP_MAX_BAD_COMMANDS = env.get_int("MAIL_SMTP_MAX_BAD_COMMANDS", 20)
 MAIL_SMTP_MAX_RECIPIENTS = env.get_int("MAIL_SMTP_MAX_RECIPIENTS", 100)
 MAIL_SMTP_SHUTDOWN_GRACE = env.get_float("MAIL_SMTP_SHUTDOWN_GRACE", 30.0)
 MAIL_SMTP_WORKER_THREADS = env.get_int("MAIL_SMTP_WORKER_THREADS", 8)
+# runsmtp's processes (processes.py): one Python process uses one core, so one per core.
+MAIL_SMTP_PROCESSES = env.get_int("MAIL_SMTP_PROCESSES", os.cpu_count() or 1)
 # Group commit on the MX (issue 8): at most this many messages per batch, this many batches at
 # once (on SQLite they store bodies in parallel and take turns to commit).
 MAIL_SMTP_COMMIT_BATCH = env.get_int("MAIL_SMTP_COMMIT_BATCH", 64)

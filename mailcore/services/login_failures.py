@@ -1,4 +1,5 @@
-"""Failed logins per client address, counted in Django's cache so every listener process and node shares them."""
+"""Failures per client address (failed logins, unknown GET ids), counted in Django's cache so every
+listener process and node shares them."""
 
 from __future__ import annotations
 
@@ -23,27 +24,30 @@ class CounterUnavailable(OSError):
     """The shared cache could not be reached: a temporary fault of ours (an OSError, like the store's)."""
 
 
-class LoginFailures:
-    """A brute-force brake: at `limit` failures from one address within the window, logins are refused.
+class AddressCounter:
+    """A brake on guessing: at `limit` failures from one address within the window, it is refused.
 
-    The count lives in the `default` cache (Redis when REDIS_URL is set, else the database
-    table `mailcore_cache`), so a guesser spreading attempts over connections, processes or
-    nodes behind one address meets one count. The window is kept as fixed buckets of `window`
+    `scope` names what is counted (failed logins, unknown GET ids). The count lives in the
+    `default` cache (Redis when REDIS_URL is set, else the database table `mailcore_cache`), so
+    a guesser spreading attempts over connections, processes or nodes behind one address meets
+    one count. The window is kept as fixed buckets of `window`
     seconds and a failure counts while its bucket or the next one is current: a count never
     drops below the failures of the last `window` seconds, and a lockout lasts between one and
     two windows. Cache operations are blocking: protocol code calls these through its
-    `sync_to_async` boundary (the submission handler, the POP3 maildrop).
+    boundary into worker threads (the submission handler, the POP3 maildrop).
     """
 
     def __init__(
         self,
-        limit: int | None = None,
-        window: float | None = None,
+        scope: str,
+        limit: int,
+        window: float,
         cache_alias: str = "default",
         clock: Callable[[], float] = time.time,
     ):
-        self.limit = settings.MAIL_AUTH_MAX_FAILURES if limit is None else limit
-        self.window = max(1.0, float(settings.MAIL_AUTH_FAILURE_WINDOW if window is None else window))
+        self.scope = scope
+        self.limit = limit
+        self.window = max(1.0, float(window))
         self.cache_alias = cache_alias
         self.clock = clock  # wall-clock time: every node must agree on the bucket
 
@@ -51,7 +55,7 @@ class LoginFailures:
         # Hashed: an IPv6 address or a client-chosen string makes no invalid cache key.
         digest = hashlib.sha256(address.encode("utf-8", "replace")).hexdigest()[:32]
         bucket = int(self.clock() // self.window)
-        return f"{SCOPE}:{digest}:{bucket}", f"{SCOPE}:{digest}:{bucket - 1}"
+        return f"{self.scope}:{digest}:{bucket}", f"{self.scope}:{digest}:{bucket - 1}"
 
     def count(self, address: str) -> int:
         current, previous = self._keys(address)
@@ -81,3 +85,22 @@ class LoginFailures:
         except RedisError as exc:
             raise CounterUnavailable(str(exc)) from exc
         return self.count(address)
+
+
+class LoginFailures(AddressCounter):
+    """Failed logins: one count for submission, POP3 and the web sign-in (see SCOPE)."""
+
+    def __init__(
+        self,
+        limit: int | None = None,
+        window: float | None = None,
+        cache_alias: str = "default",
+        clock: Callable[[], float] = time.time,
+    ):
+        super().__init__(
+            SCOPE,
+            settings.MAIL_AUTH_MAX_FAILURES if limit is None else limit,
+            settings.MAIL_AUTH_FAILURE_WINDOW if window is None else window,
+            cache_alias,
+            clock,
+        )

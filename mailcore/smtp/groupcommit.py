@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
+import os
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -26,8 +28,38 @@ log = logging.getLogger("mailcore.smtp")
 Item = tuple[inbound.Envelope, bytes, "SpamVerdict | None", asyncio.Future]
 
 
+class WriterTurn:
+    """SQLite's one writer, taken in turn by the batches of every listener process.
+
+    Within a process the batches wait on an asyncio.Lock; across the processes of
+    `runsmtp --processes N` they wait on flock(2) of a file beside the database, in the worker
+    thread, around the transaction. Either wakes the next waiter as soon as the turn is released,
+    where SQLite's own busy handler sleeps 1, 2, 5, 10... ms between tries: with two processes
+    contending inside SQLite, 50 sessions of 1 KB went from 390 to 310 messages/s.
+    """
+
+    def __init__(self, lock_path: str):
+        self.in_process = asyncio.Lock()
+        self.lock_path = lock_path
+        self._fd: int | None = None
+
+    def holding(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        """`fn`, run while holding the cross-process turn (call it in a worker thread)."""
+
+        def run(*args, **kwargs):
+            if self._fd is None:
+                self._fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+        return run
+
+
 class GroupCommit:
-    """The batches of one listener process. `call` is the handler's one sync_to_async boundary."""
+    """The batches of one listener process. `call` is the handler's one boundary into worker threads."""
 
     def __init__(
         self,
@@ -35,13 +67,13 @@ class GroupCommit:
         max_batch: int = 64,
         committers: int = 2,
         lookup_seconds: float = 0.0,
-        one_writer: bool = False,
+        writer_lock_path: str | None = None,
     ):
         self.call = call
-        # SQLite has one writer: batches take turns here, where the next is woken at once,
+        # SQLite has one writer: batches take turns (WriterTurn), where the next is woken at once,
         # rather than in SQLite's busy handler, which sleeps for milliseconds between tries.
         # Their bodies are still stored in parallel, while another batch commits.
-        self.writer_turn = asyncio.Lock() if one_writer else None
+        self.writer_turn = WriterTurn(writer_lock_path) if writer_lock_path else None
         # Routes and policies shared by the batches of the last `lookup_seconds` (the RCPT
         # cache's lifetime): a mailbox's messages then cost no routing queries.
         self.lookup_seconds = lookup_seconds
@@ -82,11 +114,11 @@ class GroupCommit:
                 # Alone: nothing to overlap with, so one trip to a worker thread instead of two
                 # (a lone session's latency is what its throughput is).
                 async with self._writer():
-                    outcomes = await self.call(inbound.receive_many, items, lookups)
+                    outcomes = await self.call(self._turn(inbound.receive_many), items, lookups)
             else:
                 staged = await self.call(inbound.stage_many, items, lookups)
                 async with self._writer():
-                    outcomes = await self.call(inbound.commit_staged, staged, lookups)
+                    outcomes = await self.call(self._turn(inbound.commit_staged), staged, lookups)
         except BaseException as exc:  # the whole batch failed: each session answers for itself
             outcomes = [exc] * len(batch)
             if not isinstance(exc, Exception):
@@ -98,7 +130,10 @@ class GroupCommit:
         self._settle(batch, outcomes)
 
     def _writer(self) -> contextlib.AbstractAsyncContextManager:
-        return self.writer_turn if self.writer_turn is not None else contextlib.nullcontext()
+        return self.writer_turn.in_process if self.writer_turn is not None else contextlib.nullcontext()
+
+    def _turn(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        return self.writer_turn.holding(fn) if self.writer_turn is not None else fn
 
     def lookups(self) -> inbound.Lookups | None:
         if self.lookup_seconds <= 0:

@@ -1,4 +1,4 @@
-"""The MX listener's policy, and its one `sync_to_async` boundary into the service layer.
+"""The MX listener's policy, and its one boundary into the service layer (worker threads).
 
 The protocol class (server.py) decides what is well-formed and in sequence; this handler decides
 what is acceptable (who exists, who may be relayed to, what is delivered) by calling services in
@@ -8,20 +8,22 @@ worker threads. Every database or file-system call of a session goes through `ca
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, BinaryIO
 
-from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import DatabaseError, connections
 
 from mailcore.addresses import domain_of
 from mailcore.models import UnverifiedPolicy
 from mailcore.services import inbound, verification
+from mailcore.services.login_failures import AddressCounter
 from mailcore.smtp import replies
 from mailcore.smtp.groupcommit import GroupCommit
+from mailcore.smtp.hooks import hook_names
 from mailcore.smtp.replies import Reply
 from mailcore.spam.check import SpamRejection
 from mailcore.store import message_store
@@ -31,6 +33,10 @@ if TYPE_CHECKING:
     from mailcore.smtp.server import InboundSMTP
 
 log = logging.getLogger("mailcore.smtp")
+
+
+class TooManyUnknownIds(Exception):
+    """This client asked for too many unknown GET ids this minute (reverse-delivery.md §6)."""
 
 
 class TemporaryFault(Exception):
@@ -55,6 +61,13 @@ def _drop_unusable_connections() -> None:
                 conn.close()
 
 
+def _sqlite_writer_lock_path() -> str | None:
+    """The file whose flock(2) orders SQLite's writers across listener processes; None off SQLite."""
+    if connections["default"].vendor != "sqlite":
+        return None
+    return f"{connections['default'].settings_dict['NAME']}.writer-lock"
+
+
 def _unit_of_work(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Run `fn` with a usable database connection in a worker thread, as a request would."""
 
@@ -71,6 +84,10 @@ def _unit_of_work(fn: Callable[..., Any]) -> Callable[..., Any]:
 class InboundHandler:
     """Policy of the inbound MX: local recipients only, unverified-mail policy, reverse delivery."""
 
+    # aiosmtpd looks for `handle_*` hooks and `auth_*` mechanisms on the handler of every new
+    # session; it finds none here, and must not read every other attribute to learn that.
+    __dir__ = hook_names("handle_", "auth_")
+
     def __init__(self, workers: int | None = None):
         # A pool rather than asgiref's single thread: deliveries fsync their bodies in parallel,
         # and each worker thread keeps its own database connection.
@@ -83,18 +100,22 @@ class InboundHandler:
             settings.MAIL_SMTP_COMMIT_BATCH,
             settings.MAIL_SMTP_COMMITTERS,
             settings.MAIL_SMTP_RECIPIENT_CACHE,
-            one_writer=connections["default"].vendor == "sqlite",
+            writer_lock_path=_sqlite_writer_lock_path(),
         )
         # RCPT verdicts of the last few seconds (address -> (expiry, check)): a sender's next
         # message to the same mailbox needs no trip to the database before its 250.
         self.recipient_cache: dict[str, tuple[float, inbound.RecipientCheck]] = {}
         self.recipient_cache_seconds = settings.MAIL_SMTP_RECIPIENT_CACHE
+        self.unknown_ids = AddressCounter("unknown-get-ids", settings.MAIL_GET_MAX_UNKNOWN_PER_MINUTE, 60.0)
 
     async def call(self, fn: Callable[..., Any], *args, **kwargs) -> Any:
         """The one boundary between the event loop and the (blocking) service layer."""
+        # Plain run_in_executor, not asgiref's sync_to_async: these calls need neither a thread
+        # shared with other sync code nor the caller's context variables, and asgiref's wrapping
+        # cost as much as the trip itself (issue 8).
         try:
-            return await sync_to_async(_unit_of_work(fn), thread_sensitive=False, executor=self.executor)(
-                *args, **kwargs
+            return await asyncio.get_running_loop().run_in_executor(
+                self.executor, functools.partial(_unit_of_work(fn), *args, **kwargs)
             )
         except DatabaseError as exc:
             log.warning("database unavailable: %s", exc)
@@ -184,8 +205,11 @@ class InboundHandler:
     # --- GET (reverse-delivery.md §4, origin role) ---------------------------------------------
 
     async def fetch(self, server: InboundSMTP, source_id: str) -> tuple[Reply, verification.SourcedBody | None]:
+        """The reply to `GET <id>` and the body to send; GET_TOO_MANY_UNKNOWN means: close now."""
         try:
-            body = await self.call(verification.fetch_sourced, source_id, server.client_address)
+            body = await self.call(self.fetch_unless_guessing, source_id, server.client_address)
+        except TooManyUnknownIds:
+            return replies.GET_TOO_MANY_UNKNOWN, None
         except verification.FetchRefused:
             return replies.GET_REFUSED(id=source_id), None
         except TemporaryFault:
@@ -196,6 +220,19 @@ class InboundHandler:
         if body is None:
             return replies.GET_UNKNOWN(id=source_id), None
         return replies.GET_MESSAGE_FOLLOWS(id=source_id), body
+
+    def fetch_unless_guessing(self, source_id: str, client_address: str) -> verification.SourcedBody | None:
+        """(worker thread) The sourced body, unless this address asked for too many unknown ids.
+
+        reverse-delivery.md §6 "Guessing ids": unknown-id GETs are counted per client address in
+        the shared cache, so every listener process and node of this origin meets one count.
+        """
+        if self.unknown_ids.blocked(client_address):
+            raise TooManyUnknownIds
+        body = verification.fetch_sourced(source_id, client_address)
+        if body is None:
+            self.unknown_ids.record(client_address)
+        return body
 
     async def open_body(self, body_ref: str) -> BinaryIO:
         return await self.call(message_store().open, body_ref)

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import array
 import asyncio
+import hashlib
 import logging
+import mmap
+import multiprocessing
+import secrets
 import signal
+import socket
 import ssl
 import time
-from collections import Counter, defaultdict, deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -21,72 +26,106 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("mailcore.smtp")
 
+LISTEN_BACKLOG = 512
 
-class UnknownIdCounter:
-    """GETs of unknown ids per client address over the last minute (reverse-delivery.md §6)."""
 
-    WINDOW = 60.0
+def shown_address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
-    def __init__(self, limit: int):
-        self.limit = limit
-        self._seen: dict[str, deque[float]] = defaultdict(deque)
 
-    def _recent(self, address: str) -> deque[float]:
-        times = self._seen[address]
-        cutoff = time.monotonic() - self.WINDOW
-        while times and times[0] < cutoff:
-            times.popleft()
-        return times
+class SharedCounts:
+    """Open connections, in all and per client address, across the processes of one listener.
 
-    def exhausted(self, address: str) -> bool:
-        exhausted = len(self._recent(address)) >= self.limit
-        if not self._seen[address]:
-            del self._seen[address]
-        return exhausted
+    Postfix's anvil(8) in a few lines: `runsmtp --processes N` forks N processes that accept on
+    one socket, and the connection caps must hold for all of them together. The counts live in
+    anonymous shared memory made before the fork, one row per process (so that a process that
+    dies can have its row cleared by the supervisor), and change under one lock, held for
+    microseconds. Per-address counts are a count-min sketch: each address has one slot under
+    each of two keyed hashes and counts as the smaller of the two, so a count is exact unless
+    both of its slots are shared with other busy addresses, and then only ever too high.
+    """
 
-    def record(self, address: str) -> None:
-        self._recent(address).append(time.monotonic())
+    SLOTS = 1 << 15  # per hash; memory: 4 octets x (1 + 2 x SLOTS) per process
+
+    def __init__(self, processes: int = 1):
+        self.processes = max(1, processes)
+        self.width = 1 + 2 * self.SLOTS  # [total, slots of hash 1, slots of hash 2]
+        # mmap(-1, ...) is MAP_SHARED | MAP_ANONYMOUS: forked children see the same pages.
+        self._memory = mmap.mmap(-1, 4 * self.width * self.processes)
+        self._counts = memoryview(self._memory).cast("i")
+        self._lock = multiprocessing.get_context("fork").Lock()
+        self._key = secrets.token_bytes(16)
+        self.process = 0  # the row this process writes; set after the fork
+
+    def _slots(self, address: str) -> tuple[int, int]:
+        digest = hashlib.blake2b(address.encode("utf-8", "replace"), key=self._key, digest_size=8).digest()
+        return 1 + int.from_bytes(digest[:4]) % self.SLOTS, 1 + self.SLOTS + int.from_bytes(digest[4:]) % self.SLOTS
+
+    def _sum(self, index: int) -> int:
+        counts, width = self._counts, self.width
+        return sum(counts[row * width + index] for row in range(self.processes))
+
+    def admit(self, address: str, max_total: int, max_per_client: int) -> str | None:
+        """Count one more connection from `address`; or say which cap it hits ("total", "client")."""
+        first, second = self._slots(address)
+        mine = self.process * self.width
+        with self._lock:
+            if self._sum(0) >= max_total:
+                return "total"
+            if min(self._sum(first), self._sum(second)) >= max_per_client:
+                return "client"
+            for index in (0, first, second):
+                self._counts[mine + index] += 1
+        return None
+
+    def release(self, address: str) -> None:
+        first, second = self._slots(address)
+        mine = self.process * self.width
+        with self._lock:
+            for index in (0, first, second):
+                self._counts[mine + index] -= 1
+
+    def clear(self, process: int) -> None:
+        """Forget the connections of a process that died (the supervisor calls this)."""
+        with self._lock:
+            self._counts[process * self.width:(process + 1) * self.width] = array.array("i", bytes(4 * self.width))
+
+    def total(self) -> int:
+        return self._sum(0)
 
 
 class ConnectionRegistry:
-    """The sessions of one process: caps on connections, and the state that outlives a session."""
+    """The sessions of one process, admitted against caps that hold across the listener's processes."""
 
-    def __init__(self, max_connections: int, max_per_client: int, max_unknown_ids: int):
+    def __init__(self, max_connections: int, max_per_client: int, counts: SharedCounts | None = None):
         self.max_connections = max_connections
         self.max_per_client = max_per_client
+        self.counts = counts or SharedCounts()
         self.sessions: set[InboundSMTP] = set()
-        self.per_client: Counter[str] = Counter()
         self.stopping = False
-        self.unknown_ids = UnknownIdCounter(max_unknown_ids)
 
     @classmethod
-    def from_settings(cls) -> ConnectionRegistry:
-        return cls(
-            settings.MAIL_SMTP_MAX_CONNECTIONS,
-            settings.MAIL_SMTP_MAX_CONNECTIONS_PER_CLIENT,
-            settings.MAIL_GET_MAX_UNKNOWN_PER_MINUTE,
-        )
+    def from_settings(cls, counts: SharedCounts | None = None) -> ConnectionRegistry:
+        return cls(settings.MAIL_SMTP_MAX_CONNECTIONS, settings.MAIL_SMTP_MAX_CONNECTIONS_PER_CLIENT, counts)
 
     def admit(self, session: InboundSMTP) -> Reply | None:
         """None when the session may go on; otherwise the 421 to send before closing."""
         if self.stopping:
             return replies.SHUTTING_DOWN
-        if len(self.sessions) >= self.max_connections:
-            log.warning("%s: refused, %d connections open", session.client_address, len(self.sessions))
+        refused = self.counts.admit(session.client_address, self.max_connections, self.max_per_client)
+        if refused == "total":
+            log.warning("%s: refused, %d connections open", session.client_address, self.counts.total())
             return replies.TOO_MANY_CONNECTIONS
-        if self.per_client[session.client_address] >= self.max_per_client:
+        if refused == "client":
             log.warning("%s: refused, too many connections from this address", session.client_address)
             return replies.TOO_MANY_CONNECTIONS_FROM_CLIENT
         self.sessions.add(session)
-        self.per_client[session.client_address] += 1
         return None
 
     def release(self, session: InboundSMTP) -> None:
         if session in self.sessions:
             self.sessions.discard(session)
-            self.per_client[session.client_address] -= 1
-            if self.per_client[session.client_address] <= 0:
-                del self.per_client[session.client_address]
+            self.counts.release(session.client_address)
 
 
 class Listener:
@@ -107,6 +146,7 @@ class Listener:
         on_stopped: Callable[[], None] | None = None,
         tls_binds: list[tuple[str, int]] = (),
         tls_context: ssl.SSLContext | None = None,
+        sockets: list[socket.socket] = (),
     ):
         self.name = name
         self.binds = binds
@@ -117,6 +157,9 @@ class Listener:
         self.registry = registry
         self.grace = grace
         self.on_stopped = on_stopped
+        # Sockets bound by the supervisor of several processes (processes.py), which also said
+        # where it listens: used instead of `binds`.
+        self.sockets = list(sockets)
         self.stop_requested = asyncio.Event()
 
     async def serve(self) -> None:
@@ -125,11 +168,14 @@ class Listener:
             loop.add_signal_handler(sig, self.stop_requested.set)
         servers = []
         try:
-            for (host, port), tls in [*((b, None) for b in self.binds), *((b, self.tls_context) for b in self.tls_binds)]:
-                server = await loop.create_server(self.protocol_factory, host, port, reuse_address=True, backlog=512, ssl=tls)
+            for sock in self.sockets:
+                servers.append(await loop.create_server(self.protocol_factory, sock=sock, backlog=LISTEN_BACKLOG))
+            for (host, port), tls in [] if self.sockets else self._binds_with_tls():
+                server = await loop.create_server(
+                    self.protocol_factory, host, port, reuse_address=True, backlog=LISTEN_BACKLOG, ssl=tls
+                )
                 servers.append(server)
-                shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-                log.info("%s listening on %s%s", self.name, shown, " (implicit TLS)" if tls else "")
+                log.info("%s listening on %s%s", self.name, shown_address(host, port), " (implicit TLS)" if tls else "")
             await self.stop_requested.wait()
             log.info("%s stopping: no new connections, %d session(s) open", self.name, len(self.registry.sessions))
         finally:
@@ -139,6 +185,9 @@ class Listener:
             if self.on_stopped is not None:
                 await loop.run_in_executor(None, self.on_stopped)
             log.info("%s stopped", self.name)
+
+    def _binds_with_tls(self) -> list[tuple[tuple[str, int], ssl.SSLContext | None]]:
+        return [*((b, None) for b in self.binds), *((b, self.tls_context) for b in self.tls_binds)]
 
     async def _drain_sessions(self) -> None:
         self.registry.stopping = True

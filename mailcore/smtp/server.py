@@ -25,6 +25,7 @@ from mailcore.services import inbound
 from mailcore.services.verification import is_source_id
 from mailcore.smtp import replies
 from mailcore.smtp.data import DataReceiver, DotStuffer
+from mailcore.smtp.hooks import hook_names
 from mailcore.smtp.replies import Reply
 
 if TYPE_CHECKING:
@@ -99,6 +100,10 @@ def parse_path(text: str) -> tuple[str, str] | None:
     return match.group("path"), match.group("params").strip()
 
 
+# asyncio's default high-water mark for a transport's write buffer (64 KiB).
+WRITE_BUFFER_HIGH = 64 * 1024
+
+
 class InboundSMTP(SMTP):
     """One SMTP session of the inbound MX."""
 
@@ -106,17 +111,10 @@ class InboundSMTP(SMTP):
     offers_source = True  # SOURCE and GET of reverse-delivery.md
     # The StreamReader's buffer; the protocol's own line limits are checked by the command loop.
     line_length_limit = 32 * 1024
-    _verb_names: dict[type, list[str]] = {}
-
-    def __dir__(self) -> list[str]:
-        # aiosmtpd's __init__ finds verbs and AUTH mechanisms with dir() and inspect.getmembers(),
-        # which reads every attribute of a new session: a third of a millisecond per connection
-        # (issue 8). Those are the only names it looks for, and they belong to the class.
-        names = self._verb_names.get(type(self))
-        if names is None:
-            names = [n for n in object.__dir__(self) if n.startswith(("smtp_", "auth_"))]
-            self._verb_names[type(self)] = names
-        return names
+    # aiosmtpd's __init__ finds verbs and AUTH mechanisms with dir() and inspect.getmembers(),
+    # which read every attribute of a new session: a third of a millisecond per connection
+    # (issue 8). Those are the only names it looks for, and they belong to the class.
+    __dir__ = hook_names("smtp_", "auth_")
 
     def __init__(self, handler: InboundHandler, config: SMTPConfig, registry: ConnectionRegistry, **kwargs):
         super().__init__(
@@ -142,6 +140,35 @@ class InboundSMTP(SMTP):
             self._smtp_methods.pop("GET", None)
 
     # --- aiosmtpd plumbing ---------------------------------------------------------------------
+    # aiosmtpd re-creates a timer for every command and awaits drain() after every reply; the
+    # overrides below keep one timer per session and drain only when the client reads slowly:
+    # per message, with a new connection each, these were a tenth of the listener's CPU (issue 8).
+
+    def _reset_timeout(self, duration: float | None = None) -> None:
+        """Close the session after `duration` (the command timeout) without another command."""
+        self._deadline = self.loop.time() + (duration or self._timeout_duration)
+        handle = self._timeout_handle
+        if handle is None or handle.cancelled():
+            self._timeout_handle = self.loop.call_at(self._deadline, self._timeout_check)
+        elif handle.when() > self._deadline:  # a shorter limit than the one armed: re-arm
+            handle.cancel()
+            self._timeout_handle = self.loop.call_at(self._deadline, self._timeout_check)
+
+    def _timeout_check(self) -> None:
+        # The timer was armed for an older deadline; activity since then moved it on.
+        if self.loop.time() < self._deadline:
+            self._timeout_handle = self.loop.call_at(self._deadline, self._timeout_check)
+        else:
+            self._timeout_cb()
+
+    async def push(self, status: str | bytes) -> None:
+        response = status.encode() if isinstance(status, str) else status
+        self._writer.write(response + b"\r\n")
+        transport = self.transport
+        # Wait only when the transport holds more than its high-water mark (or is closing, so
+        # that a vanished client is noticed here); otherwise the reply is on its way already.
+        if transport is None or transport.is_closing() or transport.get_write_buffer_size() > WRITE_BUFFER_HIGH:
+            await self._writer.drain()
 
     def _create_envelope(self) -> Transaction:
         return Transaction()
@@ -622,16 +649,14 @@ class InboundSMTP(SMTP):
         if not arg or not is_source_id(arg):
             await self.reply(replies.GET_BAD_ID)
             return
-        if self.registry.unknown_ids.exhausted(self.client_address):
+        reply, body = await self.event_handler.fetch(self, arg)
+        if reply is replies.GET_TOO_MANY_UNKNOWN:
             # spec §6 "Guessing ids": too many unknown ids from this address this minute.
             log.warning("%s: too many unknown GET ids, closing", self.client_address)
-            await self.push(str(replies.GET_TOO_MANY_UNKNOWN))
+            await self.push(str(reply))
             self.close()
             return
-        reply, body = await self.event_handler.fetch(self, arg)
         if body is None:
-            if reply.code == 550:
-                self.registry.unknown_ids.record(self.client_address)
             log.info("GET %s: client=[%s], result=%s", arg, self.client_address, reply)
             await self.reply(reply)
             return

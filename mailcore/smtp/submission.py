@@ -1,7 +1,7 @@
 """The submission listener (RFC 6409): local users authenticate and hand us mail for anywhere.
 
 `SubmissionSMTP` is the inbound protocol class with AUTH PLAIN/LOGIN (RFC 4954, 4616) instead of
-SOURCE/GET; `SubmissionHandler` is its policy and its one `sync_to_async` boundary: who may log in,
+SOURCE/GET; `SubmissionHandler` is its policy and its one boundary into worker threads: who may log in,
 which reverse-paths a user may use, and the hand-over to the outbound service.
 """
 

@@ -1,7 +1,7 @@
 """A small synchronous spamd client (SpamAssassin's SPAMC/1.5 protocol) that never waits past a deadline.
 
 Our own rather than `aiospamc`: `inbound.receive` is synchronous (the listeners reach it through
-one `sync_to_async` boundary), so an asyncio client would need an event loop of its own inside
+one boundary into worker threads), so an asyncio client would need an event loop of its own inside
 that worker thread; the one request we need (SYMBOLS) is a few lines of socket code, and a plain
 socket lets a single deadline cover connect, send and receive, with no new dependency.
 """

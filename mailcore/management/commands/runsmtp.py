@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
 from mailcore.smtp.handler import InboundHandler
-from mailcore.smtp.listener import ConnectionRegistry, Listener
+from mailcore.smtp.listener import ConnectionRegistry, Listener, SharedCounts
+from mailcore.smtp.processes import Supervisor, bind_sockets
 from mailcore.smtp.server import InboundSMTP, SMTPConfig
 from mailcore.store import message_store
 from mailsite.env import parse_binds
@@ -21,6 +23,9 @@ class Command(BaseCommand):
         parser.add_argument(
             "--bind", action="append", metavar="HOST:PORT", help="Listen here instead of MAIL_SMTP_BIND (repeatable)."
         )
+        parser.add_argument(
+            "--processes", type=int, metavar="N", help="Serve from N processes instead of MAIL_SMTP_PROCESSES."
+        )
 
     def handle(self, *args, **options):
         try:
@@ -32,13 +37,29 @@ class Command(BaseCommand):
         storage = message_store().storage
         if hasattr(storage, "clean_temporary"):
             storage.clean_temporary()
-        asyncio.run(serve_inbound(binds))
+        processes = options["processes"] if options["processes"] is not None else settings.MAIL_SMTP_PROCESSES
+        if processes < 1:
+            raise CommandError("--processes must be at least 1")
+        if processes == 1:
+            asyncio.run(serve_inbound(binds))
+            return
+        name = "inbound SMTP (MX)"
+        try:
+            sockets = bind_sockets(name, binds)
+        except OSError as exc:
+            raise CommandError(f"cannot listen: {exc}") from None
+        counts = SharedCounts(processes)
+        status = Supervisor(name, processes, sockets, counts, lambda _index: asyncio.run(serve_inbound(binds, sockets, counts))).run()
+        if status:
+            raise CommandError("the listener processes kept dying; see the log above")
 
 
-async def serve_inbound(binds: list[tuple[str, int]]) -> None:
+async def serve_inbound(
+    binds: list[tuple[str, int]], sockets: list[socket.socket] = (), counts: SharedCounts | None = None
+) -> None:
     config = SMTPConfig.from_settings()
     handler = InboundHandler()
-    registry = ConnectionRegistry.from_settings()
+    registry = ConnectionRegistry.from_settings(counts)
     listener = Listener(
         "inbound SMTP (MX)",
         binds,
@@ -46,5 +67,6 @@ async def serve_inbound(binds: list[tuple[str, int]]) -> None:
         registry,
         grace=settings.MAIL_SMTP_SHUTDOWN_GRACE,
         on_stopped=handler.close,
+        sockets=sockets,
     )
     await listener.serve()

@@ -1,0 +1,142 @@
+"""`runsmtp --processes N`: several processes on one socket, caps shared, supervised (issue 8)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import smtplib
+import socket
+import time
+
+import pytest
+
+from mailcore.models import Delivery
+from mailcore.services.accounts import add_domain, add_mailbox
+from mailcore.smtp import replies
+from mailcore.smtp.listener import SharedCounts
+from tests import smtp_wire
+from tests.smtp_wire import RawSMTP, starts
+
+mx = smtp_wire.mx
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def b_test():
+    add_domain("b.test")
+    add_mailbox("bob@b.test", "pw")
+
+
+def children(pid: int) -> list[int]:
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        return [int(p) for p in f.read().split()]
+
+
+def wait_until(condition, seconds: float = 10.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def send(port: int, tag: str) -> None:
+    with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
+        client.sendmail("alice@remote.test", ["bob@b.test"], f"Subject: {tag}\r\n\r\n{tag}\r\n")
+
+
+def test_four_processes_share_the_work_and_the_caps(mx, b_test):
+    server = mx(MAIL_SMTP_PROCESSES="4", MAIL_SMTP_MAX_CONNECTIONS_PER_CLIENT="3")
+    assert wait_until(lambda: len(children(server.proc.pid)) == 4)
+    assert server.output().count("listening on 127.0.0.1:") == 1  # said once, by the supervisor
+    for n in range(20):
+        send(server.port, f"m{n}")
+    assert Delivery.objects.filter(mailbox__address="bob@b.test").count() == 20
+
+    # The per-client cap holds for the processes together: whichever process accepts the 4th
+    # connection refuses it, though each process holds at most a few of the first three.
+    time.sleep(0.3)  # the fixture's probe connection is released
+    held = [RawSMTP(server.port) for _ in range(3)]
+    for session in held:
+        session.greet()
+    for _ in range(4):  # any process may take it: try several times
+        with RawSMTP(server.port) as extra:
+            assert starts(extra.last(), replies.TOO_MANY_CONNECTIONS_FROM_CLIENT)
+            assert extra.closed()
+    held.pop().close()
+    time.sleep(0.2)
+    with RawSMTP(server.port) as again:
+        assert again.last().startswith(b"220 ")
+    for session in held:
+        session.close()
+
+
+def test_a_process_that_dies_is_started_again_and_its_connections_forgotten(mx, b_test):
+    server = mx(MAIL_SMTP_PROCESSES="2", MAIL_SMTP_MAX_CONNECTIONS_PER_CLIENT="4")
+    assert wait_until(lambda: len(children(server.proc.pid)) == 2)
+    time.sleep(0.3)
+    held = [RawSMTP(server.port) for _ in range(4)]
+    for session in held:
+        session.greet()
+    first = children(server.proc.pid)
+    for pid in first:
+        os.kill(pid, signal.SIGKILL)  # the sessions held die with them, counts and all
+    assert wait_until(lambda: len(children(server.proc.pid)) == 2 and not set(children(server.proc.pid)) & set(first))
+    for session in held:
+        session.close()
+    # Had the dead processes' counts stayed, this client would be at its cap of 4.
+    sessions = []
+    for _ in range(4):
+        session = RawSMTP(server.port)
+        assert session.last().startswith(b"220 "), session.last()
+        sessions.append(session)
+    for session in sessions:
+        session.close()
+    send(server.port, "after restart")
+    assert Delivery.objects.filter(mailbox__address="bob@b.test").count() == 1
+    assert "starting it again" in server.output()
+
+
+def test_killing_the_supervisor_takes_the_processes_with_it(mx, b_test):
+    server = mx(MAIL_SMTP_PROCESSES="2")
+    assert wait_until(lambda: len(children(server.proc.pid)) == 2)
+    pids = children(server.proc.pid)
+    server.proc.kill()  # SIGKILL: no chance to pass anything on
+    server.proc.wait()
+    assert wait_until(lambda: not any(os.path.exists(f"/proc/{pid}") and _alive(pid) for pid in pids))
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", server.port), timeout=1).close()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split()[2] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_sigterm_stops_every_process_gracefully(mx, b_test):
+    server = mx(MAIL_SMTP_PROCESSES="3")
+    assert wait_until(lambda: len(children(server.proc.pid)) == 3)
+    time.sleep(0.5)  # each has started its event loop, and with it its own SIGTERM handler
+    pids = children(server.proc.pid)
+    assert server.stop(signal.SIGTERM) == 0
+    assert not any(_alive(pid) for pid in pids)
+    assert server.output().count("inbound SMTP (MX) stopped") == 3
+    assert "Traceback" not in server.output()
+
+
+def test_shared_counts_in_one_process():
+    counts = SharedCounts(processes=2)
+    assert counts.admit("192.0.2.1", max_total=3, max_per_client=2) is None
+    assert counts.admit("192.0.2.1", max_total=3, max_per_client=2) is None
+    assert counts.admit("192.0.2.1", max_total=3, max_per_client=2) == "client"
+    counts.process = 1
+    assert counts.admit("192.0.2.2", max_total=3, max_per_client=2) is None
+    assert counts.admit("192.0.2.3", max_total=3, max_per_client=2) == "total"
+    counts.clear(0)  # process 0 died: its two connections are gone
+    assert counts.total() == 1
+    assert counts.admit("192.0.2.1", max_total=3, max_per_client=2) is None
