@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import socket
 import time
+from email.utils import formatdate
 
 import pytest
 
@@ -47,7 +48,7 @@ def message(body: str, subject: str = "Minutes of Tuesday's meeting") -> bytes:
         "From: Bob Example <bob@b.test>\r\n"
         "To: Alice Example <alice@a.test>\r\n"
         f"Subject: {subject}\r\n"
-        "Date: Thu, 26 Nov 2026 18:49:00 +0000\r\n"
+        f"Date: {formatdate(usegmt=True)}\r\n"  # now: an old Date scores DATE_IN_PAST_*
         "Message-ID: <20261126184900.1234@mail.b.test>\r\n"
         "MIME-Version: 1.0\r\n"
         "Content-Type: text/plain; charset=utf-8\r\n"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import smtplib
 import socket
 import time
+from email.utils import formatdate
 
 import pytest
 
@@ -22,7 +23,7 @@ SPAM = (
     "From: Bob <bob@remote.test>\r\n"
     "To: alice@a.test\r\n"
     "Subject: Test spam mail (GTUBE)\r\n"
-    "Date: Thu, 26 Nov 2026 18:49:00 +0000\r\n"
+    f"Date: {formatdate(usegmt=True)}\r\n"  # now: an old Date scores DATE_IN_PAST_*
     "Message-ID: <gtube-1@remote.test>\r\n"
     "\r\n"
     f"{GTUBE}\r\n"
