@@ -354,6 +354,23 @@ def test_a_client_that_vanishes_mid_retr(mailbox, server_factory):
     assert Delivery.objects.get().state == DeliveryState.INBOX
 
 
+def test_a_client_that_pipelines_without_reading_then_vanishes(mailbox, server_factory):
+    deliver(b"Subject: 1\r\n\r\n" + b"0123456789abcdefghijklmnopqrstuvwxyz\r\n" * 3000)  # about 110 KB
+    port = start_pop3(server_factory)
+    raw = RawPop3(port)
+    raw.login()
+    # Replies answered from memory pile up until the server stops writing (and reading) for this client.
+    raw.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    raw.send(b"RETR 1\r\n" * 3000)
+    time.sleep(0.5)
+    raw.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    raw.close()
+    time.sleep(0.3)
+    again = RawPop3(port)  # the session ended at once: its lock is released, not held until the idle timer
+    assert again.login().startswith(b"+OK alice@a.test has 1 messages")
+    again.cmd("QUIT")
+
+
 def test_idle_session_is_closed_without_update(mailbox, server_factory):
     deliver(b"Subject: 1\r\n\r\nx\r\n")
     raw = RawPop3(start_pop3(server_factory, MAIL_POP3_IDLE_TIMEOUT="1"))

@@ -162,8 +162,9 @@ class Pop3Session(asyncio.BufferedProtocol):
             self.process()
         elif self.waiter is not None:
             self.wake()
-        if len(self.inbox) > INPUT_HELD and not self.reading_paused and self.command is not None:
-            # A command is in progress: hold what the client pipelines, within bounds.
+        if len(self.inbox) > INPUT_HELD and not self.reading_paused:
+            # A command in progress, or a client that does not read its replies: hold what it
+            # pipelines within bounds (process() reads again once it has answered it all).
             self.transport.pause_reading()
             self.reading_paused = True
 
@@ -172,6 +173,7 @@ class Pop3Session(asyncio.BufferedProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
+        self.writing_paused = False  # nothing will resume it: what is left to answer fails at its write
         if not self.closed.done():
             self.closed.set_result(None)
         if self.ending:
