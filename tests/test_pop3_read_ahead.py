@@ -157,21 +157,24 @@ def test_the_page_cache_and_the_worker_give_the_same_reply():
         assert reply == b"+OK %d octets\r\n" % entry.size + encode(message_store().read(entry.body_ref)) + b".\r\n"
 
 
-def test_cached_body_never_waits_for_the_disk(monkeypatch):
+def test_a_body_is_read_from_its_file_and_never_waits_for_the_disk_on_the_loop(monkeypatch):
     make_mailbox()
     delivery = deliver(body(3))  # bare LF: stored shorter than sent, so the end of the file is checked
     entry = maildrop.listing(delivery.mailbox_id)[0]
     buffer = bytearray(entry.size + 1)
-    length = maildrop.cached_body_into(entry.body_ref, memoryview(buffer))
-    assert buffer[:length] == stored(delivery) and length < entry.size
-    assert maildrop.cached_body_into(entry.body_ref, memoryview(buffer)[: length - 1]) is None  # longer than listed
+    for wait in (False, True):
+        length = maildrop.body_into(entry.body_ref, memoryview(buffer), wait=wait)
+        assert buffer[:length] == stored(delivery) and length < entry.size
+        assert maildrop.body_into(entry.body_ref, memoryview(buffer)[: length - 1], wait=wait) is None  # too long
 
     def not_cached(fd, buffers, offset, flags):
         assert flags & os.RWF_NOWAIT
         raise BlockingIOError(11, "would block")
 
     monkeypatch.setattr(maildrop.os, "preadv", not_cached)
-    assert maildrop.cached_body_into(entry.body_ref, memoryview(buffer)) is None
+    assert maildrop.body_into(entry.body_ref, memoryview(buffer), wait=False) is None
     monkeypatch.undo()
     os.unlink(message_store().storage.path(entry.body_ref))
-    assert maildrop.cached_body_into(entry.body_ref, memoryview(buffer)) is None  # its RETR's worker reports it
+    assert maildrop.body_into(entry.body_ref, memoryview(buffer), wait=False) is None  # the worker reports it
+    with pytest.raises(FileNotFoundError):
+        maildrop.body_into(entry.body_ref, memoryview(buffer), wait=True)

@@ -62,9 +62,41 @@ WHOLE_READ = 256 * 1024
 
 
 def _retr_replies(entries: list[MaildropEntry], asked: bool) -> list[bytes | None]:
-    # The encoding runs here too, in the worker, while the event loop serves other commands.
-    bodies = service.read_bodies([entry.body_ref for entry in entries], asked)
-    return [None if body is None else retr_reply(body, entry.size) for entry, body in zip(entries, bodies, strict=True)]
+    # Read and encoded here, in the worker, while the event loop serves other commands.
+    replies: list[bytes | None] = []
+    for entry in entries:
+        try:
+            replies.append(_retr_reply(entry, wait=True))
+        except Exception as exc:  # any storage backend's error
+            if asked and not replies:
+                raise
+            # Read ahead: its own RETR reads it again, and answers.
+            log.debug("pop3: read-ahead of body %s failed: %s", entry.body_ref, exc)
+            replies.append(None)
+    return replies
+
+
+def _retr_reply(entry: MaildropEntry, *, wait: bool) -> bytes | bytearray | None:
+    """RETR's whole reply to a small message: status line, body, terminator.
+
+    The body is read straight into the reply; one in wire form (as long as its size as sent:
+    every LF is in a CRLF) with no line that starts with a dot to stuff (RFC 1939 §3) is then
+    complete without a copy. Without `wait` (on the event loop), None when the body is not all
+    in the page cache.
+    """
+    size = entry.size
+    status = b"+OK %d octets\r\n" % size
+    start, end = len(status), len(status) + size
+    reply = bytearray(end + len(TERMINATOR))
+    read = service.body_into(entry.body_ref, memoryview(reply)[start : end + 1], wait=wait)
+    if read is None:
+        # No local file (or not without waiting), or not the body that was listed.
+        return retr_reply(service.read_body(entry.body_ref), size) if wait else None
+    if read == size and reply.find(b"\n.", start, end) < 0 and reply[start] != DOT:
+        reply[:start] = status
+        reply[end:] = TERMINATOR
+        return reply
+    return retr_reply(bytes(reply[start : start + read]), size)
 
 
 def _next_chunk(chunks):
@@ -117,21 +149,7 @@ class ServiceMaildrop:
     def cached_reply(self, entry: MaildropEntry) -> bytes | bytearray | None:
         """RETR's whole reply when the page cache holds the body, on the event loop without waiting
         for the disk; None says to read it with `replies` in a worker thread."""
-        size = entry.size
-        status = b"+OK %d octets\r\n" % size
-        start, end = len(status), len(status) + size
-        # Room for the status line, the body and the terminator: the body is read in place.
-        reply = bytearray(end + len(TERMINATOR))
-        read = service.cached_body_into(entry.body_ref, memoryview(reply)[start : end + 1])
-        if read is None:
-            return None
-        # In wire form (as long as its size as sent: every LF is in a CRLF) with no line that
-        # starts with a dot to stuff (RFC 1939 §3), the reply is complete without a copy.
-        if read == size and reply.find(b"\n.", start, end) < 0 and reply[start] != DOT:
-            reply[:start] = status
-            reply[end:] = TERMINATOR
-            return reply
-        return retr_reply(bytes(reply[start : start + read]), size)
+        return _retr_reply(entry, wait=False)
 
     async def replies(self, entries: list[MaildropEntry], asked: bool = True) -> list[bytes | None]:
         """Whole RETR replies of small messages, read and encoded in one trip to a worker thread.
@@ -220,13 +238,19 @@ class ReadAhead:
         while n in skip:
             n += 1
         if n <= len(entries) and n not in self.held and entries[n - 1].size <= READ_AHEAD_OCTETS // 2:
-            asyncio.get_running_loop().call_soon(self.prepare, entries[n - 1], n)
+            asyncio.get_running_loop().call_soon(self.prepare, entries, n, skip)
 
-    def prepare(self, entry: MaildropEntry, n: int) -> None:
-        if not self.cold and n not in self.held:
-            reply = self.maildrop.cached_reply(entry)
-            if reply is not None:
-                self.held[n] = reply
+    def prepare(self, entries: list[MaildropEntry], n: int, skip: set[int]) -> None:
+        if self.cold or n in self.held:
+            return
+        reply = self.maildrop.cached_reply(entries[n - 1])
+        if reply is not None:
+            self.held[n] = reply
+        elif self.reading is None:
+            # Not in the page cache: workers read it, and what follows, while the client is
+            # still busy with this reply, rather than once it asks.
+            self.cold = True
+            self.read_in_background(entries, self.plan(entries, n, skip, READ_AHEAD_OCTETS // 2))
 
     async def take(self, entries: list[MaildropEntry], n: int, skip: set[int]) -> bytes | None:
         """The whole RETR reply for message `n`, or None when it is too large to hold (stream it instead).
@@ -267,7 +291,11 @@ class ReadAhead:
             # The page cache has caught up (the disk read ahead too): back to reading here.
             self.held[numbers[0]] = reply
             self.cold = False
-        elif numbers:
+        else:
+            self.read_in_background(entries, numbers)
+
+    def read_in_background(self, entries: list[MaildropEntry], numbers: list[int]) -> None:
+        if numbers:
             self.reading_numbers = numbers
             self.reading = asyncio.ensure_future(self.maildrop.replies([entries[m - 1] for m in numbers], asked=False))
             _READS_IN_FLIGHT.add(self.reading)

@@ -137,39 +137,57 @@ def body_start(body_ref: str, limit: int) -> tuple[bytes, Iterator[bytes] | None
     return first, _rest(f)
 
 
-def cached_body_into(body_ref: str, buffer: memoryview) -> int | None:
-    """Read a whole body into `buffer` if the page cache holds all of it, without waiting for the disk.
+def body_into(body_ref: str, buffer: memoryview, *, wait: bool) -> int | None:
+    """Read a whole body into `buffer`, straight from its file; returns its length.
 
-    Safe to call on the event loop: the read uses RWF_NOWAIT (Linux preadv2), which fails at
-    once rather than wait for the disk, and then None says to read the body in a worker thread,
-    as it does for a store without local files. Only the open(2) may touch the disk, for a cold
-    inode (event-driven servers such as nginx open files on their loop for the same reason: a
-    trip to a thread costs more than a cached read). `buffer` is one octet longer than the body
-    can be (its size as sent: encoding only lengthens), so one read finds its end. Returns the
-    body's length.
+    `buffer` is one octet longer than the body can be (its size as sent: encoding only
+    lengthens), so one read finds its end. None when the store keeps no local files, or the
+    file is longer than that: read it with `read_body` then.
+
+    With `wait` (in a worker thread) it reads as any read does, and raises what the file system
+    raises. Without it, it is safe on the event loop: the read uses RWF_NOWAIT (Linux preadv2),
+    which fails at once rather than wait for the disk, and any failure gives None, so that the
+    body is read in a worker (which reports the error). Only the open(2) may touch the disk, for
+    a cold inode: event-driven servers such as nginx open files on their loop for the same
+    reason, a trip to a thread costing more than a read from the page cache.
     """
     global _NO_CACHED_READS
-    path = None if _NO_CACHED_READS else _local_path(body_ref)
+    if not wait and _NO_CACHED_READS:
+        return None
+    path = _local_path(body_ref)
     if path is None:
         return None
+    flags = 0 if wait else os.RWF_NOWAIT
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
-        return None  # its RETR reads it in a worker and reports the error
+        if wait:
+            raise
+        return None
     try:
-        read = os.preadv(fd, [buffer], 0, os.RWF_NOWAIT)
-        if read == len(buffer):
-            return None  # longer than the body that was listed: the worker's read decides
-        # A short read is the end of the file, or the end of what the cache holds: ask once more.
-        if read < len(buffer) - 1 and os.preadv(fd, [bytearray(1)], read, os.RWF_NOWAIT):
-            return None
-    except OSError as exc:  # BlockingIOError: not all in the cache
+        read = os.preadv(fd, [buffer], 0, flags)
+        # A short read is the end of the file, or (without waiting) the end of what the page
+        # cache holds: ask once more. A read of the listed size is the whole body (it is never
+        # longer as stored than as sent), which spares that second read for most bodies.
+        while 0 < read < len(buffer) - 1:
+            more = os.preadv(fd, [buffer[read:]], read, flags)
+            if not more:
+                break
+            read += more
+    except OSError as exc:  # BlockingIOError: not all of it is in the page cache
+        if wait:
+            raise
         if exc.errno == errno.EOPNOTSUPP:  # a file system without RWF_NOWAIT: worker threads only
             _NO_CACHED_READS = True
         return None
     finally:
         os.close(fd)
-    return read
+    return None if read == len(buffer) else read
+
+
+def read_body(body_ref: str) -> bytes:
+    """A whole body through the store (blocking: call it off the event loop)."""
+    return message_store().read(body_ref)
 
 
 def _local_path(body_ref: str) -> str | None:
@@ -193,24 +211,6 @@ def _local_path(body_ref: str) -> str | None:
 # The store and its directory, looked up once per store rather than once per RETR.
 _STORE_ROOT: tuple[object, str | None] = (None, None)
 _NO_CACHED_READS = not hasattr(os, "RWF_NOWAIT")
-
-
-def read_bodies(body_refs: list[str], asked: bool = True) -> list[bytes | None]:
-    """Whole bodies, read in one call (blocking: call it off the event loop); the caller keeps them small.
-
-    With `asked`, the first is the one a client asked for: its failure is raised. The others
-    are read ahead: one that cannot be read comes back as None, and its own RETR reads it again
-    and answers.
-    """
-    store = message_store()
-    bodies: list[bytes | None] = [store.read(body_refs[0])] if asked else []
-    for ref in body_refs[len(bodies) :]:
-        try:
-            bodies.append(store.read(ref))
-        except Exception as exc:  # any storage backend's error: raised again by the message's own RETR
-            log.debug("pop3: read-ahead of body %s failed: %s", ref, exc)
-            bodies.append(None)
-    return bodies
 
 
 def _rest(f) -> Iterator[bytes]:
