@@ -67,29 +67,44 @@ class DataReceiver:
     def outcome(self) -> DataOutcome:
         if self.too_big or self.received > self.max_size:
             return DataOutcome(None, replies.DATA_TOO_BIG, self.received)
-        raw = bytes(self._buffer[: self._message_end])
+        # Without the virtual CRLF in front: one copy of the message, not two.
+        raw = bytes(memoryview(self._buffer)[2:self._message_end])
         self._buffer = bytearray()
-        problem = check_content(raw)
+        # One split serves both checks of the lines: CRLF-only, and their length. Counting CR,
+        # LF and CRLF instead took three passes at about 1 GB/s here (issue 8: 0.7 ms of CPU
+        # for a 100 KB message, on the event loop).
+        lines = raw.split(b"\r\n")
+        problem = check_content(raw, lines)
         if problem is not None:
             return DataOutcome(None, problem, self.received)
+        # RFC 5321 §4.5.3.1.6, counted without the dot that stuffing adds on the wire: a line
+        # one octet over may be a stuffed one, and only then is the count made exactly.
+        if max(map(len, lines)) > MAX_LINE_OCTETS:
+            if max(len(line) - line.startswith(b".") for line in lines) > MAX_LINE_OCTETS:
+                return DataOutcome(None, replies.DATA_LINE_TOO_LONG, self.received)
         # RFC 5321 §4.5.2: the first "." of every line that starts with one is removed.
-        content = raw.replace(b"\r\n.", b"\r\n")[2:]
-        # RFC 5321 §4.5.3.1.6, counted without the dot that stuffing adds on the wire.
-        if len(content) > MAX_LINE_OCTETS and max(map(len, content.split(b"\r\n"))) > MAX_LINE_OCTETS:
-            return DataOutcome(None, replies.DATA_LINE_TOO_LONG, self.received)
-        return DataOutcome(content, None, self.received)
+        if _STUFFED_LINE.search(raw):
+            raw = raw.replace(b"\r\n.", b"\r\n")
+        if raw.startswith(b"."):
+            raw = raw[1:]
+        return DataOutcome(raw, None, self.received)
 
 
-def check_content(raw: bytes) -> Reply | None:
+# A line that starts with a dot. A one-byte search (memchr) finds candidates much faster than a
+# search for the three bytes; every candidate follows a CRLF, bare LFs having been refused.
+_STUFFED_LINE = re.compile(rb"\n\.")
+
+
+def check_content(raw: bytes, lines: list[bytes] | None = None) -> Reply | None:
     """Refuse what a CRLF-only, 8-bit (RFC 6152 §3: no NUL) channel cannot carry.
 
     Bare LF and bare CR are refused rather than repaired: a receiver that reads them as line ends
-    where another does not is how SMTP smuggling works.
+    where another does not is how SMTP smuggling works. `lines`: `raw` split at CRLF, if at hand.
     """
     if b"\x00" in raw:
         return replies.DATA_NUL
-    crlf = raw.count(b"\r\n")
-    if raw.count(b"\n") != crlf or raw.count(b"\r") != crlf:
+    between = b"".join(raw.split(b"\r\n") if lines is None else lines)
+    if b"\n" in between or b"\r" in between:
         return replies.DATA_BARE_LF
     return None
 
