@@ -235,6 +235,18 @@ def session(mailbox, server_factory):
     raw.close()
 
 
+def test_commands_sent_before_the_client_shuts_down_its_side_are_all_answered(mailbox, server_factory):
+    deliver(b"Subject: 1\r\n\r\nx\r\n")
+    raw = RawPop3(start_pop3(server_factory))
+    raw.send(f"USER {ADDRESS}\r\nPASS {PASSWORD}\r\nSTAT\r\nDELE 1\r\nQUIT\r\n".encode())
+    raw.sock.shutdown(socket.SHUT_WR)  # as `printf ... | nc -N` does
+    replies = [raw.line() for _ in range(5)]
+    assert [reply.split()[0] for reply in replies] == [b"+OK"] * 5, replies
+    assert replies[2].startswith(b"+OK 1 ") and b"(1 messages deleted)" in replies[4]
+    assert raw.closed()
+    assert Delivery.objects.get().state == DeliveryState.DELETED
+
+
 def test_unknown_command(mailbox, server_factory):
     raw = RawPop3(start_pop3(server_factory))
     assert raw.cmd("HELO there") == b"-ERR unknown command"

@@ -125,6 +125,7 @@ class Pop3Session(asyncio.BufferedProtocol):
         self.writing_paused = False
         self.reading_paused = False
         self.lost = False  # the connection is gone
+        self.at_eof = False  # the client sends nothing more
         self.closed = self.loop.create_future()  # set when it is gone
         self.ending = False
         # RFC 1939 §3's autologout timer: one timer per session, re-armed only when it fires.
@@ -169,7 +170,14 @@ class Pop3Session(asyncio.BufferedProtocol):
             self.reading_paused = True
 
     def eof_received(self) -> bool:
-        return False  # the transport closes; connection_lost follows
+        # The client sends nothing more, but may still read: what it sent before is answered
+        # (`printf 'USER..PASS..STAT..QUIT' | nc`), then the session ends.
+        self.at_eof = True
+        if self.waiter is not None:
+            self.wake(asyncio.IncompleteReadError(b"", None))
+        elif self.command is None and not self.ending:
+            self.process()
+        return True  # keep the transport open for the replies
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
@@ -217,7 +225,7 @@ class Pop3Session(asyncio.BufferedProtocol):
                 return
             line = self.next_line(self.config.max_line)
             if line is None:
-                if self.lost:
+                if self.lost or self.at_eof:
                     self.end_session("closed by client without QUIT")
                     return
                 self.idle_since = self.loop.time()
@@ -385,7 +393,7 @@ class Pop3Session(asyncio.BufferedProtocol):
     async def read_line(self, limit: int):
         """A line inside a command (a SASL response): None if it was longer than `limit`."""
         while (line := self.next_line(limit)) is None:
-            if self.lost:
+            if self.lost or self.at_eof:
                 raise asyncio.IncompleteReadError(b"", None)
             if self.reading_paused:
                 self.reading_paused = False
