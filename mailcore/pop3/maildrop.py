@@ -247,10 +247,12 @@ class ReadAhead:
         if reply is not None:
             self.held[n] = reply
         elif self.reading is None:
-            # Not in the page cache: workers read it, and what follows, while the client is
-            # still busy with this reply, rather than once it asks.
+            # Not in the page cache: a worker reads it while the client is still busy with this
+            # reply, rather than once it asks. Only this one: a body or two evicted here and
+            # there is the usual case, and the next RETR probes the cache again (read_on); a
+            # mailbox cold throughout opens the window there, batch after batch.
             self.cold = True
-            self.read_in_background(entries, self.plan(entries, n, skip, READ_AHEAD_OCTETS // 2))
+            self.read_in_background(entries, [n])
 
     async def take(self, entries: list[MaildropEntry], n: int, skip: set[int]) -> bytes | None:
         """The whole RETR reply for message `n`, or None when it is too large to hold (stream it instead).
