@@ -1,4 +1,5 @@
-"""What the POP3 protocol needs from storage, and the one sync_to_async boundary into the services."""
+"""What the POP3 protocol needs from storage, and the one sync_to_async boundary into the services
+(the one call made on the event loop, a read from the page cache, never waits for the disk)."""
 
 from __future__ import annotations
 
@@ -181,17 +182,19 @@ def _read_done(task: asyncio.Task) -> None:
 
 
 class ReadAhead:
-    """RETR replies of small messages a session is likely to ask for next, several read in one trip.
+    """RETR replies of small messages a session is likely to ask for next.
 
     Mail clients retrieve in order, one RETR at a time (RFC 1939 has no bulk retrieval), and a
-    trip to a worker thread costs more than sending a 10 KB body. Like a file system's
-    read-ahead, the window starts at one message and doubles each time the client goes on with
-    the message after the last one, up to READ_AHEAD_COUNT bodies; once half of what was read
-    is sent, the next batch is read in the background, so a client that goes on in order never
-    waits for the disk. Any other request starts again at one message, so a client that picks
-    messages here and there makes the same one trip per RETR as without read-ahead. Bodies are
-    immutable once stored and the session holds the maildrop's lock (RFC 1939 §8), so a body
-    read ahead is the body.
+    trip to a worker thread costs more than sending a 10 KB body. So a body in the page cache
+    is read on the event loop, without waiting for the disk (`Maildrop.cached_reply`), and the
+    reply to the next message is built right after each one is sent, while the client reads it.
+    Only bodies the cache does not hold go to workers: one body evicted here and there is read
+    alone, ahead of its RETR; a mailbox cold throughout is read ahead like a file system does,
+    the window starting at one message and doubling each time the client goes on with the
+    message after the last one, up to READ_AHEAD_COUNT bodies, the next batch read in the
+    background once half of what was read is sent, until the cache holds the bodies again. Any
+    other request starts again at one message. Bodies are immutable once stored and the session
+    holds the maildrop's lock (RFC 1939 §8), so a body read ahead is the body.
     """
 
     # Every POP3 session has one, idle ones too (issue 8 counts memory per idle connection).
