@@ -142,3 +142,23 @@ def test_shared_counts_in_one_process():
     counts.clear(0)  # process 0 died: its two connections are gone
     assert counts.total() == 1
     assert counts.admit("192.0.2.1", max_total=3, max_per_client=2) is None
+
+
+def test_unknown_get_ids_are_counted_across_processes(mx):
+    server = mx(MAIL_SMTP_PROCESSES="4", MAIL_GET_MAX_UNKNOWN_PER_MINUTE="10")
+    assert wait_until(lambda: len(children(server.proc.pid)) == 4)
+
+    def get(source_id: str) -> RawSMTP:
+        session = admitted(server.port)
+        session.send(b"EHLO guesser.test\r\n")
+        session.reply()
+        session.send(f"GET {source_id}\r\n".encode())
+        return session
+
+    for n in range(10):  # one connection each: the kernel spreads them over the processes
+        with get(f"{n:032d}") as session:
+            assert starts(session.last(), replies.GET_UNKNOWN)
+    for n in range(4):  # whichever process takes the next connection knows the count
+        with get(f"{100 + n:032d}") as session:
+            assert starts(session.last(), replies.GET_TOO_MANY_UNKNOWN)
+            assert session.closed()

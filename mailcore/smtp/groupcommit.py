@@ -114,7 +114,7 @@ class GroupCommit:
                 # Alone: nothing to overlap with, so one trip to a worker thread instead of two
                 # (a lone session's latency is what its throughput is).
                 async with self._writer():
-                    outcomes = await self.call(self._turn(inbound.receive_many), items, lookups)
+                    outcomes = await self.call(self._receive_alone, items, lookups)
             else:
                 staged = await self.call(inbound.stage_many, items, lookups)
                 async with self._writer():
@@ -128,6 +128,16 @@ class GroupCommit:
         self.messages += len(batch)
         log.debug("group commit: %d message(s) durable in %.1f ms", len(batch), (asyncio.get_running_loop().time() - started) * 1000)
         self._settle(batch, outcomes)
+
+    def _receive_alone(self, items: list, lookups: inbound.Lookups | None) -> list:
+        """(worker thread) `inbound.receive_many`, with the writer's turn held for the commit only.
+
+        The other listener processes commit while this batch's bodies are fsynced: holding the
+        turn through the fsyncs too made their sessions wait for ours (runsmtp --processes).
+        """
+        lookups = lookups or inbound.Lookups()
+        staged = inbound.stage_many(items, lookups)
+        return self._turn(inbound.commit_staged)(staged, lookups)
 
     def _writer(self) -> contextlib.AbstractAsyncContextManager:
         return self.writer_turn.in_process if self.writer_turn is not None else contextlib.nullcontext()

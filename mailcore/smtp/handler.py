@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, BinaryIO
@@ -107,6 +108,7 @@ class InboundHandler:
         self.recipient_cache: dict[str, tuple[float, inbound.RecipientCheck]] = {}
         self.recipient_cache_seconds = settings.MAIL_SMTP_RECIPIENT_CACHE
         self.unknown_ids = AddressCounter("unknown-get-ids", settings.MAIL_GET_MAX_UNKNOWN_PER_MINUTE, 60.0)
+        self._guessers: dict[str, float] = {}  # address -> until when its unknown ids are checked
 
     async def call(self, fn: Callable[..., Any], *args, **kwargs) -> Any:
         """The one boundary between the event loop and the (blocking) service layer."""
@@ -207,7 +209,9 @@ class InboundHandler:
     async def fetch(self, server: InboundSMTP, source_id: str) -> tuple[Reply, verification.SourcedBody | None]:
         """The reply to `GET <id>` and the body to send; GET_TOO_MANY_UNKNOWN means: close now."""
         try:
-            body = await self.call(self.fetch_unless_guessing, source_id, server.client_address)
+            first = not server.asked_for_ids
+            server.asked_for_ids = True
+            body = await self.call(self.fetch_unless_guessing, source_id, server.client_address, first)
         except TooManyUnknownIds:
             return replies.GET_TOO_MANY_UNKNOWN, None
         except verification.FetchRefused:
@@ -221,17 +225,28 @@ class InboundHandler:
             return replies.GET_UNKNOWN(id=source_id), None
         return replies.GET_MESSAGE_FOLLOWS(id=source_id), body
 
-    def fetch_unless_guessing(self, source_id: str, client_address: str) -> verification.SourcedBody | None:
+    def fetch_unless_guessing(
+        self, source_id: str, client_address: str, first_of_session: bool = True
+    ) -> verification.SourcedBody | None:
         """(worker thread) The sourced body, unless this address asked for too many unknown ids.
 
         reverse-delivery.md §6 "Guessing ids": unknown-id GETs are counted per client address in
         the shared cache, so every listener process and node of this origin meets one count.
         """
-        if self.unknown_ids.blocked(client_address):
+        # The shared count is read at a session's first GET, and then only while this address
+        # has asked this process for unknown ids lately: an origin's pull pipelines many GETs on
+        # one connection and pays for one cache query, and a guesser meets the count whichever
+        # process or node it connects to.
+        now = time.monotonic()
+        suspect = first_of_session or self._guessers.get(client_address, 0.0) > now
+        if suspect and self.unknown_ids.blocked(client_address):
             raise TooManyUnknownIds
         body = verification.fetch_sourced(source_id, client_address)
         if body is None:
             self.unknown_ids.record(client_address)
+            if len(self._guessers) >= 10000:
+                self._guessers = {a: t for a, t in self._guessers.items() if t > now}
+            self._guessers[client_address] = now + 2 * self.unknown_ids.window
         return body
 
     async def open_body(self, body_ref: str) -> BinaryIO:

@@ -133,6 +133,7 @@ class InboundSMTP(SMTP):
         self.client_address = ""
         self.bad_commands = 0
         self.awaiting_command = False
+        self.asked_for_ids = False  # a GET was made in this session (the handler's guessing check)
         if not self.offers_auth:
             self._smtp_methods.pop("AUTH", None)
         if not self.offers_source:
