@@ -7,7 +7,6 @@ import asyncio
 import hashlib
 import logging
 import mmap
-import multiprocessing
 import secrets
 import signal
 import socket
@@ -38,9 +37,11 @@ class SharedCounts:
 
     Postfix's anvil(8) in a few lines: `runsmtp --processes N` forks N processes that accept on
     one socket, and the connection caps must hold for all of them together. The counts live in
-    anonymous shared memory made before the fork, one row per process (so that a process that
-    dies can have its row cleared by the supervisor), and change under one lock, held for
-    microseconds. Per-address counts are a count-min sketch: each address has one slot under
+    anonymous shared memory made before the fork, one row per process: each process writes only
+    its own row (so a dead one's row can be cleared by the supervisor) and reads the sum. There
+    is no lock, which a process killed while holding it would leave held, stopping every other
+    process's event loop; the price is that processes admitting at the same instant may together
+    exceed a cap by at most N - 1 connections. Per-address counts are a count-min sketch: each address has one slot under
     each of two keyed hashes and counts as the smaller of the two, so a count is exact unless
     both of its slots are shared with other busy addresses, and then only ever too high.
     """
@@ -53,7 +54,6 @@ class SharedCounts:
         # mmap(-1, ...) is MAP_SHARED | MAP_ANONYMOUS: forked children see the same pages.
         self._memory = mmap.mmap(-1, 4 * self.width * self.processes)
         self._counts = memoryview(self._memory).cast("i")
-        self._lock = multiprocessing.get_context("fork").Lock()
         self._key = secrets.token_bytes(16)
         self.process = 0  # the row this process writes; set after the fork
 
@@ -69,26 +69,23 @@ class SharedCounts:
         """Count one more connection from `address`; or say which cap it hits ("total", "client")."""
         first, second = self._slots(address)
         mine = self.process * self.width
-        with self._lock:
-            if self._sum(0) >= max_total:
-                return "total"
-            if min(self._sum(first), self._sum(second)) >= max_per_client:
-                return "client"
-            for index in (0, first, second):
-                self._counts[mine + index] += 1
+        if self._sum(0) >= max_total:
+            return "total"
+        if min(self._sum(first), self._sum(second)) >= max_per_client:
+            return "client"
+        for index in (0, first, second):
+            self._counts[mine + index] += 1
         return None
 
     def release(self, address: str) -> None:
         first, second = self._slots(address)
         mine = self.process * self.width
-        with self._lock:
-            for index in (0, first, second):
-                self._counts[mine + index] -= 1
+        for index in (0, first, second):
+            self._counts[mine + index] -= 1
 
     def clear(self, process: int) -> None:
         """Forget the connections of a process that died (the supervisor calls this)."""
-        with self._lock:
-            self._counts[process * self.width:(process + 1) * self.width] = array.array("i", bytes(4 * self.width))
+        self._counts[process * self.width:(process + 1) * self.width] = array.array("i", bytes(4 * self.width))
 
     def total(self) -> int:
         return self._sum(0)
