@@ -6,6 +6,7 @@ import base64
 import poplib
 import socket
 import struct
+import threading
 import time
 from datetime import timedelta
 
@@ -318,6 +319,27 @@ def test_login_while_another_session_holds_the_lock(session, server_factory):
     assert session.closed()
     assert other.login().startswith(b"+OK alice@a.test has 2 messages")
     other.cmd("QUIT")
+
+
+def test_a_login_waits_a_moment_for_a_lock_being_released(mailbox, server_factory):
+    # The last session of a client that reconnects at once may release its lock a moment after
+    # the new login arrives (the close is seen later, or by another process): no IN-USE for that.
+    from mailcore.models import Mailbox
+
+    port = start_pop3(server_factory)
+    first = RawPop3(port)
+    first.login()  # the credentials are now cached: the next login is quicker than the release below
+    first.cmd("QUIT")
+    MailboxLock.objects.create(
+        mailbox=Mailbox.objects.get(address=ADDRESS), holder="ending:1:x", expires_at=timezone.now() + timedelta(seconds=300)
+    )
+    raw = RawPop3(port)
+    release = threading.Timer(0.3, lambda: MailboxLock.objects.filter(holder="ending:1:x").delete())
+    release.start()
+    try:
+        assert raw.login().startswith(b"+OK alice@a.test has")
+    finally:
+        release.join()
 
 
 def test_an_expired_lock_of_a_crashed_session_lapses(mailbox, server_factory):

@@ -50,6 +50,13 @@ TLS_ACTIVE = "-ERR TLS is already active"
 TLS_GO = "+OK begin TLS negotiation"
 TOO_MANY_CONNECTIONS = "-ERR [SYS/TEMP] too many connections; try again later"
 
+# A client that drops its connection and logs in again at once (a mail client polling again)
+# must not meet its own last session's lock: that session releases it once the server has seen
+# the connection close, which can come a moment after the new login, on another process even.
+# The login waits that moment, polling, before it answers IN-USE.
+LOCK_WAIT = 1.0
+LOCK_POLL = 0.05
+
 # RFC 5034 §4: the 255-octet command limit of RFC 2449 does not bind AUTH's client responses.
 SASL_LINE_LIMIT = 8192
 IMPLEMENTATION = "mailcore"
@@ -502,6 +509,14 @@ class Pop3Session(asyncio.BufferedProtocol):
         self.attempted = authcid
         await self.login(authcid, password)
 
+    async def take_lock(self, account: Account) -> bool:
+        deadline = self.loop.time() + LOCK_WAIT
+        while not await self.maildrop.lock(account, self.holder):
+            if self.loop.time() >= deadline:
+                return False
+            await asyncio.sleep(LOCK_POLL)
+        return True
+
     async def login(self, address: str, password: str) -> None:
         if await self.maildrop.login_blocked(self.peer):
             await asyncio.sleep(self.config.auth_failure_delay)
@@ -512,7 +527,7 @@ class Pop3Session(asyncio.BufferedProtocol):
         if account is None:
             await self.fail_login()
             return
-        if not await self.maildrop.lock(account, self.holder):
+        if not await self.take_lock(account):
             self.send(IN_USE)
             return
         self.account = account
