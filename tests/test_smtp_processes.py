@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import smtplib
 import socket
@@ -13,7 +14,7 @@ import pytest
 from mailcore.models import Delivery
 from mailcore.services.accounts import add_domain, add_mailbox
 from mailcore.smtp import replies
-from mailcore.smtp.listener import SharedCounts
+from mailcore.smtp.listener import SharedCounts, Spillover
 from tests import smtp_wire
 from tests.smtp_wire import RawSMTP, starts
 
@@ -162,3 +163,84 @@ def test_unknown_get_ids_are_counted_across_processes(mx):
         with get(f"{100 + n:032d}") as session:
             assert starts(session.last(), replies.GET_TOO_MANY_UNKNOWN)
             assert session.closed()
+
+
+def serving_process(server, client: socket.socket) -> int:
+    """The index of the process holding the server's end of `client`'s connection, found in
+    /proc: the socket's inode by its two ports in /proc/net/tcp, then the process with an open
+    file descriptor on it; the indexes from the processes' "process N started (pid P)" lines."""
+    client_port = client.getsockname()[1]
+    inode = None
+    with open("/proc/net/tcp") as f:
+        for line in f.readlines()[1:]:
+            fields = line.split()
+            if int(fields[1].split(":")[1], 16) == server.port and int(fields[2].split(":")[1], 16) == client_port:
+                inode = fields[9]
+    assert inode is not None
+    indexes = {
+        int(m.group(2)): int(m.group(1)) for m in re.finditer(r"process (\d+) started \(pid (\d+)\)", server.output())
+    }
+    for pid in children(server.proc.pid):
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                if os.readlink(f"/proc/{pid}/fd/{fd}") == f"socket:[{inode}]":
+                    return indexes[pid]
+            except FileNotFoundError:
+                continue
+    raise AssertionError(f"no process holds the connection from port {client_port}")
+
+
+def test_a_light_load_stays_in_process_0_and_a_heavy_one_spills_over(mx, b_test):
+    server = mx(
+        MAIL_SMTP_PROCESSES="2", MAIL_SMTP_MAX_CONNECTIONS_PER_CLIENT="100", MAIL_SMTP_MAX_CONNECTIONS="100"
+    )
+    assert wait_until(lambda: server.output().count(" started (pid ") == 2)
+    time.sleep(1)  # process 1 stood in until process 0 served; it has stopped since
+    # One client, one connection after another: all in process 0 (with both accepting, the
+    # kernel would hand about half of them to process 1).
+    served = []
+    for n in range(20):
+        with smtplib.SMTP("127.0.0.1", server.port, timeout=10) as client:
+            served.append(serving_process(server, client.sock))
+            client.sendmail("alice@remote.test", ["bob@b.test"], f"Subject: s{n}\r\n\r\ns{n}\r\n")
+    assert served == [0] * 20
+    assert Delivery.objects.filter(mailbox__address="bob@b.test").count() == 20
+
+    # Many sessions open at once: process 1 takes some of them.
+    held = [admitted(server.port) for _ in range(40)]
+    served = [serving_process(server, session.sock) for session in held]
+    assert served[:4] == [0] * 4  # below the threshold, process 1 was not accepting
+    assert 1 in served, served
+    for session in held:
+        session.close()
+
+    # And once they have gone, process 1 stops accepting again.
+    time.sleep(1.5)
+    served = []
+    for _ in range(10):
+        with admitted(server.port) as session:
+            served.append(serving_process(server, session.sock))
+    assert served == [0] * 10
+
+
+def test_spillover_starts_at_its_threshold_and_stops_after_lingering_below():
+    counts = SharedCounts(processes=3)
+    for process in range(3):
+        counts.process = process
+        counts.set_serving()
+    second = Spillover(counts, 2, threshold=4, linger=0.5)  # starts at 8 sessions, stops below 6
+    counts.process = 0
+    for n in range(7):
+        counts.admit(f"192.0.2.{n}", max_total=100, max_per_client=10)
+    assert not second.accept(False, now=0.0)
+    counts.admit("192.0.2.7", max_total=100, max_per_client=10)
+    assert second.accept(False, now=0.0)
+    for n in range(2):
+        counts.release(f"192.0.2.{n}")
+    assert second.accept(True, now=1.0)  # 6: still on
+    counts.release("192.0.2.2")
+    assert second.accept(True, now=2.0)  # 5: below, lingering
+    assert second.accept(True, now=2.4)
+    assert not second.accept(True, now=2.6)
+    counts.clear(1)  # process 1 died: process 2 stands in for it, whatever the load
+    assert second.accept(False, now=3.0)

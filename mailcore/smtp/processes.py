@@ -4,7 +4,8 @@ One Python process serves its sessions on one core: the event loop and the worke
 share the GIL. `runsmtp --processes N` binds the sockets once, then forks N processes that
 accept on them (the kernel hands each connection to one of them) and supervises them: a process
 that dies is started again, SIGTERM and SIGINT are passed on so that each stops gracefully, and
-the supervisor exits when all have. The processes share nothing but the database, the body
+the supervisor exits when all have. Process 0 always accepts; the others only while the
+processes together are busy (listener.Spillover). The processes share nothing but the database, the body
 store, the cache, and the connection counts (listener.SharedCounts); on SQLite, their group
 commits take the single writer's turn by flock(2) (groupcommit.WriterTurn).
 """
@@ -32,6 +33,11 @@ STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 # something is wrong with the configuration or the database, not with one session.
 QUICK_DEATH_SECONDS = 5.0
 QUICK_DEATHS_ALLOWED = 3
+
+# Process k >= 1 accepts connections only while k x this many sessions are open in all the
+# processes together (listener.Spillover): a light load stays in process 0, which serves it
+# more cheaply than several processes all woken by each connection.
+SPILLOVER_SESSIONS = 4
 
 
 def bind_sockets(name: str, binds: list[tuple[str, int]]) -> list[socket.socket]:
@@ -136,6 +142,7 @@ class Supervisor:
             if os.getppid() != parent:  # the supervisor died before prctl took effect
                 os._exit(1)
             self.counts.process = index
+            log.info("%s: process %d started (pid %d)", self.name, index, os.getpid())
             self.serve(index)
             code = 0
         except BaseException:

@@ -9,8 +9,8 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
 from mailcore.smtp.handler import InboundHandler
-from mailcore.smtp.listener import ConnectionRegistry, Listener, SharedCounts
-from mailcore.smtp.processes import Supervisor, bind_sockets
+from mailcore.smtp.listener import ConnectionRegistry, Listener, SharedCounts, Spillover
+from mailcore.smtp.processes import SPILLOVER_SESSIONS, Supervisor, bind_sockets
 from mailcore.smtp.server import InboundSMTP, SMTPConfig
 from mailcore.store import message_store
 from mailsite.env import parse_binds
@@ -49,13 +49,15 @@ class Command(BaseCommand):
         except OSError as exc:
             raise CommandError(f"cannot listen: {exc}") from None
         counts = SharedCounts(processes)
-        status = Supervisor(name, processes, sockets, counts, lambda _index: asyncio.run(serve_inbound(binds, sockets, counts))).run()
+        status = Supervisor(
+            name, processes, sockets, counts, lambda index: asyncio.run(serve_inbound(binds, sockets, counts, index))
+        ).run()
         if status:
             raise CommandError("the listener processes kept dying; see the log above")
 
 
 async def serve_inbound(
-    binds: list[tuple[str, int]], sockets: list[socket.socket] = (), counts: SharedCounts | None = None
+    binds: list[tuple[str, int]], sockets: list[socket.socket] = (), counts: SharedCounts | None = None, index: int = 0
 ) -> None:
     config = SMTPConfig.from_settings()
     handler = InboundHandler()
@@ -68,5 +70,7 @@ async def serve_inbound(
         grace=settings.MAIL_SMTP_SHUTDOWN_GRACE,
         on_stopped=handler.close,
         sockets=sockets,
+        # Process 0 always accepts; the others when the load spills over (listener.Spillover).
+        spillover=Spillover(counts, index, SPILLOVER_SESSIONS) if index else None,
     )
     await listener.serve()
