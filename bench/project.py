@@ -29,22 +29,20 @@ import hashlib, json, os, sys
 from django.conf import settings
 from mailcore.models import Delivery, Mailbox, Message
 from mailcore.services import accounts
+from mailcore.store import message_store
 spec = json.loads(sys.stdin.read())
 accounts.add_domain(spec["domain"])
 for user in spec["users"]:
     accounts.add_mailbox(f"{user}@{spec['domain']}", spec["password"])
 retr = Mailbox.objects.get(address=f"{spec['retr']}@{spec['domain']}")
 body = bytes.fromhex(spec["body"])
-directory = os.path.join(settings.MAIL_DATA_DIR, "bench")
-os.makedirs(directory, exist_ok=True)
 messages = []
-for i in range(spec["count"]):
-    content = body.replace(b"Message-ID: <0@bench.test>", f"Message-ID: <{i}@bench.test>".encode())
-    ref = f"bench/{i:05d}.eml"
-    with open(os.path.join(settings.MAIL_DATA_DIR, ref), "wb") as f:
-        f.write(content)
-    messages.append(Message(body_ref=ref, size=len(content), sha256=hashlib.sha256(content).hexdigest(),
-        mail_from="sender@example.test", rcpt_tos=[retr.address], transport="data", verification="unverified"))
+contents = [body.replace(b"Message-ID: <0@bench.test>", f"Message-ID: <{i}@bench.test>".encode()) for i in range(spec["count"])]
+# Stored as the inbound path stores a group commit's bodies (segments, or files of their own).
+for start in range(0, len(contents), 64):
+    for content, stored in zip(contents[start:start + 64], message_store().put_many(contents[start:start + 64])):
+        messages.append(Message(body_ref=stored.ref, size=stored.size, sha256=stored.sha256,
+            mail_from="sender@example.test", rcpt_tos=[retr.address], transport="data", verification="unverified"))
 Message.objects.bulk_create(messages, batch_size=500)
 Delivery.objects.bulk_create([Delivery(message=m, mailbox=retr) for m in messages], batch_size=500)
 """

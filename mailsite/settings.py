@@ -162,6 +162,9 @@ MAIL_AUTH_CACHE_SIZE = env.get_int("MAIL_AUTH_CACHE_SIZE", 10000)
 # runs every MAIL_STORE_GC_MINUTES; a body being written now is always younger than the grace.
 MAIL_STORE_GC_GRACE = env.get_float("MAIL_STORE_GC_GRACE", 3600.0)
 MAIL_STORE_GC_MINUTES = env.get_int("MAIL_STORE_GC_MINUTES", 60)
+# Bodies of at most this many octets are appended to segment files under MAIL_DATA_DIR (many
+# bodies per file, one fdatasync per group commit) instead of each getting a file; 0: each its own.
+MAIL_STORE_SEGMENT_MAX = env.get_int("MAIL_STORE_SEGMENT_MAX", 1048576)
 MAIL_DATA_DIR = Path(env.get("MAIL_DATA_DIR", "var/mail"))
 if not MAIL_DATA_DIR.is_absolute():
     MAIL_DATA_DIR = BASE_DIR / MAIL_DATA_DIR

@@ -273,7 +273,16 @@ class Instance:
             " WHERE b.address = %s AND d.state = %s ORDER BY d.id",
             (address, state),
         )
-        return [(self.data_dir / ref).read_bytes() for (ref,) in rows]
+        return [self.body(ref) for (ref,) in rows]
+
+    def body(self, ref: str) -> bytes:
+        """A stored body: a slice of a segment file (`seg:<file>:<offset>:<length>`) or a file of its own."""
+        if ref.startswith("seg:"):
+            name, offset, length = ref[4:].rsplit(":", 2)
+            with open(self.data_dir / name, "rb") as f:
+                f.seek(int(offset))
+                return f.read(int(length))
+        return (self.data_dir / ref).read_bytes()
 
     def wait_for_messages(self, address: str, count: int = 1, timeout: float = 20.0, state: str = "inbox") -> list[bytes]:
         deadline = time.monotonic() + timeout

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import smtplib
 import threading
 
@@ -13,12 +12,9 @@ from mailcore.services import inbound
 from mailcore.services.accounts import add_domain, add_mailbox
 from mailcore.store import message_store
 from tests import smtp_wire
+from tests.store_support import files_under, record_stored
 
 mx = smtp_wire.mx  # the fixture that starts `runsmtp`
-
-
-def files_under(path):
-    return sorted(os.path.relpath(os.path.join(r, f), path) for r, _d, fs in os.walk(path) for f in fs)
 
 
 def test_put_many_stores_every_body_durably_and_in_order(mail_store):
@@ -55,7 +51,8 @@ def mailboxes():
 
 
 @pytest.mark.django_db
-def test_receive_many_answers_each_message_in_order(mail_store, mailboxes):
+def test_receive_many_answers_each_message_in_order(mail_store, mailboxes, monkeypatch):
+    stored = record_stored(monkeypatch)
     items = [
         (inbound.Envelope(mail_from="x@else.test", rcpt_tos=["bob@a.test"]), b"Subject: first\r\n\r\n1\r\n", None),
         (inbound.Envelope(mail_from="x@else.test", rcpt_tos=["s@strict.test"]), b"Subject: refused\r\n\r\n2\r\n", None),
@@ -67,7 +64,8 @@ def test_receive_many_answers_each_message_in_order(mail_store, mailboxes):
     assert sorted(Message.objects.values_list("subject", flat=True)) == ["first", "third"]
     assert Delivery.objects.count() == 3
     assert message_store().read(third.message.body_ref).endswith(b"Subject: third\r\n\r\n3\r\n")
-    assert len(files_under(mail_store)) == 2
+    assert len(stored) == 2  # the refused message was never stored
+    assert sorted(stored) == sorted(Message.objects.values_list("body_ref", flat=True))
 
 
 @pytest.mark.django_db(transaction=True)
@@ -86,6 +84,7 @@ def test_one_message_the_database_refuses_does_not_fail_its_batch(mail_store, ma
         return real_insert(model, rows, **kwargs)
 
     monkeypatch.setattr("mailcore.services.inbound._insert_rows", insert)
+    stored = record_stored(monkeypatch)
     items = [
         (inbound.Envelope(mail_from="x@else.test", rcpt_tos=[rcpt]), f"Subject: to {rcpt}\r\n\r\nhi\r\n".encode(), None)
         for rcpt in ("bob@a.test", "carol@a.test", "bob@a.test")
@@ -96,7 +95,9 @@ def test_one_message_the_database_refuses_does_not_fail_its_batch(mail_store, ma
     assert [o.delivered for o in (outcomes[0], outcomes[2])] == [["bob@a.test"], ["bob@a.test"]]
     assert Message.objects.count() == 2
     # The refused message's body is gone; the others' stay, each referenced by its row.
-    assert sorted(files_under(mail_store)) == sorted(Message.objects.values_list("body_ref", flat=True))
+    kept = set(Message.objects.values_list("body_ref", flat=True))
+    assert len(stored) == 3 and len(kept) == 2 and kept <= set(stored)
+    assert [message_store().exists(ref) for ref in stored] == [ref in kept for ref in stored]
 
 
 @pytest.mark.django_db(transaction=True)

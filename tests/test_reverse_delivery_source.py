@@ -61,7 +61,7 @@ def sourced_rows(a) -> list[dict]:
 
 def stored_body(a, subject: str) -> bytes:
     [(ref,)] = a.query("SELECT body_ref FROM mailcore_message WHERE subject = %s AND transport = 'submission'", (subject,))
-    return (a.data_dir / ref).read_bytes()
+    return a.body(ref)
 
 
 def get(a, source_id: str) -> tuple[bytes, bytes]:

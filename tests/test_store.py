@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-import os
-
 import pytest
 
 from mailcore.models import Delivery, Message
 from mailcore.services import inbound
 from mailcore.services.accounts import add_domain, add_mailbox
 from mailcore.store import message_store
-
-
-def files_under(path):
-    return sorted(os.path.relpath(os.path.join(r, f), path) for r, _d, fs in os.walk(path) for f in fs)
+from tests.store_support import files_under, record_stored
 
 
 def test_put_bytes_reads_back_identical(mail_store):
@@ -52,7 +47,7 @@ def test_delete(mail_store):
 
 
 @pytest.mark.django_db
-def test_failed_commit_leaves_no_row_and_no_file(mail_store, monkeypatch):
+def test_failed_commit_leaves_no_row_and_no_body(mail_store, monkeypatch):
     add_domain("a.test")
     add_mailbox("bob@a.test", "pw")
 
@@ -64,22 +59,24 @@ def test_failed_commit_leaves_no_row_and_no_file(mail_store, monkeypatch):
         return real_insert(model, rows, **kwargs)
 
     monkeypatch.setattr("mailcore.services.inbound._insert_rows", fail)
+    stored = record_stored(monkeypatch)
     envelope = inbound.Envelope(mail_from="x@else.test", rcpt_tos=["bob@a.test"])
     with pytest.raises(RuntimeError):
         inbound.receive(envelope, b"Subject: x\r\n\r\nbody\r\n")
     assert not Message.objects.exists()
-    assert files_under(mail_store) == []
+    assert len(stored) == 1 and not message_store().exists(stored[0])
 
 
 @pytest.mark.django_db
-def test_receive_stores_once_for_many_recipients(mail_store, settings):
+def test_receive_stores_once_for_many_recipients(mail_store, settings, monkeypatch):
+    stored = record_stored(monkeypatch)
     add_domain("a.test")
     add_mailbox("bob@a.test", "pw")
     add_mailbox("carol@a.test", "pw")
     envelope = inbound.Envelope(mail_from="x@else.test", rcpt_tos=["bob@a.test", "carol@a.test"], client_address="192.0.2.1")
     receipt = inbound.receive(envelope, b"Subject: x\r\n\r\nbody\r\n")
     assert sorted(receipt.delivered) == ["bob@a.test", "carol@a.test"]
-    assert len(files_under(mail_store)) == 1
+    assert stored == [receipt.message.body_ref]
     body = message_store().read(receipt.message.body_ref)
     assert body.startswith(b"Return-Path: <x@else.test>\r\nAuthentication-Results: " + settings.MAIL_HOSTNAME.encode())
     assert b"x-source=none smtp.mailfrom=x@else.test" in body

@@ -13,7 +13,7 @@ from django.core.files.storage import Storage
 from django.utils import timezone
 
 from mailcore.models import Message
-from mailcore.store import message_store
+from mailcore.store import message_store, segments
 
 log = logging.getLogger("mailcore.store.gc")
 
@@ -93,6 +93,14 @@ def collect_orphans(*, grace: float | None = None, dry_run: bool = False, batch_
     for directory, files in _walk(storage):
         bodies = [posixpath.join(directory, f) if directory else f for f in files if f.endswith(BODY_SUFFIX)]
         temporaries = [posixpath.join(directory, f) if directory else f for f in files if f.startswith(TEMP_PREFIX)]
+        for name in (posixpath.join(directory, f) if directory else f for f in files if f.endswith(segments.SUFFIX)):
+            # A segment holds many bodies: it goes once no message refers to any of them (each
+            # deleted body's octets were freed when it was deleted). One being appended to is
+            # always fresh: every batch changes its modification time.
+            if Message.objects.filter(body_ref__startswith=segments.ref_prefix(name)).exists():
+                result.referenced += 1
+            else:
+                _collect(storage, name, cutoff, result, result.orphans)
         for batch in _batches(bodies, batch_size):
             referenced = set(Message.objects.filter(body_ref__in=batch).values_list("body_ref", flat=True))
             result.referenced += len(referenced)

@@ -15,7 +15,7 @@ from django.utils import timezone
 from mailcore.models import Delivery, DeliveryState, MailboxLock, Message, QueueState
 from mailcore.pop3.wire import wire_size
 from mailcore.services import accounts
-from mailcore.store import message_store
+from mailcore.store import message_store, segments
 from mailcore.store.bodies import CHUNK_SIZE
 
 log = logging.getLogger("mailcore.pop3")
@@ -154,9 +154,14 @@ def body_into(body_ref: str, buffer: memoryview, *, wait: bool) -> int | None:
     global _NO_CACHED_READS
     if not wait and _NO_CACHED_READS:
         return None
-    path = _local_path(body_ref)
-    if path is None:
+    located = _local_path(body_ref)
+    if located is None:
         return None
+    path, start, length = located
+    if length is not None:  # a body in a segment: its length is known, so no read past its end
+        if length >= len(buffer):
+            return None
+        buffer = buffer[:length]
     flags = 0 if wait else os.RWF_NOWAIT
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
@@ -165,15 +170,19 @@ def body_into(body_ref: str, buffer: memoryview, *, wait: bool) -> int | None:
             raise
         return None
     try:
-        read = os.preadv(fd, [buffer], 0, flags)
+        read = os.preadv(fd, [buffer], start, flags)
         # A short read is the end of the file, or (without waiting) the end of what the page
         # cache holds: ask once more. A read of the listed size is the whole body (it is never
         # longer as stored than as sent), which spares that second read for most bodies.
-        while 0 < read < len(buffer) - 1:
-            more = os.preadv(fd, [buffer[read:]], read, flags)
+        while 0 < read < len(buffer) - (1 if length is None else 0):
+            more = os.preadv(fd, [buffer[read:]], start + read, flags)
             if not more:
                 break
             read += more
+        if length is not None and read < length:
+            if wait:
+                raise OSError(f"{body_ref}: segment shorter than the body")
+            return None
     except OSError as exc:  # BlockingIOError: not all of it is in the page cache
         if wait:
             raise
@@ -182,6 +191,8 @@ def body_into(body_ref: str, buffer: memoryview, *, wait: bool) -> int | None:
         return None
     finally:
         os.close(fd)
+    if length is not None:
+        return read
     return None if read == len(buffer) else read
 
 
@@ -190,10 +201,14 @@ def read_body(body_ref: str) -> bytes:
     return message_store().read(body_ref)
 
 
-def _local_path(body_ref: str) -> str | None:
-    """The body's file, or None when the store keeps no local files (Storage.path says so)."""
+def _local_path(body_ref: str) -> tuple[str, int, int | None] | None:
+    """(file, offset, length) of the body: a segment's slice, or a whole file (length None, read
+    to its end); None when the store keeps no local files (Storage.path says so)."""
     global _STORE_ROOT
-    storage = message_store().storage
+    store = message_store()
+    if segments.is_segment_ref(body_ref):
+        return store.segment_path(body_ref) if store.local_root() is not None else None
+    storage = store.storage
     if _STORE_ROOT[0] is not storage:
         try:
             _STORE_ROOT = (storage, storage.path(""))
@@ -203,9 +218,9 @@ def _local_path(body_ref: str) -> str | None:
     if root is None:
         return None
     if body_ref.startswith("/") or ".." in body_ref:
-        return storage.path(body_ref)  # the storage's own checks, for a name we never make
+        return storage.path(body_ref), 0, None  # the storage's own checks, for a name we never make
     # Names are ours (year/month/day/random.eml): a join, without safe_join's cost on every RETR.
-    return f"{root}/{body_ref}"
+    return f"{root}/{body_ref}", 0, None
 
 
 # The store and its directory, looked up once per store rather than once per RETR.

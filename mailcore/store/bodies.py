@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import secrets
+import weakref
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import BinaryIO
 
+from django.conf import settings
 from django.core.files.base import ContentFile, File
 from django.core.files.storage import Storage, storages
 from django.utils import timezone
+
+from mailcore.store import segments
 
 CHUNK_SIZE = 64 * 1024
 
@@ -48,8 +53,11 @@ class _ChunkFile(File):
 class MessageStore:
     """put / open / delete of message bodies; a body is immutable once stored."""
 
-    def __init__(self, storage: Storage):
+    def __init__(self, storage: Storage, segment_max: int = 0):
         self.storage = storage
+        # Bodies up to this many octets go to segment files (segments.py) when the storage is a
+        # local file system; 0, or a storage without local paths (S3), stores each in its own.
+        self.segment_max = segment_max
 
     @staticmethod
     def _new_name() -> str:
@@ -75,6 +83,11 @@ class MessageStore:
         makes them durable in one round of fsyncs, which is what lets a group commit acknowledge
         many messages for the price of one.
         """
+        writer = self._segment_writer()
+        if writer is not None:
+            small = [i for i, body in enumerate(bodies) if _size(body) <= self.segment_max]
+            if small:
+                return self._put_some_in_segments(writer, bodies, small)
         save_many = getattr(self.storage, "save_many", None)
         if save_many is None:
             stored: list[StoredBody] = []
@@ -89,7 +102,61 @@ class MessageStore:
         names = save_many([self._new_name() for _ in bodies], bodies)
         return [_described(name, body) for name, body in zip(names, bodies, strict=True)]
 
+    def _put_some_in_segments(self, writer: segments.SegmentWriter, bodies: list, small: list[int]) -> list[StoredBody]:
+        """The `small` bodies appended to this process's segment, the others each in a file."""
+        chosen = set(small)
+        large = [i for i in range(len(bodies)) if i not in chosen]
+        stored: dict[int, StoredBody] = {}
+        if large:
+            stored.update(zip(large, self.put_many([bodies[i] for i in large]), strict=True))
+        try:
+            refs = writer.append_many([_chunks(bodies[i]) for i in small])
+        except BaseException:
+            for body in stored.values():
+                self.delete(body.ref)
+            raise
+        stored.update((i, _described(ref, bodies[i])) for i, ref in zip(small, refs, strict=True))
+        return [stored[i] for i in range(len(bodies))]
+
+    def _segment_writer(self) -> segments.SegmentWriter | None:
+        if self.segment_max <= 0:
+            return None
+        root = self.local_root()
+        if root is None:
+            return None
+        key = (os.getpid(), root)  # a forked listener process appends to segments of its own
+        writer = _SEGMENT_WRITERS.get(key)
+        if writer is None:
+            # Idle segments are left well within the collector's grace period (segments.py).
+            idle = max(0.0, min(60.0, settings.MAIL_STORE_GC_GRACE / 4))
+            writer = _SEGMENT_WRITERS.setdefault(key, segments.SegmentWriter(root, idle_limit=idle))
+        return writer
+
+    def local_root(self) -> str | None:
+        """The directory of a storage on the local file system; None for one without paths (S3)."""
+        root = _ROOTS.get(self.storage)
+        if root is None:
+            try:
+                root = self.storage.path("")
+            except NotImplementedError:
+                root = ""
+            _ROOTS[self.storage] = root
+        return root or None
+
+    def segment_path(self, ref: str) -> tuple[str, int, int] | None:
+        """(file path, offset, length) of a body kept in a segment; None for a body in a file of its own."""
+        if not segments.is_segment_ref(ref):
+            return None
+        name, offset, length = segments.parse(ref)
+        root = self.local_root()
+        if root is None:
+            raise FileNotFoundError(f"{ref}: segments need a storage on the local file system")
+        return os.path.join(root, name), offset, length
+
     def open(self, ref: str) -> BinaryIO:
+        located = self.segment_path(ref)
+        if located is not None:
+            return segments.open_body(*located)
         return self.storage.open(ref, "rb")
 
     def read(self, ref: str) -> bytes:
@@ -102,10 +169,30 @@ class MessageStore:
                 yield chunk
 
     def delete(self, ref: str) -> None:
+        located = self.segment_path(ref)
+        if located is not None:
+            segments.punch_hole(*located)
+            return
         self.storage.delete(ref)
 
     def exists(self, ref: str) -> bool:
+        located = self.segment_path(ref)
+        if located is not None:
+            return segments.holds_body(*located)
         return self.storage.exists(ref)
+
+
+_SEGMENT_WRITERS: dict[tuple[int, str], segments.SegmentWriter] = {}
+# Each storage's local root, asked once (it is asked again for every POP3 RETR).
+_ROOTS: weakref.WeakKeyDictionary[Storage, str] = weakref.WeakKeyDictionary()
+
+
+def _chunks(body: bytes | Sequence[bytes]) -> Sequence[bytes]:
+    return [body] if isinstance(body, (bytes, bytearray, memoryview)) else body
+
+
+def _size(body: bytes | Sequence[bytes]) -> int:
+    return len(body) if isinstance(body, (bytes, bytearray, memoryview)) else sum(len(chunk) for chunk in body)
 
 
 def _described(name: str, body: bytes | Sequence[bytes]) -> StoredBody:
@@ -118,4 +205,4 @@ def _described(name: str, body: bytes | Sequence[bytes]) -> StoredBody:
 
 
 def message_store() -> MessageStore:
-    return MessageStore(storages["mailbodies"])
+    return MessageStore(storages["mailbodies"], settings.MAIL_STORE_SEGMENT_MAX)

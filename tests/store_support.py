@@ -1,0 +1,25 @@
+"""What the body store holds, seen from a test: files under its directory, and the bodies a test stored."""
+
+from __future__ import annotations
+
+import os
+
+from mailcore.store.bodies import MessageStore
+
+
+def files_under(path) -> list[str]:
+    return sorted(os.path.relpath(os.path.join(r, f), path) for r, _d, fs in os.walk(path) for f in fs)
+
+
+def record_stored(monkeypatch) -> list[str]:
+    """The refs of every body stored from now on (in a file of its own or in a segment), in order."""
+    refs: list[str] = []
+    real = MessageStore.put_many
+
+    def put_many(self, bodies):
+        stored = real(self, bodies)
+        refs.extend(body.ref for body in stored)
+        return stored
+
+    monkeypatch.setattr(MessageStore, "put_many", put_many)
+    return refs
