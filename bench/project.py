@@ -106,6 +106,7 @@ class Template:
             "retr": RETR_USER, "count": self.retr_count, "body": message_bytes(self.retr_size).hex(),
         }
         manage(["shell", "-c", PROVISION], env, stdin=json.dumps(spec))
+        self.data_dir.mkdir(parents=True, exist_ok=True)  # no bodies when no mailbox was filled
 
     def fresh(self, label: str) -> tuple[Path, Path]:
         """A copy of the template: (database, body store). Bodies are hard links: never written."""

@@ -37,7 +37,7 @@ SESSIONS = (1, 10, 50)
 
 
 def messages_for(sessions: int, scale: float) -> int:
-    return max(sessions * 2, int({1: 100, 10: 300, 50: 500}[sessions] * scale))
+    return max(sessions * 2, int({1: 300, 10: 500, 50: 1000}[sessions] * scale))
 
 
 @dataclass

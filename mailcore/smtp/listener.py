@@ -120,7 +120,7 @@ class Spillover:
     stood in for: k accepts whatever the load, so that connections are not left queued.
     """
 
-    def __init__(self, counts: SharedCounts, index: int, threshold: int, linger: float = 0.5):
+    def __init__(self, counts: SharedCounts, index: int, threshold: int, linger: float = 0.1):
         self.counts = counts
         self.index = index
         self.start_at = index * max(1, threshold)
