@@ -14,12 +14,12 @@ def files_under(path) -> list[str]:
 def record_stored(monkeypatch) -> list[str]:
     """The refs of every body stored from now on (in a file of its own or in a segment), in order."""
     refs: list[str] = []
-    real = MessageStore.put_many
+    real = MessageStore.begin_put_many  # put_many goes through it too
 
-    def put_many(self, bodies):
-        stored = real(self, bodies)
-        refs.extend(body.ref for body in stored)
-        return stored
+    def begin_put_many(self, bodies):
+        pending = real(self, bodies)
+        refs.extend(body.ref for body in pending.bodies)
+        return pending
 
-    monkeypatch.setattr(MessageStore, "put_many", put_many)
+    monkeypatch.setattr(MessageStore, "begin_put_many", begin_put_many)
     return refs

@@ -135,3 +135,53 @@ def test_smtp_to_pop3_through_a_segment_and_dele_frees_the_body(mx, server_facto
     client.quit()
     assert not message_store().exists(refs[0]) and message_store().exists(refs[1])
     assert Message.objects.order_by("id").first().body_ref == ""
+
+
+@pytest.mark.django_db(transaction=True)
+def test_rows_written_while_the_bodies_sync_commit_only_after_the_sync(mail_store, monkeypatch):
+    from mailcore.services import inbound
+
+    add_domain("b.test")
+    add_mailbox("bob@b.test", "pw")
+    syncing, release = threading.Event(), threading.Event()
+    real_write = segments.SegmentWriter._write
+
+    def slow_write(self, segment, chunks, start):
+        syncing.set()
+        release.wait(10)  # the disk is slow to sync
+        real_write(self, segment, chunks, start)
+
+    monkeypatch.setattr(segments.SegmentWriter, "_write", slow_write)
+    envelope = inbound.Envelope(mail_from="a@remote.test", rcpt_tos=["bob@b.test"])
+    outcome: list = []
+    receiving = threading.Thread(target=lambda: outcome.extend(inbound.receive_many([(envelope, message(500), None)])))
+    receiving.start()
+    assert syncing.wait(10)
+    time.sleep(0.3)  # the rows are written by now, and must not be visible
+    assert not Message.objects.exists()
+    release.set()
+    receiving.join(10)
+    assert isinstance(outcome[0], inbound.Receipt)
+    [stored] = Message.objects.all()
+    assert message_store().read(stored.body_ref).endswith(message(500))
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_failed_sync_commits_no_row_and_frees_the_space(mail_store, monkeypatch):
+    from mailcore.services import inbound
+
+    add_domain("b.test")
+    add_mailbox("bob@b.test", "pw")
+
+    def failing_fdatasync(fd):
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(segments.os, "fdatasync", failing_fdatasync)
+    envelope = inbound.Envelope(mail_from="a@remote.test", rcpt_tos=["bob@b.test"])
+    [outcome] = inbound.receive_many([(envelope, message(500), None)])
+    assert isinstance(outcome, OSError)
+    assert not Message.objects.exists()
+    monkeypatch.undo()
+    # The segment that failed is never written to again.
+    after = message_store().put_many([message(100, "after")])[0]
+    assert message_store().read(after.ref) == message(100, "after")

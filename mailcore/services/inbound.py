@@ -23,6 +23,7 @@ from mailcore.models import Delivery, DeliveryState, Message, Transport, Unverif
 from mailcore.models.message import new_queue_id
 from mailcore.services import accounts
 from mailcore.store import StoredBody, message_store
+from mailcore.store.bodies import PendingBodies
 
 if TYPE_CHECKING:
     from mailcore.spam.check import SpamVerdict
@@ -236,17 +237,20 @@ def receive_many(
 
 @dataclass
 class StagedBatch:
-    """The first half of `receive_many`: bodies durable, rows not yet written."""
+    """The first half of `receive_many`: bodies stored (or being made durable), rows not yet written."""
 
     outcomes: list[Receipt | Exception | None]  # None: staged, waiting for its rows
     staged: list[tuple[int, _Prepared, StoredBody]]
+    bodies: PendingBodies | None = None  # durable once its wait() returns
 
 
 def stage_many(items: list[tuple[Envelope, bytes, SpamVerdict | None]], lookups: Lookups | None = None) -> StagedBatch:
     """Route, score and store a batch's bodies in one round of fsyncs; no rows are written.
 
-    A listener may stage the next batch while the previous one commits (`commit_staged`): the
-    file system's work and the database's then overlap.
+    The bodies' sync may still be running when this returns (`MessageStore.begin_put_many`):
+    `commit_staged` writes the rows meanwhile and commits them only once it is over. A listener
+    may also stage the next batch while the previous one commits: the file system's work and
+    the database's then overlap.
     """
     lookups = lookups or Lookups()
     outcomes: list[Receipt | Exception | None] = [None] * len(items)
@@ -259,12 +263,13 @@ def stage_many(items: list[tuple[Envelope, bytes, SpamVerdict | None]], lookups:
     if not prepared:
         return StagedBatch(outcomes, [])
     try:
-        bodies = message_store().put_many([p.chunks for _i, p in prepared])
+        pending = message_store().begin_put_many([p.chunks for _i, p in prepared])
     except OSError as exc:
         for index, _p in prepared:
             outcomes[index] = exc
         return StagedBatch(outcomes, [])
-    return StagedBatch(outcomes, [(index, p, body) for (index, p), body in zip(prepared, bodies, strict=True)])
+    staged = [(index, p, body) for (index, p), body in zip(prepared, pending.bodies, strict=True)]
+    return StagedBatch(outcomes, staged, pending)
 
 
 def commit_staged(batch: StagedBatch, lookups: Lookups | None = None) -> list[Receipt | Exception]:
@@ -276,11 +281,24 @@ def commit_staged(batch: StagedBatch, lookups: Lookups | None = None) -> list[Re
     outcomes = list(batch.outcomes)
     if not batch.staged:
         return outcomes
+    durable = batch.bodies.wait if batch.bodies is not None else lambda: None
     try:
         with transaction.atomic():
+            if any(route.remote for _i, p, _body in batch.staged for route in p.routes):
+                durable()  # forwarding reads the body back (outbound.forward): it must be written
             receipts = _record_many([(p, body) for _i, p, body in batch.staged], lookups)
+            # The rows were written while the bodies were synced; they commit only after.
+            durable()
+    except OSError as exc:  # the bodies did not reach the disk (or a forward's copy): nothing committed
+        _discard(batch)
+        receipts = [exc] * len(batch.staged)
     except DatabaseError:
         log.warning("a batch of %d messages failed to commit together; committing them one by one", len(batch.staged))
+        try:
+            durable()
+        except OSError as exc:
+            _discard(batch)
+            return [outcome if outcome is not None else exc for outcome in outcomes]
         receipts = []
         for _i, p, body in batch.staged:
             try:
@@ -290,12 +308,20 @@ def commit_staged(batch: StagedBatch, lookups: Lookups | None = None) -> list[Re
                 message_store().delete(body.ref)
                 receipts.append(exc)
     except BaseException:
-        for _i, _p, body in batch.staged:
-            message_store().delete(body.ref)
+        _discard(batch)
         raise
     for (index, _p, _body), receipt in zip(batch.staged, receipts, strict=True):
         outcomes[index] = receipt
     return outcomes
+
+
+def _discard(batch: StagedBatch) -> None:
+    """Remove the bodies of a batch none of whose rows were committed."""
+    if batch.bodies is not None:
+        message_store().discard(batch.bodies)
+        return
+    for _i, _p, body in batch.staged:
+        message_store().delete(body.ref)
 
 
 class Lookups:

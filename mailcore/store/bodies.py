@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import hashlib
 import os
 import secrets
 import weakref
 from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -25,6 +27,24 @@ class StoredBody:
     ref: str
     size: int
     sha256: str
+
+
+class PendingBodies:
+    """Stored bodies whose refs are final, and that are durable once `wait` has returned."""
+
+    def __init__(self, bodies: list[StoredBody], durable: Future | None = None):
+        self.bodies = bodies
+        self._durable = durable
+
+    def wait(self) -> None:
+        """Return once every body is on stable storage; raise what writing or syncing raised."""
+        if self._durable is not None:
+            self._durable.result()
+
+    def settle(self) -> None:
+        """Wait for the writes to be over, whether or not they succeeded."""
+        if self._durable is not None:
+            concurrent.futures.wait([self._durable])
 
 
 class _ChunkFile(File):
@@ -83,11 +103,45 @@ class MessageStore:
         makes them durable in one round of fsyncs, which is what lets a group commit acknowledge
         many messages for the price of one.
         """
+        pending = self.begin_put_many(bodies)
+        try:
+            pending.wait()
+        except BaseException:
+            self.discard(pending)
+            raise
+        return pending.bodies
+
+    def begin_put_many(self, bodies: list[bytes | Sequence[bytes]]) -> PendingBodies:
+        """`put_many`, returning as soon as the refs are known: `wait()` on the result returns
+        once every body is durable. Bodies that go to a segment are written and synced in
+        another thread meanwhile, so a caller can write the rows that name them at the same
+        time, and commit those only after `wait()`; any other body is durable on return.
+        """
         writer = self._segment_writer()
-        if writer is not None:
-            small = [i for i, body in enumerate(bodies) if _size(body) <= self.segment_max]
-            if small:
-                return self._put_some_in_segments(writer, bodies, small)
+        small = [i for i, body in enumerate(bodies) if _size(body) <= self.segment_max] if writer is not None else []
+        if not small:
+            return PendingBodies(self._put_each_in_a_file(bodies))
+        chosen = set(small)
+        large = [i for i in range(len(bodies)) if i not in chosen]
+        stored: dict[int, StoredBody] = {}
+        if large:
+            stored.update(zip(large, self._put_each_in_a_file([bodies[i] for i in large]), strict=True))
+        try:
+            refs, durable = writer.begin_append([_chunks(bodies[i]) for i in small])
+        except BaseException:
+            for body in stored.values():
+                self.delete(body.ref)
+            raise
+        stored.update((i, _described(ref, bodies[i])) for i, ref in zip(small, refs, strict=True))
+        return PendingBodies([stored[i] for i in range(len(bodies))], durable)
+
+    def discard(self, pending: PendingBodies) -> None:
+        """Remove bodies whose messages were not recorded, once their writes are over."""
+        pending.settle()
+        for body in pending.bodies:
+            self.delete(body.ref)
+
+    def _put_each_in_a_file(self, bodies: list[bytes | Sequence[bytes]]) -> list[StoredBody]:
         save_many = getattr(self.storage, "save_many", None)
         if save_many is None:
             stored: list[StoredBody] = []
@@ -101,22 +155,6 @@ class MessageStore:
             return stored
         names = save_many([self._new_name() for _ in bodies], bodies)
         return [_described(name, body) for name, body in zip(names, bodies, strict=True)]
-
-    def _put_some_in_segments(self, writer: segments.SegmentWriter, bodies: list, small: list[int]) -> list[StoredBody]:
-        """The `small` bodies appended to this process's segment, the others each in a file."""
-        chosen = set(small)
-        large = [i for i in range(len(bodies)) if i not in chosen]
-        stored: dict[int, StoredBody] = {}
-        if large:
-            stored.update(zip(large, self.put_many([bodies[i] for i in large]), strict=True))
-        try:
-            refs = writer.append_many([_chunks(bodies[i]) for i in small])
-        except BaseException:
-            for body in stored.values():
-                self.delete(body.ref)
-            raise
-        stored.update((i, _described(ref, bodies[i])) for i, ref in zip(small, refs, strict=True))
-        return [stored[i] for i in range(len(bodies))]
 
     def _segment_writer(self) -> segments.SegmentWriter | None:
         if self.segment_max <= 0:

@@ -23,6 +23,7 @@ import secrets
 import threading
 import time
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 
 from django.utils import timezone
 
@@ -89,12 +90,20 @@ class SegmentWriter:
         self._day = ""
 
     def append_many(self, bodies: Sequence[Sequence[bytes]]) -> list[str]:
-        """Append each body (a sequence of chunks) and make all durable; returns their refs.
+        """Append each body (a sequence of chunks) and make all durable; returns their refs."""
+        refs, durable = self.begin_append(bodies)
+        durable.result()
+        return refs
 
-        Space is reserved under a lock and written outside it, so two batches of one process
-        write and sync at once; each syncs after its own write, so it never answers for the
-        other's. A failed write or sync retires the segment (after a failed fsync the kernel may
-        have dropped the pages: nothing more is trusted to that file) and raises.
+    def begin_append(self, bodies: Sequence[Sequence[bytes]]) -> tuple[list[str], Future]:
+        """Reserve space for each body and start writing and syncing them in another thread.
+
+        Returns the refs at once, and a future that is done once all are durable (or failed):
+        the caller may write the rows that name them meanwhile, and must commit those only once
+        the future has succeeded. Space is reserved under a lock and written outside it, so two
+        batches of one process write and sync at once; each syncs after its own write, so it
+        never answers for the other's. A failed write or sync retires the segment (after a
+        failed fsync the kernel may have dropped the pages: nothing more is trusted to that file).
         """
         lengths = [sum(len(chunk) for chunk in body) for body in bodies]
         total = sum(lengths)
@@ -104,20 +113,31 @@ class SegmentWriter:
             segment.size += total
             segment.users += 1
         try:
-            _pwrite_all(segment.fd, [chunk for body in bodies for chunk in body if chunk], start)
-            os.fdatasync(segment.fd)
+            durable = _sync_threads().submit(self._write, segment, [chunk for body in bodies for chunk in body if chunk], start)
         except BaseException:
-            segment.retired = True
+            self._release(segment, failed=True)
             raise
-        finally:
-            with self._lock:
-                segment.users -= 1
-                self._close_if_done(segment)
         refs, offset = [], start
         for length in lengths:
             refs.append(make_ref(segment.name, offset, length))
             offset += length
-        return refs
+        return refs, durable
+
+    def _write(self, segment: _Segment, chunks: list[bytes], start: int) -> None:
+        failed = True
+        try:
+            _pwrite_all(segment.fd, chunks, start)
+            os.fdatasync(segment.fd)
+            failed = False
+        finally:
+            self._release(segment, failed)
+
+    def _release(self, segment: _Segment, failed: bool) -> None:
+        with self._lock:
+            if failed:
+                segment.retired = True
+            segment.users -= 1
+            self._close_if_done(segment)
 
     def _segment_for(self, size: int) -> _Segment:
         today = timezone.now().strftime("%Y/%m/%d")
@@ -156,6 +176,17 @@ class SegmentWriter:
             segment.fd = -1
             if self._current is segment:
                 self._current = None
+
+
+_SYNC_THREADS: tuple[int, ThreadPoolExecutor] | None = None
+
+
+def _sync_threads() -> ThreadPoolExecutor:
+    """The threads that write and sync segments, this process's own (a fork starts its own)."""
+    global _SYNC_THREADS
+    if _SYNC_THREADS is None or _SYNC_THREADS[0] != os.getpid():
+        _SYNC_THREADS = (os.getpid(), ThreadPoolExecutor(max_workers=4, thread_name_prefix="segment-sync"))
+    return _SYNC_THREADS[1]
 
 
 def _make_durable_directories(root: str, relative: str) -> None:
