@@ -100,7 +100,8 @@ def test_storegc_removes_a_segment_once_no_message_refers_to_it(mail_store):
     segments_in_use = {segments.parse(kept.ref)[0]}
     # A segment of another process whose messages were all deleted (their refs cleared).
     other = segments.SegmentWriter(str(mail_store))
-    [orphan_ref] = other.append_many([[message(100, "orphan")]])
+    [orphan_ref], durable = other.begin_append([[message(100, "orphan")]])
+    durable.result()
     orphan = segments.parse(orphan_ref)[0]
     assert orphan not in segments_in_use
     assert collect_orphans(grace=GRACE).orphans == []  # fresh: still being appended to, maybe

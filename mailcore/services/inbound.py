@@ -241,7 +241,7 @@ class StagedBatch:
 
     outcomes: list[Receipt | Exception | None]  # None: staged, waiting for its rows
     staged: list[tuple[int, _Prepared, StoredBody]]
-    bodies: PendingBodies | None = None  # durable once its wait() returns
+    bodies: PendingBodies | None = None  # durable once its wait() returns; None only with nothing staged
 
 
 def stage_many(items: list[tuple[Envelope, bytes, SpamVerdict | None]], lookups: Lookups | None = None) -> StagedBatch:
@@ -281,7 +281,7 @@ def commit_staged(batch: StagedBatch, lookups: Lookups | None = None) -> list[Re
     outcomes = list(batch.outcomes)
     if not batch.staged:
         return outcomes
-    durable = batch.bodies.wait if batch.bodies is not None else lambda: None
+    durable = batch.bodies.wait
     try:
         with transaction.atomic():
             if any(route.remote for _i, p, _body in batch.staged for route in p.routes):
@@ -290,14 +290,14 @@ def commit_staged(batch: StagedBatch, lookups: Lookups | None = None) -> list[Re
             # The rows were written while the bodies were synced; they commit only after.
             durable()
     except OSError as exc:  # the bodies did not reach the disk (or a forward's copy): nothing committed
-        _discard(batch)
+        message_store().discard(batch.bodies)
         receipts = [exc] * len(batch.staged)
     except DatabaseError:
         log.warning("a batch of %d messages failed to commit together; committing them one by one", len(batch.staged))
         try:
             durable()
         except OSError as exc:
-            _discard(batch)
+            message_store().discard(batch.bodies)
             return [outcome if outcome is not None else exc for outcome in outcomes]
         receipts = []
         for _i, p, body in batch.staged:
@@ -308,20 +308,11 @@ def commit_staged(batch: StagedBatch, lookups: Lookups | None = None) -> list[Re
                 message_store().delete(body.ref)
                 receipts.append(exc)
     except BaseException:
-        _discard(batch)
+        message_store().discard(batch.bodies)
         raise
     for (index, _p, _body), receipt in zip(batch.staged, receipts, strict=True):
         outcomes[index] = receipt
     return outcomes
-
-
-def _discard(batch: StagedBatch) -> None:
-    """Remove the bodies of a batch none of whose rows were committed."""
-    if batch.bodies is not None:
-        message_store().discard(batch.bodies)
-        return
-    for _i, _p, body in batch.staged:
-        message_store().delete(body.ref)
 
 
 class Lookups:

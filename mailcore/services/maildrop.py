@@ -204,27 +204,18 @@ def read_body(body_ref: str) -> bytes:
 def _local_path(body_ref: str) -> tuple[str, int, int | None] | None:
     """(file, offset, length) of the body: a segment's slice, or a whole file (length None, read
     to its end); None when the store keeps no local files (Storage.path says so)."""
-    global _STORE_ROOT
     store = message_store()
-    if segments.is_segment_ref(body_ref):
-        return store.segment_path(body_ref) if store.local_root() is not None else None
-    storage = store.storage
-    if _STORE_ROOT[0] is not storage:
-        try:
-            _STORE_ROOT = (storage, storage.path(""))
-        except NotImplementedError:
-            _STORE_ROOT = (storage, None)
-    root = _STORE_ROOT[1]
+    root = store.local_root()
     if root is None:
         return None
+    if segments.is_segment_ref(body_ref):
+        return store.segment_path(body_ref)
     if body_ref.startswith("/") or ".." in body_ref:
-        return storage.path(body_ref), 0, None  # the storage's own checks, for a name we never make
+        return store.storage.path(body_ref), 0, None  # the storage's own checks, for a name we never make
     # Names are ours (year/month/day/random.eml): a join, without safe_join's cost on every RETR.
     return f"{root}/{body_ref}", 0, None
 
 
-# The store and its directory, looked up once per store rather than once per RETR.
-_STORE_ROOT: tuple[object, str | None] = (None, None)
 _NO_CACHED_READS = not hasattr(os, "RWF_NOWAIT")
 
 

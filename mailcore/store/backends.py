@@ -15,11 +15,16 @@ _FSYNC_THREADS = ThreadPoolExecutor(max_workers=32, thread_name_prefix="store-fs
 _IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024
 
 
-def write_chunks(fd: int, chunks: Sequence[bytes]) -> None:
-    """Write every chunk, in order, with as few writev(2) calls as the kernel allows."""
+def write_chunks(fd: int, chunks: Sequence[bytes], offset: int | None = None) -> None:
+    """Write every chunk, in order, with as few writev(2) calls as the kernel allows; from
+    `offset` with pwritev(2) when given (the file's own position is then left alone)."""
     views = [memoryview(chunk) for chunk in chunks if chunk]
     while views:
-        written = os.writev(fd, views[:_IOV_MAX])
+        if offset is None:
+            written = os.writev(fd, views[:_IOV_MAX])
+        else:
+            written = os.pwritev(fd, views[:_IOV_MAX], offset)
+            offset += written
         while views and written >= views[0].nbytes:  # a short write (signal, full disk) resumes here
             written -= views.pop(0).nbytes
         if written:

@@ -27,7 +27,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 from django.utils import timezone
 
-from mailcore.store.backends import fsync_directory
+from mailcore.store.backends import fsync_directory, write_chunks
 
 SEGMENT_PREFIX = "seg:"
 DIRECTORY = "segments"
@@ -35,8 +35,6 @@ SUFFIX = ".seg"
 # A segment is closed to appends at this size (or when the day changes): large enough that
 # creating one is rare, small enough that one long-kept message pins little space.
 SEGMENT_SIZE = 64 * 1024 * 1024
-
-_IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024
 
 
 def is_segment_ref(ref: str) -> bool:
@@ -89,12 +87,6 @@ class SegmentWriter:
         self._current: _Segment | None = None
         self._day = ""
 
-    def append_many(self, bodies: Sequence[Sequence[bytes]]) -> list[str]:
-        """Append each body (a sequence of chunks) and make all durable; returns their refs."""
-        refs, durable = self.begin_append(bodies)
-        durable.result()
-        return refs
-
     def begin_append(self, bodies: Sequence[Sequence[bytes]]) -> tuple[list[str], Future]:
         """Reserve space for each body and start writing and syncing them in another thread.
 
@@ -126,7 +118,7 @@ class SegmentWriter:
     def _write(self, segment: _Segment, chunks: list[bytes], start: int) -> None:
         failed = True
         try:
-            _pwrite_all(segment.fd, chunks, start)
+            write_chunks(segment.fd, chunks, start)
             os.fdatasync(segment.fd)
             failed = False
         finally:
@@ -198,17 +190,6 @@ def _make_durable_directories(root: str, relative: str) -> None:
         if not os.path.isdir(path):
             os.makedirs(path, exist_ok=True)
             fsync_directory(parent)
-
-
-def _pwrite_all(fd: int, chunks: list[bytes], offset: int) -> None:
-    views = [memoryview(chunk) for chunk in chunks]
-    while views:
-        written = os.pwritev(fd, views[:_IOV_MAX], offset)
-        offset += written
-        while views and written >= views[0].nbytes:  # a short write resumes where it stopped
-            written -= views.pop(0).nbytes
-        if written:
-            views[0] = views[0][written:]
 
 
 class SegmentSlice(io.RawIOBase):
