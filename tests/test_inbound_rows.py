@@ -46,6 +46,27 @@ def test_summary_of_a_long_header_block_is_cut_where_it_was():
     assert inbound.summary_headers(content) == parsed_summary(content) == ("s" * 255, "l" * 320)
 
 
+FROMS = [
+    "Alice <alice@example.org>", "alice@example.org", "<a.b@x-y.z>", "O'Brien  <ob@x.io> \t", "Name<a@b>", "a@b.c.",
+    ".a@b", "a..b@c", "a@b..c", "a@-b", "\"Q, R\" <q@r.test>", "x@y (comment)", "a@b, c@d", "<@route:a@b>", "Ann\t<a@b>",
+]
+
+
+@pytest.mark.parametrize("seed", range(200))
+def test_from_address_agrees_with_parseaddr(seed):
+    rng = random.Random(seed)
+    value = list(rng.choice(FROMS))
+    for _ in range(rng.randint(0, 3)):  # an edit: insert, delete or replace a character
+        at = rng.randrange(len(value) + 1)
+        edit, char = rng.randrange(3), rng.choice("aZ09.-@<> \t\"',;:()[]\\!#%_~")
+        if edit == 0:
+            value.insert(at, char)
+        elif value:
+            value[min(at, len(value) - 1) : min(at, len(value) - 1) + 1] = [char] if edit == 1 else []
+    value = "".join(value)
+    assert inbound.from_address(value) == parseaddr(value)[1], value
+
+
 @pytest.fixture
 def mailboxes():
     add_domain("a.test")

@@ -165,6 +165,13 @@ def _sole_recipient(envelope: Envelope) -> str | None:
 # does, at a fifth of the cost; anything else still goes to the parser.
 _PLAIN_HEADER_BLOCK = re.compile(rb"[\x21-\x39\x3b-\x7e]+:[^\r\n]*(?:\r\n(?:[\x21-\x39\x3b-\x7e]+:|[\t ])[^\r\n]*)*")
 _SUMMARY_FIELD = re.compile(rb"^(subject|from):([^\r\n]*(?:\r\n[\t ][^\r\n]*)*)", re.IGNORECASE | re.MULTILINE)
+# A From of the usual shape, `Name <local@domain>`, `<local@domain>` or `local@domain`, of
+# plain atoms (RFC 5322 §3.2.3), trailing blanks allowed: parseaddr finds exactly that address
+# (tests/test_inbound_rows.py compares the two), at a fifteenth of its cost (1.4 against 22 µs).
+# Any other From (quoted names, comments, folding, several addresses) still goes to parseaddr.
+_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]"
+_PLAIN_ADDRESS = rf"{_ATEXT}+(?:\.{_ATEXT}+)*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*"
+_PLAIN_FROM = re.compile(rf"(?:(?:{_ATEXT}+(?:[ \t]+{_ATEXT}+)*[ \t]*)?<(?P<routed>{_PLAIN_ADDRESS})>|(?P<bare>{_PLAIN_ADDRESS}))[ \t]*")
 
 
 def summary_headers(content: bytes) -> tuple[str, str]:
@@ -181,9 +188,17 @@ def summary_headers(content: bytes) -> tuple[str, str]:
         else:
             parsed = BytesHeaderParser().parsebytes(head)
             subject, header_from = str(parsed.get("Subject", "")), str(parsed.get("From", ""))
-        return subject[:255], parseaddr(header_from)[1][:320]
+        return subject[:255], from_address(header_from)[:320]
     except Exception:  # a header we cannot parse must not stop delivery
         return "", ""
+
+
+def from_address(header_from: str) -> str:
+    """The address of a From header's value, as email.utils.parseaddr finds it."""
+    plain = _PLAIN_FROM.fullmatch(header_from)
+    if plain is not None:
+        return plain["routed"] or plain["bare"]
+    return parseaddr(header_from)[1]
 
 
 def receive(envelope: Envelope, content: bytes, spam: SpamVerdict | None = None) -> Receipt:
@@ -396,7 +411,9 @@ def _prepare(envelope: Envelope, content: bytes, spam: SpamVerdict | None, looku
     received = received_header(envelope, queue_id, _sole_recipient(envelope))
     if spam is None:
         spam = spam_check.check(envelope, trace_headers(envelope, queue_id, received) + content, [r.address for r in routes], queue_id)
-    envelope = replace(envelope, spam_result=spam.auth_result())
+    spam_result = spam.auth_result()
+    if spam_result != envelope.spam_result:  # no copy of the envelope when the check adds nothing (it is off)
+        envelope = replace(envelope, spam_result=spam_result)
     headers = trace_headers(envelope, queue_id, received) + spam.headers()
     # Our own headers name neither Subject nor From, so the message's header block alone says
     # what the stored one would, without a copy of the whole message to parse.
@@ -464,7 +481,9 @@ def _deliveries(prepared: _Prepared, lookups: Lookups) -> tuple[Receipt, list[tu
         policy = lookups.policy(r.address)
         quarantine = unverified and policy == UnverifiedPolicy.QUARANTINE
         reason = "unverified" if quarantine else ""
-        if spam.quarantines(r.address):  # issue 9: "spam" says more than "unverified"
+        # issue 9: "spam" says more than "unverified". A verdict without actions (the check off,
+        # unscored) quarantines no one: spare normalizing the address for it.
+        if spam.actions and spam.quarantines(r.address):
             quarantine, reason = True, "spam"
         for mailbox in r.mailboxes:
             if mailbox.pk in seen:
