@@ -119,19 +119,14 @@ class SubmissionSMTP(InboundSMTP):
     offers_auth = True
     offers_source = False
 
-    def __init__(self, handler: SubmissionHandler, config: SMTPConfig, registry, *, plaintext_auth: str = "loopback", **kwargs):
-        super().__init__(handler, config, registry, **kwargs)
+    def __init__(self, handler: SubmissionHandler, config: SMTPConfig, registry, *, plaintext_auth: str = "loopback"):
+        super().__init__(handler, config, registry)
         self.plaintext_auth = plaintext_auth  # loopback | always | never
 
     @property
     def authenticated_as(self) -> str | None:
         # Kept on the session: STARTTLS starts a new one, which forgets it (RFC 3207 §4.2).
         return getattr(self.session, "mailbox_address", None) if self.session else None
-
-    def tls_active(self) -> bool:
-        if self._tls_protocol:
-            return True
-        return bool(self.transport and self.transport.get_extra_info("ssl_object"))  # implicit TLS
 
     def auth_allowed(self) -> bool:
         """AUTH with a password only under TLS, on loopback, or where the operator allows it."""
@@ -146,17 +141,9 @@ class SubmissionSMTP(InboundSMTP):
 
     def ehlo_keywords(self) -> list[str]:
         keywords = super().ehlo_keywords()
-        if self.tls_active():  # implicit TLS: nothing to start
-            keywords = [k for k in keywords if k != "STARTTLS"]
         if self.auth_allowed():
             keywords.append("AUTH PLAIN LOGIN")  # RFC 4954 §3
         return keywords
-
-    async def smtp_STARTTLS(self, arg: str | None) -> None:
-        if self.tls_active():
-            await self.reply(replies.TLS_ALREADY_ACTIVE)
-            return
-        await super().smtp_STARTTLS(arg)
 
     def unverified_policy_applies(self) -> bool:
         # Mail from an authenticated local user is verified by construction.
@@ -225,7 +212,7 @@ class SubmissionSMTP(InboundSMTP):
     async def _challenge(self, prompt: str) -> bytes | None:
         """Send a 334 challenge and decode the client's base64 answer; None when answered already."""
         await self.push(f"334 {prompt}")
-        line = await self._read_command_line()
+        line = await self.read_line()
         if line is None:
             self.close()
             return None
