@@ -186,3 +186,48 @@ def test_a_failed_sync_commits_no_row_and_frees_the_space(mail_store, monkeypatc
     # The segment that failed is never written to again.
     after = message_store().put_many([message(100, "after")])[0]
     assert message_store().read(after.ref) == message(100, "after")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_lone_batch_is_synced_in_its_own_thread_before_its_rows(mail_store, monkeypatch):
+    from mailcore.services import inbound
+
+    add_domain("b.test")
+    add_mailbox("bob@b.test", "pw")
+    synced_in: list[threading.Thread] = []
+    real_fdatasync = segments.os.fdatasync
+
+    def fdatasync(fd):
+        synced_in.append(threading.current_thread())
+        real_fdatasync(fd)
+
+    monkeypatch.setattr(segments.os, "fdatasync", fdatasync)
+    envelope = inbound.Envelope(mail_from="a@remote.test", rcpt_tos=["bob@b.test"])
+    staged = inbound.stage_many([(envelope, message(500), None)], sync_here=True)
+    assert synced_in == [threading.current_thread()] and not Message.objects.exists()
+    assert read_segment(mail_store, staged.staged[0][2].ref).endswith(message(500))
+    [receipt] = inbound.commit_staged(staged)
+    assert isinstance(receipt, inbound.Receipt) and synced_in == [threading.current_thread()]
+    assert message_store().read(Message.objects.get().body_ref).endswith(message(500))
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_lone_batch_whose_sync_fails_commits_no_row(mail_store, monkeypatch):
+    from mailcore.services import inbound
+
+    add_domain("b.test")
+    add_mailbox("bob@b.test", "pw")
+
+    def failing_fdatasync(fd):
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(segments.os, "fdatasync", failing_fdatasync)
+    envelope = inbound.Envelope(mail_from="a@remote.test", rcpt_tos=["bob@b.test"])
+    staged = inbound.stage_many([(envelope, message(500), None)], sync_here=True)
+    [outcome] = inbound.commit_staged(staged)
+    assert isinstance(outcome, OSError) and not Message.objects.exists()
+    assert not message_store().exists(staged.staged[0][2].ref)
+    monkeypatch.undo()
+    after = message_store().put_many([message(100, "after")])[0]
+    assert segments.parse(after.ref)[0] != segments.parse(staged.staged[0][2].ref)[0]  # that segment is retired
+    assert message_store().read(after.ref) == message(100, "after")

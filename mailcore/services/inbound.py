@@ -261,13 +261,21 @@ class StagedBatch:
     bodies: PendingBodies | None = None  # durable once its wait() returns; None only with nothing staged
 
 
-def stage_many(items: list[tuple[Envelope, bytes, SpamVerdict | None]], lookups: Lookups | None = None) -> StagedBatch:
+def stage_many(
+    items: list[tuple[Envelope, bytes, SpamVerdict | None]], lookups: Lookups | None = None, sync_here: bool = False
+) -> StagedBatch:
     """Route, score and store a batch's bodies in one round of fsyncs; no rows are written.
 
     The bodies' sync may still be running when this returns (`MessageStore.begin_put_many`):
     `commit_staged` writes the rows meanwhile and commits them only once it is over. A listener
     may also stage the next batch while the previous one commits: the file system's work and
     the database's then overlap.
+
+    `sync_here`: the bodies are durable before this returns, written and synced in this thread:
+    for a batch with nothing to overlap with (GroupCommit's lone batch), the trip to the sync
+    thread and back cost more than the overlap gained. 1 KB, one message a batch, in-process
+    A/B, 4 runs: process CPU 0.08-0.20 ms/msg less (the worker thread's 0.03-0.05 more), wall
+    0.03-0.32 ms less in 3, 0.02 more in 1; 100 KB: process CPU 0.06 less, wall the same.
     """
     lookups = lookups or Lookups()
     outcomes: list[Receipt | Exception | None] = [None] * len(items)
@@ -280,7 +288,7 @@ def stage_many(items: list[tuple[Envelope, bytes, SpamVerdict | None]], lookups:
     if not prepared:
         return StagedBatch(outcomes, [])
     try:
-        pending = message_store().begin_put_many([p.chunks for _i, p in prepared])
+        pending = message_store(sync_here).begin_put_many([p.chunks for _i, p in prepared])
     except OSError as exc:
         for index, _p in prepared:
             outcomes[index] = exc

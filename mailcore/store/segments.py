@@ -22,7 +22,7 @@ import os
 import secrets
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from django.utils import timezone
@@ -87,7 +87,7 @@ class SegmentWriter:
         self._current: _Segment | None = None
         self._day = ""
 
-    def begin_append(self, bodies: Sequence[Sequence[bytes]]) -> tuple[list[str], Future]:
+    def begin_append(self, bodies: Sequence[Sequence[bytes]], here: bool = False) -> tuple[list[str], Future]:
         """Reserve space for each body and start writing and syncing them in another thread.
 
         Returns the refs at once, and a future that is done once all are durable (or failed):
@@ -96,6 +96,9 @@ class SegmentWriter:
         batches of one process write and sync at once; each syncs after its own write, so it
         never answers for the other's. A failed write or sync retires the segment (after a
         failed fsync the kernel may have dropped the pages: nothing more is trusted to that file).
+
+        `here`: written and synced in the calling thread instead, before this returns (the
+        future is then done), for a caller with nothing to overlap them with (a lone batch).
         """
         lengths = [sum(len(chunk) for chunk in body) for body in bodies]
         total = sum(lengths)
@@ -104,11 +107,15 @@ class SegmentWriter:
             start = segment.size
             segment.size += total
             segment.users += 1
-        try:
-            durable = _sync_threads().submit(self._write, segment, [chunk for body in bodies for chunk in body if chunk], start)
-        except BaseException:
-            self._release(segment, failed=True)
-            raise
+        chunks = [chunk for body in bodies for chunk in body if chunk]
+        if here:
+            durable = _outcome(self._write, segment, chunks, start)
+        else:
+            try:
+                durable = _sync_threads().submit(self._write, segment, chunks, start)
+            except BaseException:
+                self._release(segment, failed=True)
+                raise
         refs, offset = [], start
         for length in lengths:
             refs.append(make_ref(segment.name, offset, length))
@@ -168,6 +175,18 @@ class SegmentWriter:
             segment.fd = -1
             if self._current is segment:
                 self._current = None
+
+
+def _outcome(fn: Callable[..., None], *args) -> Future:
+    """`fn(*args)` run now, its outcome a done future, as a sync thread would have left it."""
+    future: Future = Future()
+    try:
+        fn(*args)
+    except Exception as exc:
+        future.set_exception(exc)
+    else:
+        future.set_result(None)
+    return future
 
 
 _SYNC_THREADS: tuple[int, ThreadPoolExecutor] | None = None
