@@ -87,8 +87,12 @@ class DeliveryState(models.TextChoices):
 class Delivery(models.Model):
     """One message in one mailbox."""
 
-    message = models.ForeignKey(Message, on_delete=models.PROTECT, related_name="deliveries")
-    mailbox = models.ForeignKey("mailcore.Mailbox", on_delete=models.CASCADE, related_name="deliveries")
+    # No index of their own: "delivery_once_per_mailbox" (message, mailbox) and "delivery_maildrop"
+    # (mailbox, state, id) begin with them and serve every lookup by either. Each index is one
+    # more page written per commit: without these two, storing a lone message took a tenth less
+    # time (1.21-1.32 against 1.41-1.47 ms, issue 8).
+    message = models.ForeignKey(Message, on_delete=models.PROTECT, related_name="deliveries", db_index=False)
+    mailbox = models.ForeignKey("mailcore.Mailbox", on_delete=models.CASCADE, related_name="deliveries", db_index=False)
     uid = models.CharField(max_length=70, unique=True, default=new_uid, help_text="The POP3 UIDL.")
     state = models.CharField(max_length=12, choices=DeliveryState.choices, default=DeliveryState.INBOX)
     reason = models.CharField(max_length=255, blank=True, help_text="Why it was quarantined.")
