@@ -1,4 +1,4 @@
-"""Loopback helpers shared by the tests and the benchmarks: a free port, and waiting for a listener."""
+"""Loopback helpers shared by the tests and the benchmarks: a free port, waiting for a listener or a condition."""
 
 from __future__ import annotations
 
@@ -25,3 +25,13 @@ def wait_for_port(host: str, port: int, proc: subprocess.Popen | None = None, ti
         except OSError:
             time.sleep(0.05)
     raise TimeoutError(f"nothing listens on {host}:{port}")
+
+
+def wait_until(condition, seconds: float = 10.0) -> bool:
+    """Whether `condition()` became true within `seconds` (polled every 50 ms)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return False

@@ -12,6 +12,7 @@ from mailcore.services import inbound
 from mailcore.services.accounts import add_domain, add_mailbox
 from mailcore.store import message_store
 from tests import smtp_wire
+from tests.sockets import wait_until
 from tests.store_support import files_under, record_stored
 
 mx = smtp_wire.mx  # the fixture that starts `runsmtp`
@@ -124,3 +125,21 @@ def test_concurrent_sessions_are_all_stored_once(mx):
     subjects = list(Message.objects.values_list("subject", flat=True))
     assert sorted(subjects) == sorted(f"c{n}m{i}" for n in range(20) for i in range(5))
     assert Delivery.objects.filter(mailbox__address="bob@b.test").count() == 100
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_lone_session_is_stored_on_the_loop_and_concurrent_ones_by_workers(mx):
+    add_domain("b.test")
+    add_mailbox("bob@b.test", "pw")
+    server = mx(MAIL_LOG_LEVEL="DEBUG", MAIL_SMTP_PROCESSES="1")
+    with smtplib.SMTP("127.0.0.1", server.port, timeout=30) as c:
+        c.sendmail("alice@remote.test", ["bob@b.test"], b"Subject: alone\r\n\r\nhello\r\n")
+    assert wait_until(lambda: "a lone message durable" in server.output())
+    assert "in worker threads" not in server.output()
+    # Another session open: the message goes to a worker thread, and the loop serves both.
+    with smtp_wire.RawSMTP(server.port) as other, smtplib.SMTP("127.0.0.1", server.port, timeout=30) as c:
+        assert other.greet()[-1].startswith(b"250 ")
+        c.sendmail("alice@remote.test", ["bob@b.test"], b"Subject: together\r\n\r\nhello\r\n")
+        assert other.cmd("NOOP").startswith(b"250 ")
+    assert wait_until(lambda: "1 message(s) durable in" in server.output())
+    assert sorted(Message.objects.values_list("subject", flat=True)) == ["alone", "together"]

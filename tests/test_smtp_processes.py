@@ -17,6 +17,7 @@ from mailcore.smtp import replies
 from mailcore.smtp.listener import SharedCounts, Spillover
 from tests import smtp_wire
 from tests.smtp_wire import RawSMTP, starts
+from tests.sockets import wait_until
 
 mx = smtp_wire.mx
 
@@ -32,15 +33,6 @@ def b_test():
 def children(pid: int) -> list[int]:
     with open(f"/proc/{pid}/task/{pid}/children") as f:
         return [int(p) for p in f.read().split()]
-
-
-def wait_until(condition, seconds: float = 10.0) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def admitted(port: int, seconds: float = 10.0) -> RawSMTP:

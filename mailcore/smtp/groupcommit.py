@@ -64,12 +64,14 @@ class GroupCommit:
     def __init__(
         self,
         call: Callable[..., Awaitable[Any]],
+        call_here: Callable[..., Any] | None = None,
         max_batch: int = 64,
         committers: int = 2,
         lookup_seconds: float = 0.0,
         writer_lock_path: str | None = None,
     ):
         self.call = call
+        self.call_here = call_here
         # SQLite has one writer: batches take turns (WriterTurn), where the next is woken at once,
         # rather than in SQLite's busy handler, which sleeps for milliseconds between tries.
         # Their bodies are still stored in parallel, while another batch commits.
@@ -86,8 +88,25 @@ class GroupCommit:
         self.batches = 0
         self.messages = 0
 
-    async def deliver(self, envelope: inbound.Envelope, content: bytes, spam: SpamVerdict | None = None) -> inbound.Receipt:
-        """Returns once this message is durable and committed; raises what `inbound.receive` would."""
+    async def deliver(
+        self, envelope: inbound.Envelope, content: bytes, spam: SpamVerdict | None = None, alone: bool = False
+    ) -> inbound.Receipt:
+        """Returns once this message is durable and committed; raises what `inbound.receive` would.
+
+        `alone`: the sender's session is the only one of the listener. With no batch in flight
+        either, the message is then stored on the event loop's own thread (`call_here`): there
+        is nothing for the loop to do meanwhile, and a worker thread woken for each message ran
+        the same work at half speed (see `call_here`).
+        """
+        if alone and not self.in_flight and not self.waiting and self.call_here is not None:
+            started = asyncio.get_running_loop().time()
+            [outcome] = self.call_here(self._receive_alone, [(envelope, content, spam)], self.lookups())
+            self.batches += 1
+            self.messages += 1
+            log.debug("group commit: a lone message durable in %.1f ms, on the event loop's thread", self._since(started))
+            if isinstance(outcome, BaseException):
+                raise outcome
+            return outcome
         future = asyncio.get_running_loop().create_future()
         self.waiting.append((envelope, content, spam, future))
         if self.in_flight < self.committers:
@@ -126,8 +145,12 @@ class GroupCommit:
                 raise
         self.batches += 1
         self.messages += len(batch)
-        log.debug("group commit: %d message(s) durable in %.1f ms", len(batch), (asyncio.get_running_loop().time() - started) * 1000)
+        log.debug("group commit: %d message(s) durable in %.1f ms, in worker threads", len(batch), self._since(started))
         self._settle(batch, outcomes)
+
+    @staticmethod
+    def _since(started: float) -> float:
+        return (asyncio.get_running_loop().time() - started) * 1000
 
     def _receive_alone(self, items: list, lookups: inbound.Lookups | None) -> list:
         """(worker thread) `inbound.receive_many`, with the writer's turn held for the commit only.
