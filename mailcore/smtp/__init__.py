@@ -1,1 +1,1 @@
-"""The SMTP listeners (inbound MX and submission), on aiosmtpd."""
+"""The SMTP listeners (inbound MX and submission): asyncio protocols, policy in their handlers."""

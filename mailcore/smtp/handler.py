@@ -2,7 +2,8 @@
 
 The protocol class (server.py) decides what is well-formed and in sequence; this handler decides
 what is acceptable (who exists, who may be relayed to, what is delivered) by calling services in
-worker threads. Every database or file-system call of a session goes through `call`.
+worker threads. Every database or file-system call of a session goes through `call`, or, for the
+lone message of a lone session, `call_here`.
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ from mailcore.services import inbound, verification
 from mailcore.services.login_failures import AddressCounter
 from mailcore.smtp import replies
 from mailcore.smtp.groupcommit import GroupCommit
-from mailcore.smtp.hooks import hook_names
 from mailcore.smtp.replies import Reply
 from mailcore.spam.check import SpamRejection
 from mailcore.store import message_store
@@ -85,9 +85,6 @@ def _unit_of_work(fn: Callable[..., Any]) -> Callable[..., Any]:
 class InboundHandler:
     """Policy of the inbound MX: local recipients only, unverified-mail policy, reverse delivery."""
 
-    # aiosmtpd looks for `handle_*` hooks and `auth_*` mechanisms on the handler of every new
-    # session; it finds none here, and must not read every other attribute to learn that.
-    __dir__ = hook_names("handle_", "auth_")
 
     def __init__(self, workers: int | None = None):
         # A pool rather than asgiref's single thread: deliveries fsync their bodies in parallel,
