@@ -167,8 +167,9 @@ def test_rows_written_while_the_bodies_sync_commit_only_after_the_sync(mail_stor
     assert message_store().read(stored.body_ref).endswith(message(500))
 
 
-@pytest.mark.django_db(transaction=True)
-def test_a_failed_sync_commits_no_row_and_frees_the_space(mail_store, monkeypatch):
+@pytest.fixture
+def to_bob_with_failing_sync(mail_store, monkeypatch):
+    """An envelope to a local mailbox, with every segment's fdatasync failing (EIO) until monkeypatch.undo()."""
     from mailcore.services import inbound
 
     add_domain("b.test")
@@ -178,7 +179,14 @@ def test_a_failed_sync_commits_no_row_and_frees_the_space(mail_store, monkeypatc
         raise OSError(5, "Input/output error")
 
     monkeypatch.setattr(segments.os, "fdatasync", failing_fdatasync)
-    envelope = inbound.Envelope(mail_from="a@remote.test", rcpt_tos=["bob@b.test"])
+    return inbound.Envelope(mail_from="a@remote.test", rcpt_tos=["bob@b.test"])
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_failed_sync_commits_no_row_and_frees_the_space(to_bob_with_failing_sync, monkeypatch):
+    from mailcore.services import inbound
+
+    envelope = to_bob_with_failing_sync
     [outcome] = inbound.receive_many([(envelope, message(500), None)])
     assert isinstance(outcome, OSError)
     assert not Message.objects.exists()
@@ -212,17 +220,10 @@ def test_a_lone_batch_is_synced_in_its_own_thread_before_its_rows(mail_store, mo
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_lone_batch_whose_sync_fails_commits_no_row(mail_store, monkeypatch):
+def test_a_lone_batch_whose_sync_fails_commits_no_row(to_bob_with_failing_sync, monkeypatch):
     from mailcore.services import inbound
 
-    add_domain("b.test")
-    add_mailbox("bob@b.test", "pw")
-
-    def failing_fdatasync(fd):
-        raise OSError(5, "Input/output error")
-
-    monkeypatch.setattr(segments.os, "fdatasync", failing_fdatasync)
-    envelope = inbound.Envelope(mail_from="a@remote.test", rcpt_tos=["bob@b.test"])
+    envelope = to_bob_with_failing_sync
     staged = inbound.stage_many([(envelope, message(500), None)], sync_here=True)
     [outcome] = inbound.commit_staged(staged)
     assert isinstance(outcome, OSError) and not Message.objects.exists()

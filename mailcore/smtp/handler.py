@@ -9,10 +9,11 @@ lone message of a lone session, `call_here`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, BinaryIO
 
@@ -82,6 +83,19 @@ def _unit_of_work(fn: Callable[..., Any]) -> Callable[..., Any]:
     return run
 
 
+@contextlib.contextmanager
+def _faults_as_temporary() -> Iterator[None]:
+    """The database or the store failing is our fault, and temporary: TemporaryFault (4xx)."""
+    try:
+        yield
+    except DatabaseError as exc:
+        log.warning("database unavailable: %s", exc)
+        raise TemporaryFault(str(exc)) from exc
+    except OSError as exc:
+        log.warning("message store unavailable: %s", exc)
+        raise TemporaryFault(str(exc)) from exc
+
+
 class InboundHandler:
     """Policy of the inbound MX: local recipients only, unverified-mail policy, reverse delivery."""
 
@@ -113,16 +127,10 @@ class InboundHandler:
         # Plain run_in_executor, not asgiref's sync_to_async: these calls need neither a thread
         # shared with other sync code nor the caller's context variables, and asgiref's wrapping
         # cost as much as the trip itself (issue 8).
-        try:
+        with _faults_as_temporary():
             return await asyncio.get_running_loop().run_in_executor(
                 self.executor, functools.partial(_unit_of_work(fn), *args, **kwargs)
             )
-        except DatabaseError as exc:
-            log.warning("database unavailable: %s", exc)
-            raise TemporaryFault(str(exc)) from exc
-        except OSError as exc:
-            log.warning("message store unavailable: %s", exc)
-            raise TemporaryFault(str(exc)) from exc
 
     def call_here(self, fn: Callable[..., Any], *args, **kwargs) -> Any:
         """`call`, in the event loop's own thread, which it blocks until `fn` returns.
@@ -137,13 +145,8 @@ class InboundHandler:
         loop = asyncio.get_running_loop()
         asyncio.events._set_running_loop(None)
         try:
-            return _unit_of_work(fn)(*args, **kwargs)
-        except DatabaseError as exc:
-            log.warning("database unavailable: %s", exc)
-            raise TemporaryFault(str(exc)) from exc
-        except OSError as exc:
-            log.warning("message store unavailable: %s", exc)
-            raise TemporaryFault(str(exc)) from exc
+            with _faults_as_temporary():
+                return _unit_of_work(fn)(*args, **kwargs)
         finally:
             asyncio.events._set_running_loop(loop)
 

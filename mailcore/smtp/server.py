@@ -204,10 +204,7 @@ class InboundSMTP(asyncio.BufferedProtocol):
         if self.closing:
             return  # a client that talks on after QUIT, a refusal or a 421 is not listened to
         self.inbox += self.registry.receive_buffer[:nbytes]
-        if self.waiter is not None:
-            self._wake()
-        elif self.command is None:
-            self.process()
+        self._go_on()
         if len(self.inbox) > INPUT_HELD and not self.reading_paused and not self.closing:
             self.transport.pause_reading()
             self.reading_paused = True
@@ -216,10 +213,7 @@ class InboundSMTP(asyncio.BufferedProtocol):
         # A pipelining client that half-closes after QUIT must still get its replies: what it
         # sent is answered first, and the session then ends (`process`).
         self.at_eof = True
-        if self.waiter is not None:
-            self._wake()
-        elif self.command is None:
-            self.process()
+        self._go_on()
         return True
 
     def connection_lost(self, error: Exception | None) -> None:
@@ -242,6 +236,10 @@ class InboundSMTP(asyncio.BufferedProtocol):
 
     def resume_writing(self) -> None:
         self.writing_paused = False
+        self._go_on()
+
+    def _go_on(self) -> None:
+        """Something the session waited for happened: wake the command that waits, or take the next."""
         if self.waiter is not None:
             self._wake()
         elif self.command is None:
