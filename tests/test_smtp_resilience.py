@@ -213,3 +213,37 @@ def test_starttls(mx, b_test, certificate):
     assert b"with ESMTPS id" in body and b"(using TLSv1.3 with cipher" in body
     assert Message.objects.get().tls
     wait_for_port("127.0.0.1", server.port)
+
+
+def test_commands_pipelined_after_starttls_are_discarded(mx, b_test, certificate):
+    # RFC 3207 §4 and CVE-2011-0411: a command injected in plaintext behind STARTTLS must not be
+    # answered inside the TLS session as if the client had sent it there.
+    cert, key = certificate
+    server = mx(MAIL_TLS_CERT=cert, MAIL_TLS_KEY=key)
+    context = ssl.create_default_context(cafile=cert)
+    context.check_hostname = False
+    with RawSMTP(server.port) as c:
+        c.greet()
+        c.send(b"STARTTLS\r\nHELP\r\n")
+        assert starts(c.last(), replies.READY_FOR_TLS)
+        tls = context.wrap_socket(c.sock, server_hostname="mx.test")
+        tls.sendall(b"NOOP\r\n")
+        first = tls.recv(4096)
+        assert first.startswith(b"250 2.0.0"), first  # NOOP's, not HELP's 214
+        tls.close()
+
+
+def test_a_client_that_pipelines_without_reading_gets_every_reply(mx, b_test):
+    # More than the transport's write buffer of replies and more than the session holds of
+    # input: the listener stops reading while the client does not read, and resumes when it does.
+    server = mx()
+    count = 60_000
+    with RawSMTP(server.port) as c:
+        c.greet()
+        sender = threading.Thread(target=c.send, args=(b"NOOP\r\n" * count,))
+        sender.start()
+        time.sleep(1)  # the client reads nothing for a while
+        replies_read = sum(1 for _ in range(count) if starts(c.last(), replies.OK))
+        sender.join()
+        assert replies_read == count
+        assert starts(c.cmd("MAIL FROM:<alice@remote.test>"), replies.SENDER_OK)
