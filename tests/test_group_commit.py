@@ -132,14 +132,19 @@ def test_a_lone_session_is_stored_on_the_loop_and_concurrent_ones_by_workers(mx)
     add_domain("b.test")
     add_mailbox("bob@b.test", "pw")
     server = mx(MAIL_LOG_LEVEL="DEBUG", MAIL_SMTP_PROCESSES="1")
-    with smtplib.SMTP("127.0.0.1", server.port, timeout=30) as c:
-        c.sendmail("alice@remote.test", ["bob@b.test"], b"Subject: alone\r\n\r\nhello\r\n")
-    assert wait_until(lambda: "a lone message durable" in server.output())
-    assert "in worker threads" not in server.output()
+    sent = []
+    # The fixture's probe connection may still be counted for a moment after it closed: then the
+    # session is not alone yet, and its message goes to a worker like any other.
+    while "a lone message durable" not in server.output() and len(sent) < 20:
+        sent.append(f"alone{len(sent)}")
+        with smtplib.SMTP("127.0.0.1", server.port, timeout=30) as c:
+            c.sendmail("alice@remote.test", ["bob@b.test"], f"Subject: {sent[-1]}\r\n\r\nhello\r\n".encode())
+    assert "a lone message durable" in server.output()
+    by_workers = server.output().count(", in worker threads")
     # Another session open: the message goes to a worker thread, and the loop serves both.
     with smtp_wire.RawSMTP(server.port) as other, smtplib.SMTP("127.0.0.1", server.port, timeout=30) as c:
         assert other.greet()[-1].startswith(b"250 ")
         c.sendmail("alice@remote.test", ["bob@b.test"], b"Subject: together\r\n\r\nhello\r\n")
         assert other.cmd("NOOP").startswith(b"250 ")
-    assert wait_until(lambda: "1 message(s) durable in" in server.output())
-    assert sorted(Message.objects.values_list("subject", flat=True)) == ["alone", "together"]
+    assert wait_until(lambda: server.output().count(", in worker threads") == by_workers + 1)
+    assert sorted(Message.objects.values_list("subject", flat=True)) == sorted([*sent, "together"])
