@@ -16,8 +16,8 @@ def record_stored(monkeypatch) -> list[str]:
     refs: list[str] = []
     real = MessageStore.begin_put_many  # put_many goes through it too
 
-    def begin_put_many(self, bodies):
-        pending = real(self, bodies)
+    def begin_put_many(self, bodies, sync_here=False):
+        pending = real(self, bodies, sync_here)
         refs.extend(body.ref for body in pending.bodies)
         return pending
 

@@ -302,7 +302,7 @@ def stage_many(
     if not prepared:
         return StagedBatch(outcomes, [])
     try:
-        pending = message_store(sync_here).begin_put_many([p.chunks for _i, p in prepared])
+        pending = message_store().begin_put_many([p.chunks for _i, p in prepared], sync_here)
     except OSError as exc:
         for index, _p in prepared:
             outcomes[index] = exc

@@ -153,7 +153,10 @@ class GroupCommit:
         return (asyncio.get_running_loop().time() - started) * 1000
 
     def _receive_alone(self, items: list, lookups: inbound.Lookups | None) -> list:
-        """(worker thread) `inbound.receive_many`, with the writer's turn held for the commit only.
+        """`inbound.receive_many` for a lone batch, with the writer's turn held for the commit only.
+
+        It runs in a worker thread, or on the event loop's own thread for a lone session
+        (`deliver`, `call_here`).
 
         The other listener processes commit while this batch's bodies are fsynced: holding the
         turn through the fsyncs too made their sessions wait for ours (runsmtp --processes).

@@ -99,7 +99,6 @@ def _faults_as_temporary() -> Iterator[None]:
 class InboundHandler:
     """Policy of the inbound MX: local recipients only, unverified-mail policy, reverse delivery."""
 
-
     def __init__(self, workers: int | None = None):
         # A pool rather than asgiref's single thread: deliveries fsync their bodies in parallel,
         # and each worker thread keeps its own database connection.

@@ -73,15 +73,11 @@ class _ChunkFile(File):
 class MessageStore:
     """put / open / delete of message bodies; a body is immutable once stored."""
 
-    def __init__(self, storage: Storage, segment_max: int = 0, sync_here: bool = False):
+    def __init__(self, storage: Storage, segment_max: int = 0):
         self.storage = storage
         # Bodies up to this many octets go to segment files (segments.py) when the storage is a
         # local file system; 0, or a storage without local paths (S3), stores each in its own.
         self.segment_max = segment_max
-        # Segment bodies written and synced in the thread that puts them, not in a sync thread:
-        # for a caller with nothing to do meanwhile, the trip there and back costs more than
-        # the overlap gains (inbound.stage_many).
-        self.sync_here = sync_here
 
     @staticmethod
     def _new_name() -> str:
@@ -115,13 +111,14 @@ class MessageStore:
             raise
         return pending.bodies
 
-    def begin_put_many(self, bodies: list[bytes | Sequence[bytes]]) -> PendingBodies:
+    def begin_put_many(self, bodies: list[bytes | Sequence[bytes]], sync_here: bool = False) -> PendingBodies:
         """`put_many`, returning as soon as the refs are known: `wait()` on the result returns
         once every body is durable. Bodies that go to a segment are written and synced in
         another thread meanwhile, so a caller can write the rows that name them at the same
         time, and commit those only after `wait()`; any other body is durable on return.
-        With `sync_here`, segment bodies too are durable on return (`wait()` then only reports
-        how their write went).
+        With `sync_here`, segment bodies too are written and synced in this thread, durable on
+        return (`wait()` then only reports how their write went): for a caller with nothing to do
+        meanwhile, the trip to the sync thread and back costs more than the overlap gains.
         """
         writer = self._segment_writer()
         small = [i for i, body in enumerate(bodies) if _size(body) <= self.segment_max] if writer is not None else []
@@ -133,7 +130,7 @@ class MessageStore:
         if large:
             stored.update(zip(large, self._put_each_in_a_file([bodies[i] for i in large]), strict=True))
         try:
-            refs, durable = writer.begin_append([_chunks(bodies[i]) for i in small], here=self.sync_here)
+            refs, durable = writer.begin_append([_chunks(bodies[i]) for i in small], here=sync_here)
         except BaseException:
             for body in stored.values():
                 self.delete(body.ref)
@@ -248,5 +245,5 @@ def _described(name: str, body: bytes | Sequence[bytes]) -> StoredBody:
     return StoredBody(name, sum(len(chunk) for chunk in body), digest.hexdigest())
 
 
-def message_store(sync_here: bool = False) -> MessageStore:
-    return MessageStore(storages["mailbodies"], settings.MAIL_STORE_SEGMENT_MAX, sync_here)
+def message_store() -> MessageStore:
+    return MessageStore(storages["mailbodies"], settings.MAIL_STORE_SEGMENT_MAX)
