@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import smtplib
+import socket
+import struct
 import subprocess
+import time
 
 import pytest
 
@@ -146,6 +149,27 @@ def test_hundred_recipients_then_452(mx, b_test):
         assert c.last().startswith(b"354")
         assert starts(c.cmd(b"x\r\n."), replies.QUEUED)
     assert len(Message.objects.get().rcpt_tos) == 100
+
+
+def segments_received(sock) -> int:
+    """tcpi_segs_in of Linux's struct tcp_info (offset 140): every segment this socket has received."""
+    info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 256)
+    return struct.unpack_from("I", info, 140)[0]
+
+
+def test_the_ehlo_reply_is_one_segment(mx, b_test):
+    # Each line written on its own was a send(2) and a segment of its own (TCP_NODELAY): six
+    # more wake-ups of the client per message than one write (issue 8).
+    server = mx()
+    with RawSMTP(server.port) as c:
+        assert c.last().startswith(b"220 ")
+        before = segments_received(c.sock)
+        c.send(b"EHLO client.test\r\n")
+        lines = c.reply()
+        time.sleep(0.2)  # any later segment of the reply, or a pure ACK, has arrived by now
+        assert len(lines) == 7 and lines[-1] == b"250 SOURCE"
+        # One segment with the whole reply; at most one pure ACK of our EHLO before it.
+        assert segments_received(c.sock) - before <= 2
 
 
 def test_size_limits(mx, b_test):
