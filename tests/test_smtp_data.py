@@ -82,3 +82,43 @@ def test_a_large_message_in_large_chunks_is_received_whole():
     wire = original.replace(b"\r\n.", b"\r\n..") + b".\r\n"
     receiver = receive(wire, 256 * 1024 + 3, max_size=len(wire))
     assert receiver.outcome().content == original
+
+
+def reference_outcome(wire: bytes) -> tuple[bytes | None, bytes]:
+    """What DATA must make of `wire` (RFC 5321 §4.5.2), written the plain way: (content or None
+    when the data is refused or has no end, what follows the end)."""
+    data = b"\r\n" + wire
+    end = data.find(b"\r\n.\r\n")
+    if end < 0:
+        return None, b""
+    raw, after = data[2:end + 2], data[end + 5:]
+    lines = raw.split(b"\r\n")
+    if b"\x00" in raw or any(b"\r" in line or b"\n" in line for line in lines):
+        return None, after
+    if any(len(line) - line.startswith(b".") > 998 for line in lines):
+        return None, after
+    return b"\r\n".join(line[1:] if line.startswith(b".") else line for line in lines), after
+
+
+def test_end_and_unstuffing_agree_with_the_plain_reading_for_any_input_and_chunking():
+    # The end of data is searched for by candidates (lines that start with a dot) and the
+    # unstuffing depends on having seen one: random wires of the octets that matter, cut at
+    # random places, must come out as the plain reading says.
+    import random
+
+    rng = random.Random(8)
+    pieces = [b"a", b"b", b".", b"..", b"\r\n", b"\r", b"\n", b".\r\n", b"\r\n.", b"\r\n.\r\n", b"\x00", b"x" * 500]
+    for _ in range(3000):
+        wire = b"".join(rng.choice(pieces) for _ in range(rng.randint(0, 30)))
+        receiver = DataReceiver(max_size=100_000)
+        at = 0
+        while at < len(wire) and not receiver.done:
+            step = rng.randint(1, 12)
+            receiver.feed(wire[at:at + step])
+            at += step
+        content, after = reference_outcome(wire)
+        if not receiver.done:
+            assert content is None and b"\r\n.\r\n" not in b"\r\n" + wire, wire
+            continue
+        assert (receiver.leftover + wire[at:]) == after, wire
+        assert receiver.outcome().content == content, wire

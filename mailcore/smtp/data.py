@@ -43,13 +43,14 @@ class DataReceiver:
         self.abandoned = False
         self.leftover = b""
         self._message_end = -1
+        self._stuffed = False  # a line starting with a dot was seen: outcome() must unstuff
 
     def feed(self, chunk: bytes) -> bool:
         """Take the next chunk; True once the end of the data has been seen."""
         start = len(self._buffer)
         self._buffer += chunk
         self.received += len(chunk)
-        end = self._buffer.find(END_OF_DATA, max(0, start - 4))
+        end = self._end_of_data(max(0, start - 4))  # the end may straddle the chunks
         if end >= 0:
             self.done = True
             self._message_end = end + 2  # the CRLF of the last line belongs to the message
@@ -63,6 +64,29 @@ class DataReceiver:
             if self.received > self.abandon_after:
                 self.abandoned = True
         return False
+
+    def _end_of_data(self, start: int) -> int:
+        """Where CRLF . CRLF begins in the buffer, searching from `start`; -1 if not yet.
+
+        Each candidate is a line that starts with a dot. The first one is looked for with a
+        regex, which scans for the LF at memchr speed: a 5-octet bytes.find took 1.7 times as
+        long (42 against 25 µs per 100 KB, issue 8). A candidate that is not the end is a
+        stuffed line: from then on the plain find does the rest in C, so a body of many such
+        lines costs no Python loop, and `outcome` knows it has dots to remove.
+        """
+        buffer = self._buffer
+        if not self._stuffed and not self.too_big:
+            candidate = _STUFFED_LINE.search(buffer, start)
+            if candidate is None:
+                return -1
+            at = candidate.start() - 1  # the CR before that LF, if this is the end
+            if at >= 0 and buffer.startswith(END_OF_DATA, at):
+                return at
+            if len(buffer) - at < len(END_OF_DATA) and END_OF_DATA.startswith(bytes(buffer[at:])):
+                return -1  # undecided until more arrives: the next feed searches here again
+            self._stuffed = True
+            start = candidate.start()
+        return buffer.find(END_OF_DATA, start)
 
     def outcome(self) -> DataOutcome:
         if self.too_big or self.received > self.max_size:
@@ -83,15 +107,15 @@ class DataReceiver:
             if max(len(line) - line.startswith(b".") for line in lines) > MAX_LINE_OCTETS:
                 return DataOutcome(None, replies.DATA_LINE_TOO_LONG, self.received)
         # RFC 5321 §4.5.2: the first "." of every line that starts with one is removed.
-        if _STUFFED_LINE.search(raw):
+        if self._stuffed:
             raw = raw.replace(b"\r\n.", b"\r\n")
         if raw.startswith(b"."):
             raw = raw[1:]
         return DataOutcome(raw, None, self.received)
 
 
-# A line that starts with a dot. A one-byte search (memchr) finds candidates much faster than a
-# search for the three bytes; every candidate follows a CRLF, bare LFs having been refused.
+# A line that starts with a dot: a stuffed one, or the end of the data. The regex engine scans for
+# the LF much faster than bytes.find does for two or more octets.
 _STUFFED_LINE = re.compile(rb"\n\.")
 
 
