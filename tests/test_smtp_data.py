@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from mailcore.smtp import replies
@@ -104,8 +106,6 @@ def test_end_and_unstuffing_agree_with_the_plain_reading_for_any_input_and_chunk
     # The end of data is searched for by candidates (lines that start with a dot) and the
     # unstuffing depends on having seen one: random wires of the octets that matter, cut at
     # random places, must come out as the plain reading says.
-    import random
-
     rng = random.Random(8)
     pieces = [b"a", b"b", b".", b"..", b"\r\n", b"\r", b"\n", b".\r\n", b"\r\n.", b"\r\n.\r\n", b"\x00", b"x" * 500]
     for _ in range(3000):
