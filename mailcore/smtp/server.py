@@ -209,6 +209,12 @@ class InboundSMTP(asyncio.BufferedProtocol):
             self.transport.pause_reading()
             self.reading_paused = True
 
+    def _read_more(self) -> None:
+        """The input held has all been taken: let the transport read again if it was paused."""
+        if self.reading_paused:
+            self.reading_paused = False
+            self.transport.resume_reading()
+
     def eof_received(self) -> bool:
         # A pipelining client that half-closes after QUIT must still get its replies: what it
         # sent is answered first, and the session then ends (`process`).
@@ -299,9 +305,8 @@ class InboundSMTP(asyncio.BufferedProtocol):
             if line is None:
                 if self.at_eof:
                     self.close()
-                elif self.reading_paused:
-                    self.reading_paused = False
-                    self.transport.resume_reading()
+                else:
+                    self._read_more()
                 return
             if self.registry.stopping and not self.in_transaction:
                 self.write(f"{replies.SHUTTING_DOWN}\r\n".encode())
@@ -451,9 +456,7 @@ class InboundSMTP(asyncio.BufferedProtocol):
         while (line := self.next_line()) is None:
             if self.lost or self.at_eof:
                 return None
-            if self.reading_paused:
-                self.reading_paused = False
-                self.transport.resume_reading()
+            self._read_more()
             await self._wait_for_client()
         return line
 
@@ -475,10 +478,8 @@ class InboundSMTP(asyncio.BufferedProtocol):
     def in_transaction(self) -> bool:
         return self.envelope.mail_from is not None
 
-    def _set_rset_state(self) -> None:
-        self.envelope = Transaction()
-
-    def _set_post_data_state(self) -> None:
+    def _end_transaction(self) -> None:
+        """Forget the transaction: after RSET, a new greeting, STARTTLS, or the end of DATA."""
         self.envelope = Transaction()
 
     def tls_active(self) -> bool:
@@ -505,7 +506,7 @@ class InboundSMTP(asyncio.BufferedProtocol):
         if not arg:
             await self.reply(replies.BAD_SYNTAX(usage="EHLO hostname"))
             return
-        self._set_rset_state()
+        self._end_transaction()
         self.session.extended_smtp = True
         self.session.host_name = arg.split()[0]
         lines = [self.hostname, *self.ehlo_keywords()]
@@ -517,7 +518,7 @@ class InboundSMTP(asyncio.BufferedProtocol):
         if not arg:
             await self.reply(replies.BAD_SYNTAX(usage="HELO hostname"))
             return
-        self._set_rset_state()
+        self._end_transaction()
         self.session.extended_smtp = False
         self.session.host_name = arg.split()[0]
         await self.push(f"250 {self.hostname}")
@@ -529,7 +530,7 @@ class InboundSMTP(asyncio.BufferedProtocol):
         if arg:
             await self.reply(replies.BAD_SYNTAX(usage="RSET"))
             return
-        self._set_rset_state()
+        self._end_transaction()
         await self.reply(replies.OK)
 
     async def smtp_QUIT(self, arg: str | None) -> None:
@@ -575,7 +576,7 @@ class InboundSMTP(asyncio.BufferedProtocol):
         # RFC 3207 §4.2: the session starts over, forgetting what was said before TLS.
         self.tls_started = True
         self.session = Session(peer=self.session.peer)
-        self._set_rset_state()
+        self._end_transaction()
 
     def _tls_description(self) -> str:
         ssl_object = self.transport.get_extra_info("ssl_object") if self.transport else None
@@ -710,7 +711,7 @@ class InboundSMTP(asyncio.BufferedProtocol):
             # reverse-delivery.md §5: these domains take only verified mail; refuse before the body.
             refusal = replies.ONLY_VERIFIED(domain=self.envelope.rcpt_tos[0].rpartition("@")[2].lower())
             self.log_transaction("NOQUEUE", str(refusal))
-            self._set_post_data_state()
+            self._end_transaction()
             await self.reply(refusal)
             return
         await self.push(str(replies.START_MAIL_INPUT))
@@ -723,9 +724,8 @@ class InboundSMTP(asyncio.BufferedProtocol):
         if not self.inbox:
             if self.at_eof:
                 self._data_lost()
-            elif self.reading_paused:
-                self.reading_paused = False
-                self.transport.resume_reading()
+            else:
+                self._read_more()
             return False
         self._reset_timeout(self.config.data_timeout)  # RFC 5321 §4.5.3.2.5: per data block
         receiver.feed(self.inbox)
@@ -733,7 +733,7 @@ class InboundSMTP(asyncio.BufferedProtocol):
         if receiver.abandoned:
             self.receiver = None
             self.log_transaction("NOQUEUE", f"{replies.DATA_TOO_BIG} (closed)", size=receiver.received)
-            self._set_post_data_state()
+            self._end_transaction()
             self.write(f"{replies.DATA_TOO_BIG}\r\n".encode())
             self.close()
             return False
@@ -748,7 +748,7 @@ class InboundSMTP(asyncio.BufferedProtocol):
         """The client went before the final dot: nothing is stored (RFC 5321 §4.1.1.4)."""
         self.receiver = None
         self.log_transaction("NOQUEUE", "lost connection in DATA")
-        self._set_post_data_state()
+        self._end_transaction()
         self.close()
 
     async def _message_received(self, receiver: DataReceiver) -> None:
@@ -758,7 +758,7 @@ class InboundSMTP(asyncio.BufferedProtocol):
         else:
             result, queue_id = await self.event_handler.deliver(self, outcome.content)
         self.log_transaction(queue_id or "NOQUEUE", str(result), size=outcome.received)
-        self._set_post_data_state()
+        self._end_transaction()
         await self.reply(result)
 
     def received_protocol(self) -> str:
@@ -805,7 +805,7 @@ class InboundSMTP(asyncio.BufferedProtocol):
         if self.in_transaction:
             self.log_transaction("NOQUEUE" if reply.code != 250 else f"SOURCE {arg}", str(reply))
         # "After any reply the transaction is over, exactly as after DATA's final reply."
-        self._set_post_data_state()
+        self._end_transaction()
         await self.reply(reply)
 
     async def _source(self, arg: str | None) -> Reply:
