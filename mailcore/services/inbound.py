@@ -299,6 +299,13 @@ def stage_many(
             prepared.append((index, _prepare(envelope, content, spam, lookups)))
         except PolicyRejection as exc:
             outcomes[index] = exc
+        except DatabaseError:
+            raise  # the database, not this message: the whole batch is temporary
+        except Exception as exc:
+            # This message alone cannot be stored (a value that does not encode, say): it fails,
+            # and the batch's other messages, other sessions' mail, go on.
+            log.exception("message %d of a batch cannot be prepared", index)
+            outcomes[index] = exc
     if not prepared:
         return StagedBatch(outcomes, [])
     try:
@@ -398,18 +405,70 @@ class _Prepared:
     rejected: list[str]
     spam: SpamVerdict
     headers: bytes  # trace and spam headers, prepended when stored
-    content: bytes
+    content: bytes | list[bytes]  # a large message in parts (smtp.data.DataReceiver)
     subject: str
     header_from: str
 
     @property
-    def chunks(self) -> tuple[bytes, bytes]:
-        """The body to store, in two pieces that the store writes without joining them."""
-        return self.headers, self.content
+    def chunks(self) -> tuple[bytes, ...]:
+        """The body to store, in pieces that the store writes without joining them."""
+        if isinstance(self.content, bytes):
+            return self.headers, self.content
+        return self.headers, *self.content
 
 
-def _prepare(envelope: Envelope, content: bytes, spam: SpamVerdict | None, lookups: Lookups) -> _Prepared:
+# A header field (with its continuation lines) that claims a verdict of ours: X-Spam-*, and an
+# Authentication-Results whose authserv-id (RFC 8601 §2.2) is the name we write ours under.
+_CLAIMED_VERDICT = re.compile(
+    rb"^(?:x-spam-[^:\r\n]*|authentication-results)[ \t]*:[^\r\n]*(?:\r\n[ \t][^\r\n]*)*\r\n", re.IGNORECASE | re.MULTILINE
+)
+_AUTHSERV_ID = re.compile(rb":\s*(?:\([^)]*\)\s*)*([^\s;(]+)")
+
+
+def joined(content: bytes | list[bytes]) -> bytes:
+    """A message received in parts (smtp.data.DataReceiver) as one bytes object."""
+    return content if isinstance(content, bytes) else b"".join(content)
+
+
+def without_forged_verdicts(content: bytes | list[bytes]) -> bytes | list[bytes]:
+    """`without_forged_headers` of a message that may be in parts: the header block is in the first."""
+    if isinstance(content, bytes):
+        return without_forged_headers(content)
+    if b"\r\n\r\n" not in content[0]:
+        content = [b"".join(content)]  # a header block longer than a part: rare, and searched whole
+    return [without_forged_headers(content[0]), *content[1:]]
+
+
+def without_forged_headers(content: bytes) -> bytes:
+    """`content` without the header fields that would pass for our own verdicts.
+
+    RFC 8601 §5: an Authentication-Results field that carries our authserv-id and came from
+    outside must be removed before ours is added, or a reader cannot tell it from ours; the same
+    holds for the X-Spam-* fields that our spam check writes. Only the header block is searched.
+    """
+    end = content.find(b"\r\n\r\n")
+    head_end = end + 2 if end >= 0 else len(content)
+    head = content[:head_end]
+    if b"-spam-" not in head.lower() and b"authentication-results" not in head.lower():
+        return content
+    ours = settings.MAIL_HOSTNAME.lower().encode("utf-8", "replace")
+
+    def keep_or_drop(field: re.Match) -> bytes:
+        text = field.group(0)
+        if text[:7].lower() == b"x-spam-":
+            return b""
+        authserv = _AUTHSERV_ID.search(text)
+        return b"" if authserv is None or authserv.group(1).lower() == ours else text
+
+    # Header fields start at the beginning of the message or after a CRLF: prefixed with one,
+    # so that the first field is found by the same pattern.
+    cleaned = _CLAIMED_VERDICT.sub(keep_or_drop, b"\r\n" + head)[2:]
+    return cleaned + content[head_end:]
+
+
+def _prepare(envelope: Envelope, content: bytes | list[bytes], spam: SpamVerdict | None, lookups: Lookups) -> _Prepared:
     queue_id = new_queue_id()
+    content = without_forged_verdicts(content)
     unverified = envelope.verification != Verification.VERIFIED
     routes = []
     rejected: list[str] = []
@@ -433,7 +492,7 @@ def _prepare(envelope: Envelope, content: bytes, spam: SpamVerdict | None, looku
     received = received_header(envelope, queue_id, _sole_recipient(envelope))
     if spam is None:
         # The check reads the content only with a spamd configured: spare making the copy it would score.
-        scored = trace_headers(envelope, queue_id, received) + content if settings.MAIL_SPAMD else content
+        scored = trace_headers(envelope, queue_id, received) + joined(content) if settings.MAIL_SPAMD else content
         spam = spam_check.check(envelope, scored, [r.address for r in routes], queue_id)
     spam_result = spam.auth_result()
     if spam_result != envelope.spam_result:  # no copy of the envelope when the check adds nothing (it is off)
@@ -441,7 +500,7 @@ def _prepare(envelope: Envelope, content: bytes, spam: SpamVerdict | None, looku
     headers = trace_headers(envelope, queue_id, received) + spam.headers()
     # Our own headers name neither Subject nor From, so the message's header block alone says
     # what the stored one would, without a copy of the whole message to parse.
-    subject, header_from = summary_headers(content)
+    subject, header_from = summary_headers(content if isinstance(content, bytes) else content[0])
     return _Prepared(envelope, queue_id, routes, rejected, spam, headers, content, subject, header_from)
 
 

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("mailcore.smtp")
 
-Item = tuple[inbound.Envelope, bytes, "SpamVerdict | None", asyncio.Future]
+Item = tuple[inbound.Envelope, "bytes | list[bytes]", "SpamVerdict | None", asyncio.Future]
 
 
 class WriterTurn:
@@ -89,7 +89,7 @@ class GroupCommit:
         self.messages = 0
 
     async def deliver(
-        self, envelope: inbound.Envelope, content: bytes, spam: SpamVerdict | None = None, alone: bool = False
+        self, envelope: inbound.Envelope, content: bytes | list[bytes], spam: SpamVerdict | None = None, alone: bool = False
     ) -> inbound.Receipt:
         """Returns once this message is durable and committed; raises what `inbound.receive` would.
 
@@ -138,15 +138,31 @@ class GroupCommit:
                 staged = await self.call(inbound.stage_many, items, lookups)
                 async with self._writer():
                     outcomes = await self.call(self._turn(inbound.commit_staged), staged, lookups)
-        except BaseException as exc:  # the whole batch failed: each session answers for itself
-            outcomes = [exc] * len(batch)
-            if not isinstance(exc, Exception):
-                self._settle(batch, outcomes)
-                raise
+        except Exception as exc:
+            # The whole batch failed. One message may have failed it: each is tried again alone,
+            # so that it fails its own session only, not the others' (a database that is down
+            # fails them all again, each with its own 4xx).
+            if len(batch) == 1:
+                outcomes = [exc]
+            else:
+                log.warning("group commit: a batch of %d failed (%r); storing its messages one by one", len(batch), exc)
+                outcomes = [await self._alone(item, lookups) for item in items]
+        except BaseException as exc:
+            self._settle(batch, [exc] * len(batch))
+            raise
         self.batches += 1
         self.messages += len(batch)
         log.debug("group commit: %d message(s) durable in %.1f ms, in worker threads", len(batch), self._since(started))
         self._settle(batch, outcomes)
+
+    async def _alone(self, item: tuple, lookups: inbound.Lookups | None) -> inbound.Receipt | BaseException:
+        """One message of a failed batch, stored by itself: its receipt, or what failed it."""
+        try:
+            async with self._writer():
+                [outcome] = await self.call(self._receive_alone, [item], lookups)
+        except Exception as exc:
+            return exc
+        return outcome
 
     @staticmethod
     def _since(started: float) -> float:

@@ -1,9 +1,11 @@
 """The MX listener's policy, and its one boundary into the service layer (worker threads).
 
-The protocol class (server.py) decides what is well-formed and in sequence; this handler decides
-what is acceptable (who exists, who may be relayed to, what is delivered) by calling services in
-worker threads. Every database or file-system call of a session goes through `call`, or, for the
-lone message of a lone session, `call_here`.
+The session (server.py, aiosmtpd's SMTP class) decides what is well-formed and in sequence; this
+handler decides what is acceptable (who exists, who may be relayed to, what is delivered), asked
+through aiosmtpd's hooks (`handle_EHLO`, `handle_MAIL`, `handle_RCPT`, `handle_DATA`, and
+`handle_SOURCE` for our verb), by calling services in worker threads. Every database or
+file-system call of a session goes through `call`, or, for the lone message of a lone session,
+`call_here`.
 """
 
 from __future__ import annotations
@@ -27,12 +29,15 @@ from mailcore.services.login_failures import AddressCounter
 from mailcore.smtp import replies
 from mailcore.smtp.groupcommit import GroupCommit
 from mailcore.smtp.replies import Reply
+from mailcore.smtp.server import unsafe
 from mailcore.spam.check import SpamRejection
 from mailcore.store import message_store
 from mailcore.store.bodies import CHUNK_SIZE
 
 if TYPE_CHECKING:
-    from mailcore.smtp.server import InboundSMTP
+    from aiosmtpd.smtp import Session
+
+    from mailcore.smtp.server import InboundSMTP, Transaction
 
 log = logging.getLogger("mailcore.smtp")
 
@@ -153,7 +158,62 @@ class InboundHandler:
         """Wait for deliveries in flight to commit, then stop the workers."""
         self.executor.shutdown(wait=True)
 
+    def __dir__(self) -> list[str]:
+        """Only aiosmtpd's hooks: each session lists them (dir, inspect.getmembers) when it starts."""
+        return [name for name in dir(type(self)) if name.startswith(("handle_", "auth_"))]
+
+    # --- the greeting --------------------------------------------------------------------------
+
+    async def handle_EHLO(self, server: InboundSMTP, session: Session, envelope: Transaction, hostname: str,
+                          responses: list[str]) -> list[str]:
+        """The EHLO reply (RFC 5321 §4.1.1.1) in place of aiosmtpd's, with our keywords."""
+        name = hostname.split()[0]
+        if unsafe(name):
+            # The name goes into the Received header: no control characters, nothing not UTF-8.
+            session.host_name = None
+            return [str(replies.BAD_HELO_NAME)]
+        session.host_name = name
+        return [f"250-{server.hostname}", *(f"250-{k}" for k in server.ehlo_keywords()[:-1]),
+                f"250 {server.ehlo_keywords()[-1]}"]
+
+    async def handle_HELO(self, server: InboundSMTP, session: Session, envelope: Transaction, hostname: str) -> str:
+        name = hostname.split()[0]
+        if unsafe(name):
+            session.host_name = None
+            return str(replies.BAD_HELO_NAME)
+        session.host_name = name
+        return f"250 {server.hostname}"
+
+    # --- MAIL ----------------------------------------------------------------------------------
+
+    async def handle_MAIL(self, server: InboundSMTP, session: Session, envelope: Transaction, address: str,
+                          mail_options: list[str]) -> str:
+        """The reply to a well-formed `MAIL FROM:<address>`; records the sender when it is taken."""
+        verdict = await self.sender_verdict(server, address)
+        if verdict.code == 250:
+            envelope.mail_from = address
+            envelope.mail_options = list(mail_options)
+        return str(verdict)
+
+    async def sender_verdict(self, server: InboundSMTP, address: str) -> Reply:
+        """Whether this sender may start a transaction; the MX takes any (the submission port may not)."""
+        return replies.SENDER_OK
+
     # --- RCPT ----------------------------------------------------------------------------------
+
+    async def handle_RCPT(self, server: InboundSMTP, session: Session, envelope: Transaction, address: str,
+                          rcpt_options: list[str]) -> str:
+        """The reply to a well-formed `RCPT TO:<address>`; adds the recipient when it is taken."""
+        verdict, policy = await self.recipient_verdict(server, address)
+        if verdict.code == 250:
+            rejects = server.unverified_policy_applies() and self.rejects_unverified(policy)
+            if envelope.rcpt_tos and rejects != envelope.rejects_unverified:
+                verdict = replies.POLICY_MIXES
+            else:
+                envelope.rejects_unverified = rejects
+                if address not in envelope.rcpt_tos:
+                    envelope.rcpt_tos.append(address)
+        return str(verdict)
 
     async def recipient_verdict(self, server: InboundSMTP, address: str) -> tuple[Reply, str | None]:
         """The reply to `RCPT TO:<address>`, and the recipient domain's unverified-mail policy."""
@@ -187,13 +247,18 @@ class InboundHandler:
 
     # --- DATA ----------------------------------------------------------------------------------
 
-    async def deliver(self, server: InboundSMTP, content: bytes) -> tuple[Reply, str | None]:
+    async def handle_DATA(self, server: InboundSMTP, session: Session, envelope: Transaction) -> str:
+        """The reply once the message (`envelope.content`) has been read: 250 only once it is durable."""
+        result, envelope.queue_id = await self.deliver(server, envelope.content)
+        return str(result)
+
+    async def deliver(self, server: InboundSMTP, content: bytes | list[bytes]) -> tuple[Reply, str | None]:
         """Store and deliver a message received by DATA: (reply, queue id or None)."""
         envelope = server.delivery_envelope()
         try:
             # spamd is asked per message, before the batch, so that one slow verdict never holds
             # back the other sessions' messages (none when the spam check is off).
-            spam = await self.call(inbound.spam_verdict, envelope, content) if settings.MAIL_SPAMD else None
+            spam = await self.call(inbound.spam_verdict, envelope, inbound.joined(content)) if settings.MAIL_SPAMD else None
             receipt = await self.group_commit.deliver(envelope, content, spam, alone=server.registry.counts.total() <= 1)
         except (DatabaseError, OSError) as exc:
             log.warning("delivery failed: %s", exc)
@@ -204,9 +269,16 @@ class InboundHandler:
             return replies.ONLY_VERIFIED(domain=domain_of(envelope.rcpt_tos[0])), None
         except TemporaryFault:
             return replies.TEMPORARY_FAILURE, None
+        except Exception:
+            # Our fault with this one message (it failed alone: GroupCommit): 4xx, and the session goes on.
+            log.exception("delivery failed")
+            return replies.TEMPORARY_FAILURE, None
         return replies.QUEUED(queue_id=receipt.queue_id), receipt.queue_id
 
     # --- SOURCE (reverse-delivery.md §3, receiving role) ---------------------------------------
+
+    async def handle_SOURCE(self, server: InboundSMTP, session: Session, envelope: Transaction, source_id: str) -> str:
+        return str(await self.announce(server, source_id))
 
     async def announce(self, server: InboundSMTP, source_id: str) -> Reply:
         envelope = server.envelope

@@ -29,9 +29,6 @@ log = logging.getLogger("mailcore.smtp")
 LISTEN_BACKLOG = 512
 # How often a process that accepts only under load (Spillover) looks at the load.
 SPILLOVER_TICK = 0.01
-# The sessions' one receive buffer (InboundSMTP.get_buffer): what arrives is copied out at once,
-# and receiving into it spares the 256 KiB that asyncio allocates for every recv() of a plain Protocol.
-RECEIVE_BUFFER = 256 * 1024
 
 
 def shown_address(host: str, port: int) -> str:
@@ -155,7 +152,6 @@ class ConnectionRegistry:
         self.counts = counts or SharedCounts()
         self.sessions: set[InboundSMTP] = set()
         self.stopping = False
-        self.receive_buffer = memoryview(bytearray(RECEIVE_BUFFER))
 
     @classmethod
     def from_settings(cls, counts: SharedCounts | None = None) -> ConnectionRegistry:

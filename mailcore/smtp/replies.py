@@ -52,6 +52,7 @@ LINE_TOO_LONG = Reply(500, "5.5.2", "Command line too long (RFC 5321 §4.5.3.1.4
 BARE_LF = Reply(500, "5.5.2", "Syntax error: lines must end in CRLF (RFC 5321 §2.3.8)")
 NUL_IN_COMMAND = Reply(500, "5.5.2", "Syntax error: NUL character in command")
 BAD_SYNTAX = Reply(501, "5.5.4", "Syntax: {usage}")
+BAD_HELO_NAME = Reply(501, "5.5.4", "Syntax: EHLO domain or address literal, without control characters")
 BAD_SEQUENCE = Reply(503, "5.5.1", "{text}")
 NOT_SMTP = Reply(502, "5.5.1", "This is an SMTP server, not a web server")
 PARAMETER_UNKNOWN = Reply(555, "5.5.4", "Parameter {name} not recognized")

@@ -1,22 +1,27 @@
-"""The SMTP protocol of the inbound MX (RFC 5321) with SOURCE and GET (reverse-delivery.md).
+"""The SMTP session of the inbound MX (RFC 5321) with SOURCE and GET (reverse-delivery.md), on aiosmtpd.
 
-`InboundSMTP` is an asyncio protocol whose `smtp_VERB` coroutines follow aiosmtpd's shape: every
-reply carries an enhanced status code (RFC 2034), DATA is taken in whole chunks, and the limits
-of a public MX are enforced. Policy lives in the handler (handler.py).
-The submission listener subclasses it (`offers_auth`, `offers_source`, `unverified_policy_applies`,
-`delivery_envelope`, and its own handler's `recipient_verdict`).
+`InboundSMTP` is a subclass of aiosmtpd's `SMTP`: aiosmtpd reads the commands, dispatches them to
+`smtp_VERB` methods, and runs STARTTLS, AUTH and the session's state. Policy is in the handler
+(handler.py), asked through aiosmtpd's hooks (`handle_EHLO`, `handle_MAIL`, `handle_RCPT`,
+`handle_DATA`, `handle_SOURCE`). What is overridden, and why, is said in each override's
+docstring; in short: every reply carries an enhanced status code (RFC 2034), paths are parsed
+as RFC 5321 writes them, DATA is read in chunks, and the limits of a public MX are enforced.
+The submission listener subclasses it (submission.py).
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
+import functools
 import logging
 import re
 import ssl
-from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+import weakref
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
+from aiosmtpd.smtp import MISSING, SMTP, Envelope, TLSSetupException
 from django.conf import settings
 
 from mailcore.models import Transport, Verification
@@ -31,11 +36,19 @@ if TYPE_CHECKING:
     from mailcore.smtp.listener import ConnectionRegistry
 
 log = logging.getLogger("mailcore.smtp")
+# aiosmtpd logs every command line at INFO; our own log has one line per transaction.
+logging.getLogger("mail.log").setLevel(logging.WARNING)
 
 # RFC 5321 §4.5.3.1.4: 512 octets per command line, CRLF included. Extensions may add to it:
 # RFC 1870 §3 (SIZE) 26, RFC 6531 §3.4 (SMTPUTF8) 10, RFC 6152 (BODY=8BITMIME) 14.
 COMMAND_LINE_LIMIT = 512
 MAIL_LINE_LIMIT = COMMAND_LINE_LIMIT + 26 + 10 + 14
+# What the reader holds: twice this before it stops reading from the socket (asyncio's
+# StreamReader), so also what DATA takes at a time.
+READ_LIMIT = 128 * 1024
+DATA_CHUNK = 2 * READ_LIMIT
+# asyncio's default high-water mark for a transport's write buffer (64 KiB).
+WRITE_BUFFER_HIGH = 64 * 1024
 HTTP_METHODS = frozenset({"POST", "PUT", "HEAD", "OPTIONS", "CONNECT", "DELETE", "PATCH", "TRACE"})
 _HTTP_VERSION = re.compile(rb"\sHTTP/\d", re.IGNORECASE)
 # RFC 5321 §4.1.2 Path, leniently: an optional source route (§4.1.1.3 says to ignore it), and a
@@ -43,6 +56,40 @@ _HTTP_VERSION = re.compile(rb"\sHTTP/\d", re.IGNORECASE)
 _PATH = re.compile(r'\s*<(?:@[^:<>]*:)?(?P<path>(?:"(?:[^"\\]|\\.)*"|[^<>"\s])*)>(?P<params>.*)\Z')
 _BARE_PATH = re.compile(r"\s*(?P<path>[^<>\s]+)(?P<params>.*)\Z")
 _MAILBOX = re.compile(r'(?:"(?:[^"\\]|\\.)*"|[^@\s"]+)@[^@\s<>"]+\Z')
+# What no value that reaches a header may hold: the C0 controls (CR and LF among them), DEL, and
+# the surrogates that stand for octets that are not UTF-8 (aiosmtpd decodes with surrogateescape).
+_UNSAFE = re.compile("[\x00-\x1f\x7f\ud800-\udfff]")
+
+# aiosmtpd's own replies, which carry no enhanced status code (RFC 2034 §3 wants one on every
+# reply but the greeting, EHLO/HELO and 354), by how they begin: ours in their place.
+STOCK_REPLIES: list[tuple[str, Reply]] = [
+    ("500 Command line too long", replies.LINE_TOO_LONG),
+    ("500 Error: bad syntax", replies.COMMAND_UNRECOGNIZED),
+    ("500 Error: command", replies.COMMAND_UNRECOGNIZED),
+    ("503 Error: send HELO first", replies.NEED_HELO),
+    ("503 Error: send EHLO first", replies.NEED_HELO),
+    ("501 Syntax: HELO", replies.BAD_SYNTAX(usage="HELO hostname")),
+    ("501 Syntax: EHLO", replies.BAD_SYNTAX(usage="EHLO hostname")),
+    ("501 Syntax: QUIT", replies.BAD_SYNTAX(usage="QUIT")),
+    ("501 Syntax: RSET", replies.BAD_SYNTAX(usage="RSET")),
+    ("501 Syntax: STARTTLS", replies.BAD_SYNTAX(usage="STARTTLS")),
+    ("501 Syntax: VRFY", replies.BAD_SYNTAX(usage="VRFY address")),
+    ("250 OK", replies.OK),
+    ("221 Bye", replies.BYE),
+    ("220 Ready to start TLS", replies.READY_FOR_TLS),
+    ("454 TLS not available", replies.TLS_NOT_AVAILABLE),
+    ("252 Cannot VRFY", replies.VRFY_CANNOT),
+    ("502 Could not VRFY", replies.VRFY_CANNOT),
+    ("502 EXPN not implemented", replies.EXPN_DISABLED),
+    ("250 Supported commands", replies.HELP),
+    ("501 Supported commands", replies.HELP),
+    ("250 Syntax:", replies.HELP),
+    ("503 Already authenticated", Reply(503, "5.5.1", "Already authenticated")),
+    ("501 Not enough value", replies.BAD_SYNTAX(usage="AUTH mechanism [initial-response]")),
+    ("501 Too many values", replies.BAD_SYNTAX(usage="AUTH mechanism [initial-response]")),
+    ("501 5.7.0 Auth aborted", Reply(501, "5.0.0", "Authentication cancelled")),  # RFC 4954 §4: 5.0.0
+]
+_AUTH_ABORTED = "501 5.7.0 Auth aborted"
 
 
 @dataclass
@@ -78,18 +125,16 @@ def tls_context_from_settings() -> ssl.SSLContext | None:
     return context
 
 
-@dataclass
-class Transaction:
-    """One mail transaction (RFC 5321 §3.3). `mail_from` is None before MAIL, "" for <>."""
+class Transaction(Envelope):
+    """aiosmtpd's envelope, plus what our policy needs. `mail_from` is None before MAIL, "" for <>."""
 
-    mail_from: str | None = None
-    mail_options: list[str] = field(default_factory=list)
-    rcpt_tos: list[str] = field(default_factory=list)
-    smtp_utf8: bool = False
-    body_type: str = "7BIT"
-    # Whether the recipients so far are in domains that refuse unverified mail (§5): a
-    # transaction holds only one kind, so that DATA can be refused for all or none.
-    rejects_unverified: bool | None = None
+    def __init__(self) -> None:
+        super().__init__()
+        self.body_type = "7BIT"
+        self.queue_id: str | None = None  # set by handle_DATA once the message is stored
+        # Whether the recipients so far are in domains that refuse unverified mail (§5): a
+        # transaction holds only one kind, so that DATA can be refused for all or none.
+        self.rejects_unverified: bool | None = None
 
 
 def parse_path(text: str) -> tuple[str, str] | None:
@@ -100,160 +145,150 @@ def parse_path(text: str) -> tuple[str, str] | None:
     return match.group("path"), match.group("params").strip()
 
 
-# What a session holds of a client's input while a command is in progress (a slow delivery, a
-# SASL exchange): past it the transport stops reading, and TCP makes the client wait.
-INPUT_HELD = 256 * 1024
-# The longest command line kept while looking for its end; any line past 512 octets is refused
-# anyway, but only once its end has arrived (RFC 5321 §4.5.3.1.4).
-LINE_HELD = 32 * 1024
+def unsafe(text: str) -> bool:
+    """Whether `text` holds a control character or octets that are not UTF-8 (never into a header)."""
+    return _UNSAFE.search(text) is not None
 
 
-@dataclass
-class Session:
-    """What the client said about itself: the greeting, and (submission) who logged in."""
+class RefusedLine(Exception):
+    """A command line refused before aiosmtpd parses it; `closes`: the session ends after the reply."""
 
-    peer: tuple | str | None = None
-    host_name: str | None = None
-    extended_smtp: bool = False
-    mailbox_address: str | None = None  # the submission port's authenticated user
-
-
-class ClientGone(ConnectionResetError):
-    """The connection closed while a command waited for the client."""
+    def __init__(self, reply: Reply, closes: bool = False):
+        super().__init__(str(reply))
+        self.reply = reply
+        self.closes = closes
 
 
-class InboundSMTP(asyncio.BufferedProtocol):
-    """One SMTP session of the inbound MX.
+class CommandReader(asyncio.StreamReader):
+    """aiosmtpd's reader, with the checks every command line gets before aiosmtpd parses it.
 
-    A protocol, not a coroutine reading streams: commands are taken from the input in
-    `buffer_updated`, and each verb (`smtp_VERB`, as in aiosmtpd) is a coroutine run eagerly
-    (`run_command`): most of them (EHLO, MAIL, a RCPT whose verdict is cached, QUIT) finish
-    without waiting for anything, with no task, no stream and no future. One that waits (a
-    delivery, a SASL answer, a lookup) goes on as a task, and what the client pipelines
-    meanwhile stays in the input until it is done, so replies keep their order (RFC 2920 §3.1).
-    This replaced a subclass of aiosmtpd's protocol class (a stream reader, a writer and a task
-    per connection, a future per line): with the delivery left out, this one serves Postfix's
-    smtp-source, one message per connection, at 800-1,200 messages a second on two cores where
-    the bare aiosmtpd serves 400-600 (issue 8).
+    aiosmtpd reads a command with `readuntil()` and strips its line end, so that a bare LF ends
+    a command, a NUL reaches the parser, and an HTTP request gets a reply per header line. Here
+    those lines are refused, as a RefusedLine that aiosmtpd's command loop hands to
+    `handle_exception`. The session is held by a weak reference (it holds the reader).
     """
 
-    offers_auth = False  # AUTH belongs to the submission port, never to the MX (issue 3)
-    offers_source = True  # SOURCE and GET of reverse-delivery.md
-    _verbs: dict[str, Callable[..., Awaitable[None]]]  # by verb, per class (`verbs`)
+    def __init__(self, session: InboundSMTP, limit: int, loop: asyncio.AbstractEventLoop):
+        super().__init__(limit=limit, loop=loop)
+        self._session = weakref.ref(session)
 
-    def __init__(self, handler: InboundHandler, config: SMTPConfig, registry: ConnectionRegistry):
-        self.event_handler = handler
+    async def readuntil(self, separator: bytes = b"\n") -> bytes:
+        session = self._session()
+        if session is None or session.closing:
+            raise asyncio.CancelledError  # after QUIT, a refusal or a 421: nothing more is read
+        session.awaiting_command = True
+        try:
+            line = await super().readuntil(separator)
+        except asyncio.IncompleteReadError:
+            # The client closed (or half-closed after pipelining QUIT): what it sent is answered.
+            session.close()
+            raise asyncio.CancelledError from None
+        finally:
+            session.awaiting_command = False
+        session.check_command_line(line)
+        return line
+
+
+class FixedLimits(collections.defaultdict):
+    """Per-verb line limits that aiosmtpd's EHLO cannot grow.
+
+    aiosmtpd keeps `command_size_limits` in one dict shared by every session of the class, which
+    each EHLO adds to (MAIL += 26 for SIZE, += 10 for SMTPUTF8) and each new session clears:
+    the limits of one session would move with the others'. These stay as RFC 5321 sets them.
+    """
+
+    def __setitem__(self, key, value) -> None:
+        pass
+
+    def clear(self) -> None:
+        pass
+
+
+class InboundSMTP(SMTP):
+    """One SMTP session of the inbound MX."""
+
+    offers_auth = False  # AUTH belongs to the submission port, never to the MX
+    offers_source = True  # SOURCE and GET of reverse-delivery.md
+    # aiosmtpd measures a line without its CRLF; RFC 5321 counts it.
+    command_size_limit = COMMAND_LINE_LIMIT - 2
+    command_size_limits = FixedLimits(lambda: COMMAND_LINE_LIMIT - 2, {"MAIL": MAIL_LINE_LIMIT - 2})
+    line_length_limit = READ_LIMIT
+
+    def __init__(self, handler: InboundHandler, config: SMTPConfig, registry: ConnectionRegistry, **kwargs):
+        super().__init__(
+            handler,
+            data_size_limit=config.max_message_size,
+            enable_SMTPUTF8=True,
+            decode_data=False,
+            hostname=config.hostname,
+            ident="ESMTP",
+            tls_context=config.tls_context,
+            timeout=config.command_timeout,
+            **kwargs,
+        )
         self.config = config
         self.registry = registry
-        self.hostname = config.hostname
-        self.tls_context = config.tls_context
-        self.loop = asyncio.get_running_loop()
-        self.transport: asyncio.Transport | None = None
         self.client_address = ""
-        self.session = Session()
-        self.envelope = Transaction()
-        self.tls_started = False  # by STARTTLS (implicit TLS shows in the transport)
         self.bad_commands = 0
+        self.awaiting_command = False
+        self.in_data = False
+        self.refused = False
         self.asked_for_ids = False  # a GET was made in this session (the handler's guessing check)
-        self.inbox = bytearray()  # what the client sent that no command has taken yet
-        self.discarding = False  # inside an overlong line, dropping it up to its end
-        self.receiver: DataReceiver | None = None  # between 354 and the final dot
-        self.command: asyncio.Task | None = None  # the command that had to wait, if any
-        self.waiter: asyncio.Future | None = None  # that command, waiting for the client
-        self.writing_paused = False
-        self.reading_paused = False
-        self.lost = False
-        self.at_eof = False
-        self._deadline = 0.0
-        self._timeout_handle: asyncio.TimerHandle | None = None
+        self._corked = b""  # the lines of a multi-line reply so far
+        if not self.offers_auth:
+            self._smtp_methods.pop("AUTH", None)
+        if not self.offers_source:
+            self._smtp_methods.pop("SOURCE", None)
+            self._smtp_methods.pop("GET", None)
+        # The reader that checks command lines (CommandReader) in place of the plain one that
+        # aiosmtpd gave StreamReaderProtocol.__init__, before any connection has used it.
+        reader = CommandReader(self, READ_LIMIT, self.loop)
+        self._stream_reader_wr = weakref.ref(reader)
+        self._strong_reader = reader
 
-    @classmethod
-    def verbs(cls) -> dict[str, Callable[..., Awaitable[None]]]:
-        """The class's `smtp_VERB` methods by verb, found once per class."""
-        found = cls.__dict__.get("_verbs")
-        if found is None:
-            found = {name[5:]: getattr(cls, name) for name in dir(cls) if name.startswith("smtp_")}
-            if not cls.offers_auth:
-                found.pop("AUTH", None)
-            if not cls.offers_source:
-                found.pop("SOURCE", None)
-                found.pop("GET", None)
-            cls._verbs = found
-        return found
+    def __dir__(self) -> list[str]:
+        """Only the names aiosmtpd looks for in a new session (its verbs and AUTH mechanisms).
 
-    # --- the connection --------------------------------------------------------------------------
+        aiosmtpd's __init__ finds them with dir() and inspect.getmembers(), which read every
+        attribute of the session: a third of a millisecond per connection.
+        """
+        return _hook_names(type(self))
+
+    # --- the connection ------------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport
-        peer = transport.get_extra_info("peername")
-        self.session.peer = peer
-        if isinstance(peer, tuple) and peer:
-            self.client_address = str(peer[0])
-        refusal = self.registry.admit(self)
-        if refusal is not None:
-            self.write(f"{refusal}\r\n".encode())
-            self.close()
-            return
-        self._reset_timeout()
-        self.write(f"220 {self.hostname} ESMTP\r\n".encode())
-
-    def get_buffer(self, sizehint: int) -> memoryview:
-        return self.registry.receive_buffer
-
-    def buffer_updated(self, nbytes: int) -> None:
-        if self.closing:
-            return  # a client that talks on after QUIT, a refusal or a 421 is not listened to
-        self.inbox += self.registry.receive_buffer[:nbytes]
-        self._go_on()
-        if len(self.inbox) > INPUT_HELD and not self.reading_paused and not self.closing:
-            self.transport.pause_reading()
-            self.reading_paused = True
-
-    def _read_more(self) -> None:
-        """The input held has all been taken: let the transport read again if it was paused."""
-        if self.reading_paused:
-            self.reading_paused = False
-            self.transport.resume_reading()
-
-    def eof_received(self) -> bool:
-        # A pipelining client that half-closes after QUIT must still get its replies: what it
-        # sent is answered first, and the session then ends (`process`).
-        self.at_eof = True
-        self._go_on()
-        return True
+        """aiosmtpd's, after the connection caps (listener.ConnectionRegistry) have admitted it."""
+        if self._original_transport is None:  # a new connection, not the end of a STARTTLS
+            peer = transport.get_extra_info("peername")
+            if isinstance(peer, tuple) and peer:
+                self.client_address = str(peer[0])
+            refusal = self.registry.admit(self)
+            if refusal is not None:
+                self.refused = True
+                transport.write(f"{refusal}\r\n".encode())
+                transport.close()
+                return
+        super().connection_made(transport)
 
     def connection_lost(self, error: Exception | None) -> None:
-        if self.lost:
+        if self.refused:
             return
-        self.lost = True
-        if self._timeout_handle is not None:
-            self._timeout_handle.cancel()
-        if self.receiver is not None:
-            self._data_lost()
-        elif self.in_transaction and self.command is None:
+        if self.in_transaction and not self.in_data and self.session is not None:
             self.log_transaction("NOQUEUE", "lost connection before the end of the transaction")
         self.registry.release(self)
-        if self.waiter is not None:
-            self._wake()
-        # A command in progress (a delivery being committed) runs to its end; its reply goes nowhere.
+        super().connection_lost(error)
 
-    def pause_writing(self) -> None:
-        self.writing_paused = True
-
-    def resume_writing(self) -> None:
-        self.writing_paused = False
-        self._go_on()
-
-    def _go_on(self) -> None:
-        """Something the session waited for happened: wake the command that waits, or take the next."""
-        if self.waiter is not None:
-            self._wake()
-        elif self.command is None:
-            self.process()
+    def eof_received(self) -> bool | None:
+        """Replaces aiosmtpd's, which cancels the session at EOF: a pipelining client that
+        half-closes after QUIT must still get its replies, so the reader runs dry instead."""
+        if self.refused:
+            return False
+        keep_open = asyncio.StreamReaderProtocol.eof_received(self)
+        return False if self._tls_protocol is not None else keep_open
 
     @property
     def closing(self) -> bool:
-        return self.lost or self.transport is None or self.transport.is_closing()
+        return self.transport is None or self.transport.is_closing()
 
     def close(self) -> None:
         if self.transport is not None and not self.transport.is_closing():
@@ -261,19 +296,17 @@ class InboundSMTP(asyncio.BufferedProtocol):
 
     def shutdown_if_idle(self) -> bool:
         """Listener shutdown: close a session now if it waits for a command outside a transaction."""
-        if self.command is None and self.receiver is None and not self.in_transaction and not self.closing:
-            self.write(f"{replies.SHUTTING_DOWN}\r\n".encode())
+        if self.awaiting_command and not self.in_transaction and not self.closing:
+            self.transport.write(f"{replies.SHUTTING_DOWN}\r\n".encode())
             self.close()
             return True
         return False
 
-    # --- the command timer (RFC 5321 §4.5.3.2) ---------------------------------------------------
-    # One timer per session, moved on by activity and re-armed only when it fires: a timer per
-    # command was a tenth of the listener's CPU when each message came on a connection of its own.
-
     def _reset_timeout(self, duration: float | None = None) -> None:
-        """Close the session after `duration` (the command timeout) without another command."""
-        self._deadline = self.loop.time() + (duration or self.config.command_timeout)
+        """Replaces aiosmtpd's, which cancels and makes a timer for every command: one timer per
+        session whose deadline moves, re-armed only when it fires (a tenth of the CPU per message
+        with a connection per message)."""
+        self._deadline = self.loop.time() + (duration or self._timeout_duration)
         handle = self._timeout_handle
         if handle is None or handle.cancelled():
             self._timeout_handle = self.loop.call_at(self._deadline, self._timeout_check)
@@ -284,137 +317,31 @@ class InboundSMTP(asyncio.BufferedProtocol):
     def _timeout_check(self) -> None:
         if self.loop.time() < self._deadline:
             self._timeout_handle = self.loop.call_at(self._deadline, self._timeout_check)
-        elif not self.closing:
-            # RFC 5321 §4.5.3.2: the server may close after the timeout; say why first.
+        else:
+            self._timeout_cb()
+
+    def _timeout_cb(self) -> None:
+        """aiosmtpd's closes without a word; RFC 5321 §4.5.3.2 lets us close, saying why first."""
+        if not self.closing:
             log.info("%s: timeout", self.client_address)
-            self.write(f"{replies.TIMEOUT}\r\n".encode())
+            self.transport.write(f"{replies.TIMEOUT}\r\n".encode())
             self.close()
 
-    # --- commands, in order ----------------------------------------------------------------------
+    # --- command lines -------------------------------------------------------------------------
 
-    def process(self) -> None:
-        """Answer the commands received, until one has to wait or the input runs out."""
-        while self.command is None and not self.closing:
-            if self.writing_paused:
-                return  # resume_writing goes on: a client that does not read gets no more replies
-            if self.receiver is not None:
-                if not self._take_data():
-                    return
-                continue
-            line = self.next_line()
-            if line is None:
-                if self.at_eof:
-                    self.close()
-                else:
-                    self._read_more()
-                return
-            if self.registry.stopping and not self.in_transaction:
-                self.write(f"{replies.SHUTTING_DOWN}\r\n".encode())
-                self.close()
-                return
-            self.run_command(self._guarded(self._dispatch(line)))
-
-    def next_line(self) -> bytes | Reply | None:
-        """One command line with its line end; a Reply for a line far too long; None if none is complete."""
-        inbox = self.inbox
-        end = inbox.find(b"\n")
-        if end < 0:
-            if len(inbox) > LINE_HELD:
-                # Drop what is held and keep dropping to the line's end: memory stays flat.
-                self.discarding = True
-                inbox.clear()
-            return None
-        line = bytes(inbox[: end + 1])
-        del inbox[: end + 1]
-        if self.discarding:
-            self.discarding = False
-            return replies.LINE_TOO_LONG
-        return line
-
-    def run_command(self, command: Coroutine[Any, Any, None]) -> None:
-        """Run `command` at once, up to its end or to the first thing it has to wait for.
-
-        What asyncio's eager task factory does in Python 3.12: only a command that really
-        waits costs a task (`_resume`), and the next command is read only after it ends.
-        """
-        try:
-            awaited = command.send(None)
-        except StopIteration:
-            return
-        self.command = self.loop.create_task(self._resume(command, awaited))
-
-    async def _resume(self, command: Coroutine[Any, Any, None], awaited: Any) -> None:
-        try:
-            while True:
-                thrown = None
-                try:
-                    if awaited is None:  # a bare yield (asyncio.sleep(0))
-                        await asyncio.sleep(0)
-                    else:
-                        # As Task.__step does with what a coroutine yields: the future was
-                        # marked as being awaited, and awaiting it again here must not see that.
-                        awaited._asyncio_future_blocking = False
-                        await awaited
-                except BaseException as error:
-                    thrown = error
-                try:
-                    if thrown is not None and not (awaited is not None and awaited.done()):
-                        awaited = command.throw(thrown)  # this task was cancelled: so is the command
-                    else:
-                        awaited = command.send(None)  # it reads the future's outcome itself
-                except StopIteration:
-                    return
-        finally:
-            self.command = None
-            if not self.lost:
-                self.process()
-
-    async def _guarded(self, command: Awaitable[None]) -> None:
-        """A command, with what ends the session: an error cap, a vanished client, our own fault."""
-        try:
-            await command
-            if self.bad_commands >= self.config.max_bad_commands and not self.closing:
-                await self.push(str(replies.TOO_MANY_ERRORS))
-                self.close()
-        except (ConnectionError, ssl.SSLError):
-            self.close()
-        except Exception:
-            # Never a traceback to the client: our fault, temporary, and no internals shown.
-            log.exception("%s: unexpected error in the session", self.client_address)
-            if not self.closing:
-                self.write(f"{replies.TEMPORARY_FAILURE}\r\n".encode())
-
-    async def _dispatch(self, line: bytes | Reply) -> None:
-        if isinstance(line, Reply):
-            await self.reply(line)
-            return
-        if not line.endswith(b"\r\n"):
-            await self.reply(replies.BARE_LF)
-            return
-        line = line[:-2]
-        verb_bytes, _, arg_bytes = line.partition(b" ")
-        verb = verb_bytes.upper().decode("ascii", errors="replace")
-        if self.looks_like_http(verb, arg_bytes):
+    def check_command_line(self, line: bytes) -> None:
+        """Raise RefusedLine for a line aiosmtpd must not parse (CommandReader)."""
+        if self.registry.stopping and not self.in_transaction:
+            raise RefusedLine(replies.SHUTTING_DOWN, closes=True)
+        verb, _, arg = line.rstrip(b"\r\n").partition(b" ")
+        if self.looks_like_http(verb.upper().decode("ascii", "replace"), arg):
             # A browser abused to talk to this port: answer once and read nothing more (§6).
             log.info("%s: HTTP request on the SMTP port, closing", self.client_address)
-            await self.push(str(replies.NOT_SMTP))
-            self.close()
-            return
+            raise RefusedLine(replies.NOT_SMTP, closes=True)
+        if not line.endswith(b"\r\n") and line.endswith(b"\n"):
+            raise RefusedLine(replies.BARE_LF)
         if b"\x00" in line:
-            await self.reply(replies.NUL_IN_COMMAND)
-            return
-        limit = MAIL_LINE_LIMIT if verb == "MAIL" and self.session.extended_smtp else COMMAND_LINE_LIMIT
-        if len(line) + 2 > limit:
-            await self.reply(replies.LINE_TOO_LONG)
-            return
-        method = self.verbs().get(verb) if verb.isalpha() else None
-        if method is None:
-            log.info("%s: unrecognized command %r", self.client_address, verb[:20])
-            await self.reply(replies.COMMAND_UNRECOGNIZED)
-            return
-        arg = arg_bytes.strip().decode("utf-8", errors="surrogateescape") or None
-        self._reset_timeout()
-        await method(self, arg)
+            raise RefusedLine(replies.NUL_IN_COMMAND)
 
     @staticmethod
     def looks_like_http(verb: str, arg: bytes) -> bool:
@@ -424,159 +351,73 @@ class InboundSMTP(asyncio.BufferedProtocol):
             return True
         return bool(_HTTP_VERSION.search(arg))
 
-    # --- talking to the client -------------------------------------------------------------------
+    async def handle_exception(self, error: Exception) -> str:
+        """Replaces aiosmtpd's "500 Error: (Type) text": a refused line gets its reply, and our
+        own fault a temporary one, with no internals shown."""
+        if isinstance(error, RefusedLine):
+            if error.closes:
+                self.close_after_reply()
+            return str(error.reply)
+        if isinstance(error, TLSSetupException):
+            log.info("%s: TLS handshake failed: %s", self.client_address, error.__cause__)
+            return ""
+        log.exception("%s: unexpected error in the session", self.client_address)
+        return str(replies.TEMPORARY_FAILURE)
 
-    def write(self, data: bytes) -> None:
-        if not self.closing:
-            self.transport.write(data)
+    _close_after_reply = False
+
+    def close_after_reply(self) -> None:
+        """The session ends once the next reply is written (push)."""
+        self._close_after_reply = True
+
+    # --- replies -------------------------------------------------------------------------------
 
     async def push(self, status: str | bytes) -> None:
-        """Send one reply line; wait only while the client does not read what it was sent."""
-        if self.lost:
-            raise ConnectionResetError("connection lost")
-        self.write((status.encode() if isinstance(status, str) else status) + b"\r\n")
-        if self.writing_paused:
-            await self.drain()
+        """aiosmtpd's, with four differences:
 
-    async def drain(self) -> None:
-        """Until the transport's buffer is below its high-water mark again."""
-        while self.writing_paused and not self.lost:
-            await self._wait_for_client()
-        if self.lost:
-            raise ConnectionResetError("connection lost")
+        - aiosmtpd's own replies get an enhanced status code (STOCK_REPLIES, RFC 2034 §3);
+        - the lines of a multi-line reply go in one write (one TCP segment, not one per line);
+        - 5xx replies count toward the session's error cap, which ends it with 421;
+        - it waits for the client only while the transport holds more than its high-water mark,
+          where aiosmtpd drains after every reply.
+        """
+        if self.closing:
+            return
+        if isinstance(status, str):
+            status = _with_status_code(status).encode("utf-8", "surrogateescape")
+        if status[3:4] == b"-":
+            self._corked += status + b"\r\n"
+            return
+        data, self._corked = self._corked + status + b"\r\n", b""
+        self.transport.write(data)
+        if status[:1] == b"5":
+            self.bad_commands += 1
+            if self.bad_commands >= self.config.max_bad_commands:
+                self.transport.write(f"{replies.TOO_MANY_ERRORS}\r\n".encode())
+                self.close()
+        if self._close_after_reply:
+            self.close()
+        if self.transport.get_write_buffer_size() > WRITE_BUFFER_HIGH:
+            await self._writer.drain()
 
     async def reply(self, reply: Reply | str) -> None:
-        """Send one reply; 5xx replies count toward the session's error cap."""
-        if isinstance(reply, Reply) and reply.code >= 500:
-            self.bad_commands += 1
         await self.push(str(reply))
 
-    async def read_line(self) -> bytes | Reply | None:
-        """A line inside a command (a SASL answer), as `next_line`; None once the client has gone."""
-        while (line := self.next_line()) is None:
-            if self.lost or self.at_eof:
-                return None
-            self._read_more()
-            await self._wait_for_client()
-        return line
+    # --- the transaction's state ---------------------------------------------------------------
 
-    async def _wait_for_client(self) -> None:
-        """Until the client sends something, reads what it was sent, or goes."""
-        self.waiter = self.loop.create_future()
-        try:
-            await self.waiter
-        finally:
-            self.waiter = None
-
-    def _wake(self) -> None:
-        if self.waiter is not None and not self.waiter.done():
-            self.waiter.set_result(None)
-
-    # --- the transaction's state -----------------------------------------------------------------
+    def _create_envelope(self) -> Transaction:
+        return Transaction()
 
     @property
     def in_transaction(self) -> bool:
-        return self.envelope.mail_from is not None
+        return self.envelope is not None and self.envelope.mail_from is not None
 
     def _end_transaction(self) -> None:
         """Forget the transaction: after RSET, a new greeting, STARTTLS, or the end of DATA."""
-        self.envelope = Transaction()
+        self._set_post_data_state()
 
     def tls_active(self) -> bool:
-        return self.tls_started or bool(self.transport and self.transport.get_extra_info("ssl_object"))
-
-    # --- session verbs -------------------------------------------------------------------------
-
-    def ehlo_keywords(self) -> list[str]:
-        """The EHLO keywords (RFC 5321 §4.1.1.1), each honoured by this class."""
-        keywords = [
-            "PIPELINING",  # RFC 2920: replies are sent in order, one command at a time
-            f"SIZE {self.config.max_message_size}",  # RFC 1870
-            "8BITMIME",  # RFC 6152
-            "SMTPUTF8",  # RFC 6531
-            "ENHANCEDSTATUSCODES",  # RFC 2034
-        ]
-        if self.tls_context and not self.tls_active():
-            keywords.append("STARTTLS")  # RFC 3207
-        if self.offers_source:
-            keywords.append("SOURCE")  # reverse-delivery.md §2
-        return keywords
-
-    async def smtp_EHLO(self, arg: str | None) -> None:
-        if not arg:
-            await self.reply(replies.BAD_SYNTAX(usage="EHLO hostname"))
-            return
-        self._end_transaction()
-        self.session.extended_smtp = True
-        self.session.host_name = arg.split()[0]
-        lines = [self.hostname, *self.ehlo_keywords()]
-        # One write: one TCP segment and one wake-up of the client, not one per line (issue 8:
-        # with TCP_NODELAY each line was a send(2) and a segment of its own, 6 of 13 a message).
-        await self.push("".join(f"250-{text}\r\n" for text in lines[:-1]) + f"250 {lines[-1]}")
-
-    async def smtp_HELO(self, arg: str | None) -> None:
-        if not arg:
-            await self.reply(replies.BAD_SYNTAX(usage="HELO hostname"))
-            return
-        self._end_transaction()
-        self.session.extended_smtp = False
-        self.session.host_name = arg.split()[0]
-        await self.push(f"250 {self.hostname}")
-
-    async def smtp_NOOP(self, arg: str | None) -> None:
-        await self.reply(replies.OK)
-
-    async def smtp_RSET(self, arg: str | None) -> None:
-        if arg:
-            await self.reply(replies.BAD_SYNTAX(usage="RSET"))
-            return
-        self._end_transaction()
-        await self.reply(replies.OK)
-
-    async def smtp_QUIT(self, arg: str | None) -> None:
-        await self.reply(replies.BYE)
-        self.close()
-
-    async def smtp_HELP(self, arg: str | None) -> None:
-        await self.reply(replies.HELP)
-
-    async def smtp_VRFY(self, arg: str | None) -> None:
-        # RFC 5321 §3.5.3: 252 is allowed and tells harvesters nothing.
-        if not arg:
-            await self.reply(replies.BAD_SYNTAX(usage="VRFY address"))
-            return
-        await self.reply(replies.VRFY_CANNOT)
-
-    async def smtp_EXPN(self, arg: str | None) -> None:
-        await self.reply(replies.EXPN_DISABLED)
-
-    async def smtp_STARTTLS(self, arg: str | None) -> None:
-        if arg:
-            await self.reply(replies.BAD_SYNTAX(usage="STARTTLS"))
-            return
-        if not self.tls_context:
-            await self.reply(replies.TLS_NOT_AVAILABLE)
-            return
-        if self.tls_active():
-            await self.reply(replies.TLS_ALREADY_ACTIVE)
-            return
-        await self.reply(replies.READY_FOR_TLS)
-        # RFC 3207 §4 and CVE-2011-0411: what the client pipelined after STARTTLS came in
-        # plaintext and must not be read as if it came through TLS; and not one more read in
-        # plaintext, as the ClientHello is for the TLS layer (start_tls resumes reading).
-        self.inbox.clear()
-        self.transport.pause_reading()
-        try:
-            self.transport = await self.loop.start_tls(self.transport, self, self.tls_context, server_side=True)
-        except (OSError, ssl.SSLError, TimeoutError) as error:
-            # A failed handshake closes the connection without telling this protocol.
-            log.info("%s: TLS handshake failed: %s", self.client_address, error)
-            self.connection_lost(error)
-            return
-        # RFC 3207 §4.2: the session starts over, forgetting what was said before TLS.
-        self.tls_started = True
-        self.session = Session(peer=self.session.peer)
-        self._end_transaction()
+        return self._tls_protocol is not None or bool(self.transport and self.transport.get_extra_info("ssl_object"))
 
     def _tls_description(self) -> str:
         ssl_object = self.transport.get_extra_info("ssl_object") if self.transport else None
@@ -585,15 +426,40 @@ class InboundSMTP(asyncio.BufferedProtocol):
         cipher = ssl_object.cipher()
         return f"{ssl_object.version()} with cipher {cipher[0]}" if cipher else ssl_object.version() or "TLS"
 
+    # --- session verbs: aiosmtpd's, with the handler's handle_EHLO / handle_HELO --------------
+
+    async def smtp_STARTTLS(self, arg: str | None) -> None:
+        """aiosmtpd's, which would start TLS again inside TLS: refused once TLS is active."""
+        if self.tls_active() and not arg:
+            await self.reply(replies.TLS_ALREADY_ACTIVE)
+            return
+        await super().smtp_STARTTLS(arg)
+
+    def ehlo_keywords(self) -> list[str]:
+        """The EHLO keywords (RFC 5321 §4.1.1.1), each honoured by this class (handler.handle_EHLO)."""
+        keywords = [
+            "PIPELINING",  # RFC 2920: aiosmtpd answers one command at a time, in order
+            f"SIZE {self.config.max_message_size}",  # RFC 1870
+            "8BITMIME",  # RFC 6152
+            "SMTPUTF8",  # RFC 6531
+            "ENHANCEDSTATUSCODES",  # RFC 2034: every reply, aiosmtpd's too (push)
+        ]
+        if self.tls_context and not self.tls_active():
+            keywords.append("STARTTLS")  # RFC 3207
+        if self.offers_source:
+            keywords.append("SOURCE")  # reverse-delivery.md §2
+        return keywords
+
+    async def smtp_EXPN(self, arg: str | None) -> None:
+        await self.reply(replies.EXPN_DISABLED)
+
     # --- mail transaction (RFC 5321 §3.3) ------------------------------------------------------
 
-    async def _check_helo(self) -> bool:
-        if not self.session.host_name:
-            await self.reply(replies.NEED_HELO)
-            return False
-        return True
+    async def _transaction_refusal(self, verb: str) -> bool:
+        """aiosmtpd's checks before MAIL, RCPT and DATA (greeting, AUTH where required)."""
+        return await self.check_helo_needed() or await self.check_auth_needed(verb)
 
-    def _parse_address_argument(self, keyword: str, arg: str | None) -> tuple[str, list[str]] | None:
+    def _address_argument(self, keyword: str, arg: str | None) -> tuple[str, list[str]] | None:
         if not arg or not arg[: len(keyword)].upper() == keyword:
             return None
         parsed = parse_path(arg[len(keyword):])
@@ -603,12 +469,15 @@ class InboundSMTP(asyncio.BufferedProtocol):
         return address, params.split()
 
     async def smtp_MAIL(self, arg: str | None) -> None:
-        if not await self._check_helo():
+        """Replaces aiosmtpd's, which parses the path with the RFC 5322 header parser (comments
+        dropped, `<not an address>` made a quoted local part, `<>` kept as the text "<>") and
+        answers without enhanced status codes. The sender's policy is the handler's handle_MAIL."""
+        if await self._transaction_refusal("MAIL"):
             return
         if self.in_transaction:
             await self.reply(replies.NESTED_MAIL)
             return
-        parsed = self._parse_address_argument("FROM:", arg)
+        parsed = self._address_argument("FROM:", arg)
         if parsed is None:
             await self.reply(replies.BAD_SYNTAX(usage="MAIL FROM:<address>"))
             return
@@ -616,53 +485,48 @@ class InboundSMTP(asyncio.BufferedProtocol):
         if params and not self.session.extended_smtp:
             await self.reply(replies.BAD_SYNTAX(usage="MAIL FROM:<address> (no parameters after HELO)"))
             return
-        smtputf8 = False
-        body_type = "7BIT"
+        options = {"BODY": "7BIT", "SMTPUTF8": False}
         for param in params:
             name, eq, value = param.partition("=")
             name = name.upper()
+            if unsafe(param):
+                await self.reply(replies.BAD_SYNTAX(usage=f"MAIL FROM:<address> {name[:20]}=..."))
+                return
             if name == "SIZE" and value.isdigit():
                 # RFC 1870 §6: refuse at once what would be refused after DATA.
                 if int(value) > self.config.max_message_size:
                     await self.reply(replies.MESSAGE_SIZE_EXCEEDS_LIMIT)
                     return
             elif name == "BODY" and value.upper() in ("7BIT", "8BITMIME"):
-                body_type = value.upper()
+                options["BODY"] = value.upper()
             elif name == "SMTPUTF8" and not eq:
-                smtputf8 = True
+                options["SMTPUTF8"] = True
             elif name in ("SIZE", "BODY", "SMTPUTF8"):
                 await self.reply(replies.BAD_SYNTAX(usage=f"MAIL FROM:<address> {name}=..."))
                 return
             else:
                 await self.reply(replies.PARAMETER_UNKNOWN(name=name[:20]))
                 return
-        if address and not _MAILBOX.match(address):
+        if unsafe(address) or (address and not _MAILBOX.match(address)):
             await self.reply(replies.BAD_SENDER_SYNTAX)
             return
-        if not address.isascii() and not smtputf8:
+        if not address.isascii() and not options["SMTPUTF8"]:
             await self.reply(replies.NON_ASCII_ADDRESS)
             return
-        verdict = await self.sender_verdict(address)
-        if verdict.code != 250:
-            await self.reply(verdict)
-            return
-        self.envelope.mail_from = address
-        self.envelope.mail_options = params
-        self.envelope.smtp_utf8 = smtputf8
-        self.envelope.body_type = body_type
-        await self.reply(verdict)
-
-    async def sender_verdict(self, address: str) -> Reply:
-        """Whether this sender may start a transaction; the MX takes any (a subclass may not)."""
-        return replies.SENDER_OK
+        self.envelope.smtp_utf8 = options["SMTPUTF8"]
+        self.envelope.body_type = options["BODY"]
+        status = await self._call_handler_hook("MAIL", address, params)
+        await self.push(str(replies.SENDER_OK) if status is MISSING else status)
 
     async def smtp_RCPT(self, arg: str | None) -> None:
-        if not await self._check_helo():
+        """Replaces aiosmtpd's for the reasons of smtp_MAIL; the recipient's policy is the
+        handler's handle_RCPT."""
+        if await self._transaction_refusal("RCPT"):
             return
         if not self.in_transaction:
             await self.reply(replies.NEED_MAIL)
             return
-        parsed = self._parse_address_argument("TO:", arg)
+        parsed = self._address_argument("TO:", arg)
         if parsed is None:
             await self.reply(replies.BAD_SYNTAX(usage="RCPT TO:<address>"))
             return
@@ -670,7 +534,7 @@ class InboundSMTP(asyncio.BufferedProtocol):
         if params:
             await self.reply(replies.PARAMETER_UNKNOWN(name=params[0].partition("=")[0].upper()[:20]))
             return
-        if not _MAILBOX.match(address):
+        if unsafe(address) or not _MAILBOX.match(address):
             await self.reply(replies.BAD_RECIPIENT_SYNTAX)
             return
         if not address.isascii() and not self.envelope.smtp_utf8:
@@ -680,23 +544,18 @@ class InboundSMTP(asyncio.BufferedProtocol):
             # RFC 5321 §4.5.3.1.10: 452, and the client sends the rest in another transaction.
             await self.reply(replies.TOO_MANY_RECIPIENTS)
             return
-        verdict, policy = await self.event_handler.recipient_verdict(self, address)
-        if verdict.code == 250:
-            rejects = self.unverified_policy_applies() and self.event_handler.rejects_unverified(policy)
-            if self.envelope.rcpt_tos and rejects != self.envelope.rejects_unverified:
-                verdict = replies.POLICY_MIXES
-            else:
-                self.envelope.rejects_unverified = rejects
-                if address not in self.envelope.rcpt_tos:
-                    self.envelope.rcpt_tos.append(address)
-        await self.reply(verdict)
+        status = await self._call_handler_hook("RCPT", address, params)
+        await self.push(str(replies.RECIPIENT_OK) if status is MISSING else status)
 
     def unverified_policy_applies(self) -> bool:
         """Mail through this listener is unverified unless it is announced with SOURCE."""
         return True
 
     async def smtp_DATA(self, arg: str | None) -> None:
-        if not await self._check_helo():
+        """Replaces aiosmtpd's, which reads the message a line at a time into a list in memory:
+        here it is read in chunks of up to DATA_CHUNK octets (data.DataReceiver finds the end,
+        unstuffs, and checks the lines), and the transaction ends whatever the outcome."""
+        if await self._transaction_refusal("DATA"):
             return
         if not self.in_transaction:
             await self.reply(replies.NEED_MAIL)
@@ -715,51 +574,47 @@ class InboundSMTP(asyncio.BufferedProtocol):
             await self.reply(refusal)
             return
         await self.push(str(replies.START_MAIL_INPUT))
-        self.receiver = DataReceiver(self.config.max_message_size)
-        self._reset_timeout(self.config.data_timeout)
-
-    def _take_data(self) -> bool:
-        """Feed the input to the message being received (`process`); False until more arrives."""
-        receiver = self.receiver
-        if not self.inbox:
-            if self.at_eof:
-                self._data_lost()
-            else:
-                self._read_more()
-            return False
-        self._reset_timeout(self.config.data_timeout)  # RFC 5321 §4.5.3.2.5: per data block
-        receiver.feed(self.inbox)
-        self.inbox.clear()
-        if receiver.abandoned:
-            self.receiver = None
-            self.log_transaction("NOQUEUE", f"{replies.DATA_TOO_BIG} (closed)", size=receiver.received)
+        try:
+            status = await self._receive_data()
+        finally:
             self._end_transaction()
-            self.write(f"{replies.DATA_TOO_BIG}\r\n".encode())
-            self.close()
-            return False
-        if receiver.done:
-            self.receiver = None
-            # Commands pipelined after the final dot wait for the message's reply.
-            self.inbox += receiver.leftover
-            self.run_command(self._guarded(self._message_received(receiver)))
-        return True
+        if status is not None:
+            await self.push(status)
 
-    def _data_lost(self) -> None:
-        """The client went before the final dot: nothing is stored (RFC 5321 §4.1.1.4)."""
-        self.receiver = None
-        self.log_transaction("NOQUEUE", "lost connection in DATA")
-        self._end_transaction()
-        self.close()
-
-    async def _message_received(self, receiver: DataReceiver) -> None:
+    async def _receive_data(self) -> str | None:
+        """Read the message to its final dot and hand it to handle_DATA: the reply, or None when closed."""
+        receiver = DataReceiver(self.config.max_message_size)
+        self.in_data = True
+        try:
+            while not receiver.done:
+                self._reset_timeout(self.config.data_timeout)  # RFC 5321 §4.5.3.2.5: per data block
+                chunk = await self._reader.read(DATA_CHUNK)
+                if not chunk:
+                    # Unterminated DATA: nothing is stored (RFC 5321 §4.1.1.4).
+                    self.log_transaction("NOQUEUE", "lost connection in DATA")
+                    self.close()
+                    return None
+                receiver.feed(chunk)
+                if receiver.abandoned:
+                    self.log_transaction("NOQUEUE", f"{replies.DATA_TOO_BIG} (closed)", size=receiver.received)
+                    self.close_after_reply()
+                    return str(replies.DATA_TOO_BIG)
+        except asyncio.CancelledError:
+            self.log_transaction("NOQUEUE", "lost connection in DATA")
+            raise
+        finally:
+            self.in_data = False
+        if receiver.leftover:
+            # Commands pipelined after the final dot go back to the reader for aiosmtpd's loop.
+            self._reader._buffer[0:0] = receiver.leftover
         outcome = receiver.outcome()
         if outcome.problem is not None:
-            result, queue_id = outcome.problem, None
-        else:
-            result, queue_id = await self.event_handler.deliver(self, outcome.content)
-        self.log_transaction(queue_id or "NOQUEUE", str(result), size=outcome.received)
-        self._end_transaction()
-        await self.reply(result)
+            self.log_transaction("NOQUEUE", str(outcome.problem), size=outcome.received)
+            return str(outcome.problem)
+        self.envelope.content = self.envelope.original_content = outcome.content
+        status = await self._call_handler_hook("DATA")
+        self.log_transaction(self.envelope.queue_id or "NOQUEUE", status, size=outcome.received)
+        return status
 
     def received_protocol(self) -> str:
         """RFC 3848 / RFC 6531 §3.7.3 `with` keyword for the Received header."""
@@ -799,27 +654,28 @@ class InboundSMTP(asyncio.BufferedProtocol):
         )
 
     # --- SOURCE: reverse-delivery.md §3 (receiving role) ---------------------------------------
+    # aiosmtpd gives a verb of our own no state checks: each is made here, in the spec's order.
 
     async def smtp_SOURCE(self, arg: str | None) -> None:
         reply = await self._source(arg)
         if self.in_transaction:
-            self.log_transaction("NOQUEUE" if reply.code != 250 else f"SOURCE {arg}", str(reply))
+            self.log_transaction("NOQUEUE" if not reply.startswith("250") else f"SOURCE {arg}", reply)
         # "After any reply the transaction is over, exactly as after DATA's final reply."
         self._end_transaction()
-        await self.reply(reply)
+        await self.push(reply)
 
-    async def _source(self, arg: str | None) -> Reply:
+    async def _source(self, arg: str | None) -> str:
         if not self.session.host_name or not self.session.extended_smtp:
-            return replies.SOURCE_NEED_EHLO
+            return str(replies.SOURCE_NEED_EHLO)
         if not self.in_transaction:
-            return replies.SOURCE_NEED_MAIL
+            return str(replies.SOURCE_NEED_MAIL)
         if not self.envelope.rcpt_tos:
-            return replies.SOURCE_NEED_RCPT
+            return str(replies.SOURCE_NEED_RCPT)
         if not arg or not is_source_id(arg):
-            return replies.SOURCE_BAD_ID
+            return str(replies.SOURCE_BAD_ID)
         if self.envelope.mail_from == "":
-            return replies.SOURCE_NULL_SENDER
-        return await self.event_handler.announce(self, arg)
+            return str(replies.SOURCE_NULL_SENDER)
+        return await self._call_handler_hook("SOURCE", arg)
 
     # --- GET: reverse-delivery.md §4 (origin role) ---------------------------------------------
 
@@ -837,8 +693,8 @@ class InboundSMTP(asyncio.BufferedProtocol):
         if reply is replies.GET_TOO_MANY_UNKNOWN:
             # spec §6 "Guessing ids": too many unknown ids from this address this minute.
             log.warning("%s: too many unknown GET ids, closing", self.client_address)
-            await self.push(str(reply))
-            self.close()
+            self.close_after_reply()
+            await self.reply(reply)
             return
         if body is None:
             log.info("GET %s: client=[%s], result=%s", arg, self.client_address, reply)
@@ -850,13 +706,13 @@ class InboundSMTP(asyncio.BufferedProtocol):
             log.exception("GET %s: the stored body cannot be read", arg)
             await self.reply(replies.TEMPORARY_FAILURE)
             return
-        await self.push(str(reply))
+        await self.reply(reply)
         stuffer = DotStuffer()
         try:
             async for chunk in self.event_handler.body_chunks(stream):
-                self.write(stuffer.feed(chunk))
+                self._writer.write(stuffer.feed(chunk))
                 self._reset_timeout(self.config.data_timeout)
-                await self.drain()
+                await self._writer.drain()
         except OSError:
             # Half a body was sent: only closing without the final dot tells the client (§4).
             log.exception("GET %s: reading the stored body failed mid-transfer, closing", arg)
@@ -864,3 +720,18 @@ class InboundSMTP(asyncio.BufferedProtocol):
             return
         await self.push(stuffer.finish()[:-2])
         log.info("GET %s: client=[%s], size=%s, result=%s", arg, self.client_address, body.size, reply)
+
+
+def _with_status_code(status: str) -> str:
+    """aiosmtpd's own reply `status` as ours (STOCK_REPLIES); any other reply as it is."""
+    if status[3:4] == "-" or (status[4:5].isdigit() and status != _AUTH_ABORTED):
+        return status  # a line of a multi-line reply, or one with an enhanced status code already
+    for prefix, reply in STOCK_REPLIES:
+        if status.startswith(prefix):
+            return str(reply)
+    return status
+
+
+@functools.cache
+def _hook_names(cls: type) -> list[str]:
+    return [name for name in dir(cls) if name.startswith(("smtp_", "auth_"))]
