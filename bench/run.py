@@ -138,6 +138,21 @@ def smtp_labels(args) -> list[str]:
     return [f"{s}, {n} session{'s' if n > 1 else ''}" for s, _ in chosen_sizes(args) for n in chosen_sessions(args)]
 
 
+def start_mailcore(shape: str, env: dict[str, str], port: int, workdir: Path) -> Process:
+    """The MX as `make run` starts it (`runmail`: every listener, the web UI and qcluster, on the
+    same database and broker), or with --shape runsmtp the MX listener alone."""
+    if shape == "runsmtp":
+        return Process.manage(["runsmtp", "--bind", f"{HOST}:{port}"], env, workdir / "runsmtp.log")
+    env = dict(
+        env,
+        MAIL_SMTP_BIND=f"{HOST}:{port}",
+        MAIL_SUBMISSION_BIND=f"{HOST}:{project.free_port()}",
+        MAIL_POP3_BIND=f"{HOST}:{project.free_port()}",
+        MAIL_WEB_BIND=f"{HOST}:{project.free_port()}",
+    )
+    return Process.manage(["runmail"], env, workdir / "runmail.log")
+
+
 def bench_smtp(args, workdir: Path, template: project.Template, results: Results) -> None:
     recipient = f"{SMTP_USER}@{DOMAIN}"
     for round_no in range(args.rounds):
@@ -148,8 +163,8 @@ def bench_smtp(args, workdir: Path, template: project.Template, results: Results
         servers: dict[str, int] = {}
         mailcore = bare = postfix = None
         try:
-            mailcore = Process.manage(["runsmtp", "--bind", f"{HOST}:{port}"], env, workdir / "runsmtp.log")
-            project.wait_for_port(HOST, port, mailcore.proc)
+            mailcore = start_mailcore(args.shape, env, port, workdir)
+            project.wait_for_port(HOST, port, mailcore.proc, timeout=60)
             servers["mailcore"] = port
             bare_port = project.free_port()
             bare = Process([sys.executable, str(Path(__file__).with_name("bare_smtp.py")), HOST, str(bare_port)], env,
@@ -609,6 +624,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--peers", action="store_true", help="also measure Postfix and Dovecot (installed from Debian)")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--shape", choices=("runmail", "runsmtp"), default="runmail",
+                        help="SMTP: the MX as `make run` starts it (with qcluster and the other roles), or alone")
     parser.add_argument("--scale", type=float, default=1.0, help="multiplies the SMTP message counts")
     parser.add_argument("--only", default="smtp,pop3,source,memory", help="comma-separated sections")
     parser.add_argument("--sizes", default="", help="SMTP message sizes to run, e.g. 1,10 (KB; default all)")
