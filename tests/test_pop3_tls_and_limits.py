@@ -22,6 +22,7 @@ from tests.pop3_support import (
     start_pop3_process,
     wait_for_log,
 )
+from tests.sockets import peak_rss_kb
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -171,14 +172,6 @@ def test_sigterm_closes_an_idle_session_after_the_grace_period_without_update(ma
     assert Delivery.objects.get().state == DeliveryState.INBOX
 
 
-def _peak_rss_kb(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    raise AssertionError("no VmHWM")
-
-
 def test_retr_of_a_large_message_streams_in_constant_memory(mailbox, server_factory):
     line = b"x" * 998 + b"\r\n"
     deliver(b"Subject: big\r\n\r\n" + line * 40_000)  # 40 MB
@@ -187,7 +180,7 @@ def test_retr_of_a_large_message_streams_in_constant_memory(mailbox, server_fact
     raw.login()
     raw.cmd("LIST")  # the first listing reads the body once to count it
     raw.multiline()
-    before = _peak_rss_kb(server.proc.pid)
+    before = peak_rss_kb(server.proc.pid)
     assert raw.cmd("RETR 1").startswith(b"+OK")
     received = 0
     raw.sock.settimeout(20)
@@ -198,7 +191,7 @@ def test_retr_of_a_large_message_streams_in_constant_memory(mailbox, server_fact
         received += len(data)
         tail = (tail + data)[-5:]
     assert received > 39_000_000
-    grown_mb = (_peak_rss_kb(server.proc.pid) - before) / 1024
+    grown_mb = (peak_rss_kb(server.proc.pid) - before) / 1024
     assert grown_mb < 10, f"the server's peak memory grew by {grown_mb:.1f} MB for a 40 MB message"
     raw.cmd("QUIT")
 

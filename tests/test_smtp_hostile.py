@@ -15,6 +15,7 @@ from mailcore.smtp import replies
 from mailcore.store import message_store
 from tests import smtp_wire
 from tests.smtp_wire import RawSMTP, starts
+from tests.sockets import peak_rss_kb
 
 mx = smtp_wire.mx  # the fixture that starts `runsmtp`
 
@@ -161,19 +162,11 @@ def test_forged_verdicts_do_not_reach_the_mailbox(mx, b_test):
     assert rest == b"X-Spam-Status: in the body, which is the sender's own business\r\n"
 
 
-def _rss_kb(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    raise AssertionError("no VmHWM")
-
-
 def test_three_big_messages_of_short_lines_hold_little_memory_and_block_no_one(mx, b_test):
     server = mx(MAIL_SMTP_PROCESSES="1")
     with smtplib.SMTP("127.0.0.1", server.port) as warm:  # the first message loads what it needs
         warm.sendmail("alice@remote.test", ["bob@b.test"], b"Subject: warm\r\n\r\nhi\r\n")
-    before = _rss_kb(server.proc.pid)
+    before = peak_rss_kb(server.proc.pid)
     body = b"Subject: big\r\n\r\n" + b"xy\r\n" * (20 * 1024 * 1024 // 4)
     results: list[bytes] = []
     noop_times: list[float] = []
@@ -208,7 +201,7 @@ def test_three_big_messages_of_short_lines_hold_little_memory_and_block_no_one(m
     done.set()
     watcher.join(timeout=30)
     assert len(results) == 3 and all(starts(r, replies.QUEUED) for r in results), results
-    grown_mb = (_rss_kb(server.proc.pid) - before) / 1024
+    grown_mb = (peak_rss_kb(server.proc.pid) - before) / 1024
     assert grown_mb < 100, f"runsmtp grew by {grown_mb:.0f} MB"
     assert len(noop_times) > 5 and max(noop_times) < 0.5, max(noop_times)
     stored = [m for m in Message.objects.all() if m.subject == "big"]
