@@ -156,3 +156,45 @@ def remove_copy(db: Path, data_dir: Path) -> None:
     for suffix in ("", "-wal", "-shm"):
         Path(str(db) + suffix).unlink(missing_ok=True)
     shutil.rmtree(data_dir, ignore_errors=True)
+
+
+class PostgresCopy:
+    """A fresh PostgreSQL database (127.0.0.1:5432, trust auth) with the SMTP user, and Redis as the
+    broker and cache: the many-node shape of operations.md, for one SMTP round (`--database postgres`)."""
+
+    def __init__(self, workdir: Path, label: str, redis_url: str):
+        self.name = f"mailbench_{label}_{os.getpid()}"
+        self.url = f"postgres://postgres@127.0.0.1:5432/{self.name}"
+        self.data_dir = workdir / f"{self.name}-mail"
+        self.redis_url = redis_url
+
+    def env(self, workdir: Path) -> dict[str, str]:
+        return base_env(workdir, Path("unused"), self.data_dir, DATABASE_URL=self.url, REDIS_URL=self.redis_url,
+                        MAIL_Q_NAME=self.name)
+
+    def create(self, workdir: Path) -> dict[str, str]:
+        self._psql(f"DROP DATABASE IF EXISTS {self.name}")
+        self._psql(f"CREATE DATABASE {self.name}")
+        env = self.env(workdir)
+        manage(["migrate", "--no-input", "-v", "0"], env)
+        spec = {"domain": DOMAIN, "users": [SMTP_USER, RETR_USER], "password": PASSWORD, "retr": RETR_USER,
+                "count": 0, "body": ""}
+        manage(["shell", "-c", PROVISION], env, stdin=json.dumps(spec))
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        return env
+
+    def count_inbox(self, address: str) -> int:
+        out = self._psql(
+            "SELECT COUNT(*) FROM mailcore_delivery d JOIN mailcore_mailbox b ON b.id = d.mailbox_id"
+            f" WHERE b.address = '{address}' AND d.state = 'inbox'", database=self.name,
+        )
+        return int(out.strip())
+
+    def drop(self) -> None:
+        self._psql(f"DROP DATABASE IF EXISTS {self.name}")
+        shutil.rmtree(self.data_dir, ignore_errors=True)
+
+    @staticmethod
+    def _psql(sql: str, database: str = "postgres") -> str:
+        return subprocess.run(["psql", "-h", "127.0.0.1", "-U", "postgres", "-d", database, "-tAc", sql],
+                              check=True, capture_output=True, text=True).stdout

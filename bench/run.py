@@ -157,9 +157,18 @@ def bench_smtp(args, workdir: Path, template: project.Template, results: Results
     recipient = f"{SMTP_USER}@{DOMAIN}"
     for round_no in range(args.rounds):
         log(f"inbound SMTP, round {round_no + 1} of {args.rounds}")
-        db, data_dir = template.fresh("smtp")
         port = project.free_port()
-        env = project.base_env(workdir, db, data_dir)
+        if args.database == "postgres":
+            pg = project.PostgresCopy(workdir, f"smtp{round_no}", args.redis_url)
+            env = pg.create(workdir)
+            count_inbox = pg.count_inbox
+        else:
+            pg = None
+            db, data_dir = template.fresh("smtp")
+            env = project.base_env(workdir, db, data_dir)
+
+            def count_inbox(address: str, db: Path = db) -> int:
+                return project.count_inbox(db, address)
         servers: dict[str, int] = {}
         mailcore = bare = postfix = None
         try:
@@ -211,7 +220,7 @@ def bench_smtp(args, workdir: Path, template: project.Template, results: Results
                     for baseline in ("postfix", "aiosmtpd bare"):
                         if baseline in rates:
                             results.ratio("inbound SMTP", f"{label}: mailcore", baseline, rates["mailcore"], rates[baseline])
-                    stored = project.count_inbox(db, recipient)
+                    stored = count_inbox(recipient)
                     if stored != expected:
                         results.note("inbound SMTP", f"{label}: mailcore", f"MISSING: {stored} of {expected} in mailbox")
                         log(f"  {label}: {stored} of {expected} accepted messages in the mailbox")
@@ -222,7 +231,7 @@ def bench_smtp(args, workdir: Path, template: project.Template, results: Results
                 for label in smtp_labels(args):
                     results.note("inbound SMTP", f"{label}: postfix",
                                  "all in Maildir" if delivered == expected else f"{delivered} of {expected} in Maildir")
-            stored = project.count_inbox(db, recipient)
+            stored = count_inbox(recipient)
             for label in smtp_labels(args):
                 if stored == expected:
                     results.note("inbound SMTP", f"{label}: mailcore", "all in mailbox (counted)")
@@ -231,7 +240,10 @@ def bench_smtp(args, workdir: Path, template: project.Template, results: Results
             bare.stop()
             if postfix is not None:
                 postfix.stop()
-            project.remove_copy(db, data_dir)
+            if pg is not None:
+                pg.drop()
+            else:
+                project.remove_copy(db, data_dir)
 
 
 # --- POP3 --------------------------------------------------------------------------------------------
@@ -624,6 +636,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--peers", action="store_true", help="also measure Postfix and Dovecot (installed from Debian)")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--database", choices=("sqlite", "postgres"), default="sqlite",
+                        help="SMTP: SQLite with the ORM broker, or PostgreSQL (127.0.0.1:5432) with Redis")
+    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0", help="the Redis of --database postgres")
     parser.add_argument("--shape", choices=("runmail", "runsmtp"), default="runmail",
                         help="SMTP: the MX as `make run` starts it (with qcluster and the other roles), or alone")
     parser.add_argument("--scale", type=float, default=1.0, help="multiplies the SMTP message counts")
