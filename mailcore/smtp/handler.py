@@ -173,8 +173,8 @@ class InboundHandler:
             session.host_name = None
             return [str(replies.BAD_HELO_NAME)]
         session.host_name = name
-        return [f"250-{server.hostname}", *(f"250-{k}" for k in server.ehlo_keywords()[:-1]),
-                f"250 {server.ehlo_keywords()[-1]}"]
+        *lines, last = [server.hostname, *server.ehlo_keywords()]
+        return [*(f"250-{line}" for line in lines), f"250 {last}"]
 
     async def handle_HELO(self, server: InboundSMTP, session: Session, envelope: Transaction, hostname: str) -> str:
         name = hostname.split()[0]
