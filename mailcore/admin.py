@@ -16,6 +16,7 @@ from django.utils.safestring import mark_safe
 from django.views.decorators.http import require_POST
 
 from mailcore import models
+from mailcore.quarantine import admin as quarantine_admin
 from mailcore.services import accounts, quarantine, queue_control
 from mailcore.services.trace import trace
 from mailcore.web import dashboard, message_pages
@@ -294,7 +295,8 @@ class DeliveryAdmin(admin.ModelAdmin):
     search_fields = ["mailbox__address", "message__queue_id", "message__mail_from", "message__header_from", "message__subject",
                      "message__client_address", "uid"]
     date_hierarchy = "delivered_at"
-    actions = ["release_selected", "delete_selected_held"]
+    actions = ["release_selected", "delete_selected_held", quarantine_admin.delete_selected_as_spam,
+               quarantine_admin.allow_senders_for_domain, quarantine_admin.block_senders_for_domain]
     list_select_related = ["message", "mailbox"]
     list_per_page = 50
     ordering = ["-delivered_at", "-id"]
@@ -540,6 +542,9 @@ class MailboxLockAdmin(ReadOnlyAdmin):
     def has_delete_permission(self, request, obj=None):
         # A lock left by a crashed session can be removed by hand before it lapses.
         return request.user.has_perm("mailcore.delete_mailboxlock")
+
+
+quarantine_admin.register(site)
 
 
 def adopt_default_registrations() -> None:

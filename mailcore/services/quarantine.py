@@ -90,5 +90,7 @@ def release_many(delivery_ids, mailbox=None) -> BulkResult:
     return _bulk(release, delivery_ids, mailbox)
 
 
-def delete_many(delivery_ids, mailbox=None) -> BulkResult:
+def delete_many(delivery_ids, mailbox=None, as_spam: bool = False) -> BulkResult:
+    if as_spam:
+        return _bulk(lambda delivery_id, mailbox=None: delete(delivery_id, mailbox, as_spam=True), delivery_ids, mailbox)
     return _bulk(delete, delivery_ids, mailbox)
