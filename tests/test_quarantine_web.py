@@ -9,14 +9,9 @@ from django.test import Client
 from mailcore.models import AuditEntry, Delivery, DeliveryState, Domain, Message, SenderRule
 from mailcore.services import senders
 from tests import web_data as w
+from tests.test_web_owner import fast_password_hashing  # noqa: F401 (an autouse fixture)
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture(autouse=True)
-def fast_password_hashing(settings):
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-    settings.MAIL_AUTH_FAILURE_DELAY = 0.05
 
 
 @pytest.fixture

@@ -214,3 +214,15 @@ def test_sender_command(world, mail_store):
     actions = list(AuditEntry.objects.order_by("id").values_list("actor_kind", "action", "target"))
     assert actions[0] == ("cli", "sender-block", "@spam.test for all domains")
     assert actions[-1] == ("cli", "sender-remove", "@spam.test for all domains")
+
+
+def test_an_owners_list_is_capped_and_mapped_ipv4_clients_match(world, monkeypatch):
+    monkeypatch.setattr(senders, "MAX_MAILBOX_ENTRIES", 2)
+    alice = senders.scope_for("alice@a.test")
+    senders.set_entry("block", "192.0.2.0/24", alice)
+    senders.set_entry("block", "@x.test", alice)
+    with pytest.raises(senders.SenderListError, match="has 2 entries already"):
+        senders.set_entry("block", "@y.test", alice)
+    senders.set_entry("block", "@y.test", senders.scope_for("a.test"))  # the domain's list is the administrator's
+    assert senders.rules_for("alice@a.test").decide("", "::ffff:192.0.2.9") == senders.BLOCK
+    assert senders.rules_for("alice@a.test").decide("", "not an address") is None

@@ -97,18 +97,10 @@ def _sender_action(action: str):
         done = set()
         for delivery in queryset.select_related("message", "mailbox__domain"):
             try:
-                pattern = senders.sender_pattern(delivery.message)
+                pattern, _moved = senders.set_from_message(action, delivery, senders.domain_scope(delivery.mailbox.domain))
             except senders.SenderListError:
                 continue
-            key = (pattern, delivery.mailbox.domain_id)
-            if key not in done:
-                senders.set_entry(action, pattern, senders.domain_scope(delivery.mailbox.domain))
-                done.add(key)
-            if delivery.state == models.DeliveryState.QUARANTINED:
-                try:
-                    (quarantine.release if action == senders.ALLOW else quarantine.delete)(delivery.pk)
-                except quarantine.QuarantineError:
-                    pass
+            done.add((pattern, delivery.mailbox.domain_id))
         verb = "Allowed" if action == senders.ALLOW else "Blocked"
         messages.success(request, f"{verb} {len(done)} sender(s) for their domain: " + ", ".join(sorted(f"{p}" for p, _ in done)))
 

@@ -7,7 +7,6 @@ only authority, and no cookie carries any that a forged cross-site request could
 
 from __future__ import annotations
 
-from django.db import transaction
 from django.http import Http404
 from django.shortcuts import render
 from django.views.decorators.cache import never_cache
@@ -72,24 +71,18 @@ def link(request, action: str, token: str):
 
     actor = audit.Actor(ActorKind.LINK, f"digest link {links.link_id(token)} of {mailbox.address}", request.META.get("REMOTE_ADDR", ""))
     with audit.acting(actor):
-        context["done"] = _act(action, delivery, context.get("pattern"))
+        context["done"] = _act(action, delivery)
     delivery.refresh_from_db(fields=["state"])
     context["held"] = delivery.state == DeliveryState.QUARANTINED
     return _page(request, context)
 
 
-def _act(action: str, delivery: Delivery, pattern: str | None) -> str:
+def _act(action: str, delivery: Delivery) -> str:
     """Do the link's action once; doing it again says so and changes nothing."""
     mailbox = delivery.mailbox
     if action == "allow":
-        with transaction.atomic():
-            senders.set_entry(senders.ALLOW, pattern, senders.mailbox_scope(mailbox))
-        outcome = f"Mail from {pattern} now goes to your inbox."
-        try:
-            quarantine.release(delivery.pk, mailbox=mailbox)
-        except quarantine.QuarantineError:
-            return outcome
-        return outcome + " This message was released to your inbox."
+        pattern, moved = senders.set_from_message(senders.ALLOW, delivery, senders.mailbox_scope(mailbox))
+        return f"Mail from {pattern} now goes to your inbox." + (" This message was released to your inbox." if moved else "")
     try:
         if action == "release":
             quarantine.release(delivery.pk, mailbox=mailbox)

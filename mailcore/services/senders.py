@@ -13,18 +13,21 @@ is made again (550 5.7.1 to DATA when the From header is what is blocked).
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from dataclasses import dataclass
 
 from django.db import transaction
 
 from mailcore.addresses import AddressError, domain_of, normalize_address, normalize_domain
-from mailcore.models import AuditAction, Domain, Mailbox, SenderAction, SenderRule, SenderScope, Transport
+from mailcore.models import AuditAction, DeliveryState, Domain, Mailbox, SenderAction, SenderRule, SenderScope, Transport
 from mailcore.services import audit
 
 ALLOW, BLOCK = SenderAction.ALLOW, SenderAction.BLOCK
 # Narrowest first: the first scope with a matching entry decides.
 _NARROWEST_FIRST = (SenderScope.MAILBOX, SenderScope.DOMAIN, SenderScope.GLOBAL)
+# The most entries one mailbox's owner may keep.
+MAX_MAILBOX_ENTRIES = 1000
 # Our own users' mail and the notices we generate are never held to a sender list.
 UNLISTED_TRANSPORTS = (Transport.SUBMISSION, Transport.LOCAL)
 
@@ -74,9 +77,17 @@ class Entry:
     def concerns_client(self) -> bool:
         return "@" not in self.pattern
 
-    def matches(self, sender: str, client: str, header_from: str | None) -> bool:
+    @functools.cached_property
+    def network(self) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
+        """The pattern's network, parsed once (a listener keeps its entries for a while)."""
+        try:
+            return ipaddress.ip_network(self.pattern, strict=False)
+        except ValueError:
+            return None
+
+    def matches(self, sender: str, client: str | None, header_from: str | None) -> bool:
         if self.concerns_client:
-            return _in_network(client, self.pattern)
+            return _in_network(client, self.network)
         return _matches_address(self.pattern, sender) or (header_from is not None and _matches_address(self.pattern, header_from))
 
 
@@ -90,13 +101,21 @@ def _matches_address(pattern: str, address: str) -> bool:
     return address == pattern
 
 
-def _in_network(client: str, pattern: str) -> bool:
-    if not client:
-        return False
+@functools.lru_cache(maxsize=4096)
+def _client_ip(client: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     try:
-        return ipaddress.ip_address(client) in ipaddress.ip_network(pattern, strict=False)
+        address = ipaddress.ip_address(client)
     except ValueError:
+        return None
+    # An IPv4 client seen through an IPv6 socket (::ffff:192.0.2.7) is the IPv4 address.
+    return getattr(address, "ipv4_mapped", None) or address
+
+
+def _in_network(client: str | None, network) -> bool:
+    if not client or network is None:
         return False
+    address = _client_ip(client)
+    return address is not None and address.version == network.version and address in network
 
 
 @dataclass(frozen=True)
@@ -206,6 +225,9 @@ def set_entry(action: str, pattern: str, scope: Scope = GLOBAL) -> SenderRule:
         raise SenderListError(f"unknown action {action!r}")
     pattern = normalize_pattern(pattern)
     actor = audit.current()
+    if scope.mailbox is not None and SenderRule.objects.filter(mailbox=scope.mailbox).count() >= MAX_MAILBOX_ENTRIES:
+        # Every entry is read for each message to the mailbox: an owner's list stays short.
+        raise SenderListError(f"{scope.name} has {MAX_MAILBOX_ENTRIES} entries already: remove some first")
     with transaction.atomic():
         rule, created = SenderRule.objects.select_for_update().get_or_create(
             pattern=pattern, **scope.filter(), defaults={"action": action, "created_by": actor.name[:200]}
@@ -253,6 +275,25 @@ def entries(scope: Scope | None = None):
     if scope is not None:
         rows = rows.filter(**scope.filter())
     return rows
+
+
+def set_from_message(action: str, delivery, scope: Scope, kind: str = "address") -> tuple[str, str | None]:
+    """"Always allow" / "block" the sender of a delivery's message at `scope`, and then release /
+    delete the delivery if it is still held: (the pattern, "released" / "deleted" or None)."""
+    from mailcore.services import quarantine
+
+    pattern = sender_pattern(delivery.message, kind)
+    set_entry(action, pattern, scope)
+    if delivery.state != DeliveryState.QUARANTINED:
+        return pattern, None
+    try:
+        if action == ALLOW:
+            quarantine.release(delivery.pk, mailbox=delivery.mailbox)
+            return pattern, "released"
+        quarantine.delete(delivery.pk, mailbox=delivery.mailbox)
+        return pattern, "deleted"
+    except quarantine.QuarantineError:  # released or deleted meanwhile
+        return pattern, None
 
 
 def sender_pattern(message, kind: str = "address") -> str:

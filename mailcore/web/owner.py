@@ -212,27 +212,15 @@ def sender_from_message(request, delivery_id: int, action: str):
         raise Http404("no such action")
     delivery = _own_delivery(request, delivery_id)
     try:
-        pattern = senders.sender_pattern(delivery.message, request.POST.get("kind", "address"))
-        senders.set_entry(action, pattern, senders.mailbox_scope(request.mailbox))
+        pattern, moved = senders.set_from_message(
+            action, delivery, senders.mailbox_scope(request.mailbox), request.POST.get("kind", "address")
+        )
     except senders.SenderListError as exc:
         messages.error(request, str(exc))
         return HttpResponseRedirect(reverse("mailbox:home"))
-    if action == senders.ALLOW:
-        done = f"Mail from {pattern} now goes to your inbox."
-        if delivery.state == DeliveryState.QUARANTINED:
-            try:
-                quarantine.release(delivery.pk, mailbox=request.mailbox)
-                done += " This message was released."
-            except quarantine.QuarantineError:
-                pass
-    else:
-        done = f"Mail from {pattern} is now refused."
-        if delivery.state == DeliveryState.QUARANTINED:
-            try:
-                quarantine.delete(delivery.pk, mailbox=request.mailbox)
-                done += " This message was deleted."
-            except quarantine.QuarantineError:
-                pass
+    done = f"Mail from {pattern} now goes to your inbox." if action == senders.ALLOW else f"Mail from {pattern} is now refused."
+    if moved:
+        done += f" This message was {moved}."
     messages.success(request, done)
     return HttpResponseRedirect(reverse("mailbox:home"))
 
