@@ -11,7 +11,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from tests.conftest import free_port
+from tests.conftest import free_port, require_program
 
 GTUBE = "XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X"
 
@@ -21,8 +21,7 @@ class Spamd:
 
     def __init__(self, allow_tell: bool = False) -> None:
         self.allow_tell = allow_tell  # --allow-tell: spamd learns from TELL requests
-        if shutil.which("spamd") is None:
-            raise RuntimeError("spamd is not installed: apt-get install spamassassin spamd spamc (see .ci/run)")
+        self.program = require_program("spamd")
         # A directory of our own, not pytest's 0700 tmp: spamd drops to `nobody`, which must reach its home.
         self.dir = Path(tempfile.mkdtemp(prefix="spamd-"))
         self.dir.chmod(0o755)
@@ -42,7 +41,7 @@ class Spamd:
 
     def start(self, timeout: float = 60.0) -> Spamd:
         args = [
-            "spamd",
+            self.program,
             "--local",  # no DNS blocklists, no network tests: the same score offline and online
             "--nouser-config",
             f"--listen={self.host}:{self.port}",
@@ -96,7 +95,7 @@ class Spamd:
     def learned(self) -> dict[str, int]:
         """The Bayes store's counts of learned messages, as `sa-learn --dump magic` reads them: {"nspam": n, "nham": n}."""
         result = subprocess.run(
-            ["sa-learn", "--dump", "magic", f"--dbpath={self.bayes_dir}"],
+            [require_program("sa-learn"), "--dump", "magic", f"--dbpath={self.bayes_dir}"],
             capture_output=True, text=True, timeout=60,
         )
         counts = {"nspam": 0, "nham": 0}

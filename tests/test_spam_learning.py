@@ -29,8 +29,8 @@ def spam(n: int) -> bytes:
 
 @pytest.fixture(scope="module")
 def learning_spamd():
-    require_program("spamd", "spamd")
-    require_program("sa-learn", "spamassassin")
+    require_program("spamd")
+    require_program("sa-learn")
     server = Spamd(allow_tell=True).start()
     atexit.register(server.stop)
     yield server
@@ -83,7 +83,7 @@ def test_release_reports_ham_and_delete_as_spam_reports_spam(mx, alice, learning
 
 
 def test_without_allow_tell_release_works_and_the_log_says_learning_is_off(mx, alice, mail_store):
-    require_program("spamd", "spamd")
+    require_program("spamd")
     spamd = shared_spamd()  # no --allow-tell
     address = f"{spamd.host}:{spamd.port}"
     server = mx(MAIL_SPAMD=address)
