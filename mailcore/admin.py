@@ -297,7 +297,7 @@ class DeliveryAdmin(admin.ModelAdmin):
     date_hierarchy = "delivered_at"
     actions = ["release_selected", "delete_selected_held", quarantine_admin.delete_selected_as_spam,
                quarantine_admin.allow_senders_for_domain, quarantine_admin.block_senders_for_domain]
-    list_select_related = ["message", "mailbox"]
+    list_select_related = ["message", "mailbox", "mailbox__domain"]
     list_per_page = 50
     ordering = ["-delivered_at", "-id"]
 
@@ -313,6 +313,7 @@ class DeliveryAdmin(admin.ModelAdmin):
         return [
             path("<int:delivery_id>/release/", view(require_POST(self.release_view)), name="mailcore_delivery_release"),
             path("<int:delivery_id>/delete/", view(require_POST(self.delete_view_held)), name="mailcore_delivery_delete"),
+            path("<int:delivery_id>/sender/<str:action>/", view(require_POST(self.sender_view)), name="mailcore_delivery_sender"),
             *super().get_urls(),
         ]
 
@@ -378,7 +379,11 @@ class DeliveryAdmin(admin.ModelAdmin):
             "{} {}",
             _row_button(reverse("admin:mailcore_delivery_release", args=[obj.pk]), "Release", "mail-release"),
             _row_button(reverse("admin:mailcore_delivery_delete", args=[obj.pk]), "Delete", "mail-delete"),
-        )
+        ) + quarantine_admin.sender_buttons(obj, _row_button)
+
+    def sender_view(self, request, delivery_id, action):
+        self._check_change(request)
+        return quarantine_admin.sender_view(request, get_object_or_404(models.Delivery, pk=delivery_id), action, _back)
 
     def _check_change(self, request):
         if not self.has_change_permission(request):

@@ -109,6 +109,8 @@ def test_digest_over_pop3_and_its_release_link(servers):
     assert held("Quarterly figures").state == DeliveryState.QUARANTINED
     assert servers.pop3_subjects() == []  # held mail is not in the maildrop
 
+    printed = manage("quarantine", "digest", env=servers.env).stdout  # printing sends nothing
+    assert printed.startswith("==> alice@a.test\n") and "Subject: Quarterly figures" in printed
     result = manage("quarantine", "digest", "--send", env=servers.env)
     assert result.stdout.strip() == "digest sent to alice@a.test", result.stderr
     # Nothing newly held since: no second digest, on demand or by the schedule.

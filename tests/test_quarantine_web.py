@@ -140,3 +140,20 @@ def test_audit_entries_outlive_the_message(world):
     Message.objects.filter(pk=message.pk).delete()
     entry = AuditEntry.objects.get(action="delete")
     assert message.queue_id in entry.target and "Alice held" in entry.target
+
+
+def test_admin_quarantine_rows_allow_or_block_the_sender_for_the_domain(world):
+    client = admin_client(world)
+    listing = client.get("/admin/mailcore/delivery/?state=quarantined").content.decode()
+    assert "Allow sender for a.test" in listing and "Block sender for a.test" in listing
+    d = world["alice_held2"]
+    response = client.post(f"/admin/mailcore/delivery/{d.pk}/sender/allow/", follow=True)
+    assert f"Allowed promo@shop.example for a.test. Message {d.pk} released." in response.content.decode()
+    assert SenderRule.objects.filter(action="allow", pattern="promo@shop.example", scope="domain", domain__name="a.test").exists()
+    assert Delivery.objects.get(pk=d.pk).state == DeliveryState.INBOX
+    assert client.post(f"/admin/mailcore/delivery/{d.pk}/sender/purge/").status_code == 404
+    assert client.get(f"/admin/mailcore/delivery/{d.pk}/sender/block/").status_code == 405
+    viewer = Client()
+    viewer.force_login(world["users"]["viewer"])
+    assert viewer.post(f"/admin/mailcore/delivery/{world['bob_held'].pk}/sender/block/").status_code == 403
+    assert SenderRule.objects.count() == 1

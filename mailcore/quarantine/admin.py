@@ -122,6 +122,36 @@ def delete_selected_as_spam(modeladmin, request, queryset):
     modeladmin._report(request, "Deleted as spam", result)
 
 
+def sender_buttons(delivery, button) -> str:
+    """The quarantine list's "always allow" / "block" buttons: an administrator's scope is the recipient's domain."""
+    from django.urls import reverse
+    from django.utils.html import format_html
+
+    domain = delivery.mailbox.domain.name
+    return format_html(
+        " {} {}",
+        button(reverse("admin:mailcore_delivery_sender", args=[delivery.pk, "allow"]), f"Allow sender for {domain}", "mail-allow-sender"),
+        button(reverse("admin:mailcore_delivery_sender", args=[delivery.pk, "block"]), f"Block sender for {domain}", "mail-block-sender"),
+    )
+
+
+def sender_view(request, delivery, action: str, back):
+    from django.http import Http404
+    from django.urls import reverse
+
+    if action not in (senders.ALLOW, senders.BLOCK):
+        raise Http404("no such action")
+    domain = delivery.mailbox.domain
+    try:
+        pattern, moved = senders.set_from_message(action, delivery, senders.domain_scope(domain))
+    except senders.SenderListError as exc:
+        messages.error(request, str(exc))
+    else:
+        verb = "Allowed" if action == senders.ALLOW else "Blocked"
+        messages.success(request, f"{verb} {pattern} for {domain.name}." + (f" Message {delivery.pk} {moved}." if moved else ""))
+    return back(request, reverse("admin:mailcore_delivery_changelist"))
+
+
 def register(site) -> None:
     site.register(models.SenderRule, SenderRuleAdmin)
     site.register(models.AuditEntry, AuditEntryAdmin)
