@@ -249,18 +249,24 @@ def spam_verdict(envelope: Envelope, content: bytes) -> SpamVerdict:
     """
     from mailcore.spam import check as spam_check
 
+    recipients = spam_recipients(envelope, content)
+    queue_id = new_queue_id()
+    return spam_check.check(envelope, trace_headers(envelope, queue_id) + content, recipients, queue_id)
+
+
+def spam_recipients(envelope: Envelope, content: bytes) -> list[str]:
+    """The recipients whose spam thresholds apply: not those whose domain refuses the message
+    anyway, nor those whose sender list allows or blocks its sender. Raises SenderBlocked when
+    every recipient blocks it: there is nothing to score it for."""
     unverified = envelope.verification != Verification.VERIFIED
     listed = _sender_lists(envelope, summary_headers(content)[1], Lookups())
     if listed and all(decision == senders.BLOCK for decision in listed.values()):
-        raise SenderBlocked(", ".join(listed))  # before spamd: there is nothing to score it for
-    recipients = [
+        raise SenderBlocked(", ".join(listed))
+    return [
         r
         for r in envelope.rcpt_tos
-        if listed.get(r) is None
-        and not (unverified and envelope.reject_policy_applies and rejects_unverified(r))
+        if listed.get(r) is None and not (unverified and envelope.reject_policy_applies and rejects_unverified(r))
     ]
-    queue_id = new_queue_id()
-    return spam_check.check(envelope, trace_headers(envelope, queue_id) + content, recipients, queue_id)
 
 
 def receive_many(
