@@ -10,7 +10,7 @@ strict=0
 missing=$(grep -v '^#' programs.txt | while read -r program package; do
   [ -n "$program" ] || continue
   command -v "$program" >/dev/null 2>&1 || PATH="$PATH:/usr/sbin:/sbin" command -v "$program" >/dev/null 2>&1 || echo "$package"
-done | sort -u | tr '\n' ' ')
+done | sort -u | tr '\n' ' ' | sed 's/ $//')
 [ -n "$missing" ] || exit 0
 
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
