@@ -203,10 +203,9 @@ if REDIS_URL:
 else:
     Q_CLUSTER["orm"] = "default"
 
-# Django's cache holds what every process and node must share: the failed-login counts of
-# submission, POP3 and the web sign-in (mailcore.services.login_failures). Redis when REDIS_URL is
-# set; otherwise a database table (created by migration 0005). Two servers sharing one Redis need
-# distinct prefixes, like MAIL_Q_NAME.
+# Django's cache: Redis when REDIS_URL is set; otherwise a database table (created by migration
+# 0005). Failed-login counts are not kept here but in the database (mailcore.services.login_failures),
+# where an increment is atomic. Two servers sharing one Redis need distinct prefixes, like MAIL_Q_NAME.
 MAIL_CACHE_PREFIX = env.get("MAIL_CACHE_PREFIX", Q_CLUSTER["name"])
 if REDIS_URL:
     CACHES = {

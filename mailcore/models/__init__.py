@@ -1,6 +1,7 @@
 """The data of the mail server, one module per concern."""
 
 from mailcore.models.domain import Alias, Domain, Mailbox, MailboxLock, UnverifiedPolicy
+from mailcore.models.limits import FailureCount
 from mailcore.models.message import Delivery, DeliveryState, Message, SpamStatus, Transport, Verification
 from mailcore.models.outbound import QueueItem, QueueState
 from mailcore.models.verification import Announcement, AnnouncementState, SourcedMessage
@@ -12,6 +13,7 @@ __all__ = [
     "Delivery",
     "DeliveryState",
     "Domain",
+    "FailureCount",
     "Mailbox",
     "MailboxLock",
     "Message",

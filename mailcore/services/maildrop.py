@@ -15,6 +15,7 @@ from django.utils import timezone
 from mailcore.models import Delivery, DeliveryState, MailboxLock, Message, QueueState
 from mailcore.pop3.wire import wire_size
 from mailcore.services import accounts
+from mailcore.services.login_failures import LoginFailures
 from mailcore.store import message_store, segments
 from mailcore.store.bodies import CHUNK_SIZE
 
@@ -54,9 +55,10 @@ def _fresh_connection() -> None:
         close_old_connections()
 
 
-def authenticate(address: str, password: str) -> Account | None:
+def authenticate(address: str, password: str, client: str, failures: LoginFailures) -> Account | None:
+    """The account for these credentials, or None; raises LoginBlocked (accounts.login)."""
     _fresh_connection()
-    mailbox = accounts.authenticate(address, password)
+    mailbox = accounts.login(client, address, password, failures)
     return Account(mailbox.pk, mailbox.address) if mailbox is not None else None
 
 

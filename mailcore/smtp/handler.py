@@ -254,7 +254,7 @@ class InboundHandler:
         """(worker thread) The sourced body, unless this address asked for too many unknown ids.
 
         reverse-delivery.md §6 "Guessing ids": unknown-id GETs are counted per client address in
-        the shared cache, so every listener process and node of this origin meets one count.
+        the database, so every listener process and node of this origin meets one count.
         """
         # The shared count is read at a session's first GET, and then only while this address
         # has asked this process for unknown ids lately: an origin's pull pipelines many GETs on

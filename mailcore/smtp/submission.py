@@ -46,7 +46,7 @@ class SubmissionHandler(InboundHandler):
 
     def __init__(self, workers: int | None = None):
         super().__init__(workers)
-        # Counted in the shared cache: every submission process (and POP3, and the web sign-in)
+        # Counted in the database: every submission process (and POP3, and the web sign-in)
         # sees the same failures of an address.
         self.failures = LoginFailures(settings.MAIL_AUTH_MAX_FAILURES, settings.MAIL_AUTH_FAILURE_WINDOW)
 
@@ -55,11 +55,13 @@ class SubmissionHandler(InboundHandler):
         return await self.call(self.failures.blocked, client_address)
 
     async def authenticate(self, client_address: str, username: str, password: str) -> str | None:
-        """The mailbox address for these credentials, or None (after the failure delay)."""
-        mailbox = await self.call(accounts.authenticate, username, password)
+        """The mailbox address for these credentials, or None (after the failure delay).
+
+        Raises LoginBlocked when the address reached the failed-login limit, this attempt included.
+        """
+        mailbox = await self.call(accounts.login, client_address, username, password, self.failures)
         if mailbox is not None:
             return mailbox.address
-        await self.call(self.failures.record, client_address)
         # RFC 4954 §4 leaves the delay to us: it makes guessing slow without locking anyone out.
         await asyncio.sleep(settings.MAIL_AUTH_FAILURE_DELAY)
         return None
@@ -190,6 +192,8 @@ class SubmissionSMTP(InboundSMTP):
         try:
             user = await self.event_handler.authenticate(self.client_address, username, password)
             blocked = user is None and await self.event_handler.auth_blocked(self.client_address)
+        except accounts.LoginBlocked:
+            user, blocked = None, True
         except TemporaryFault:
             await self.reply(AUTH_TEMPFAIL)
             return
