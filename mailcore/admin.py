@@ -87,7 +87,7 @@ class DomainAdmin(admin.ModelAdmin):
 
 @admin.register(models.Mailbox, site=site)
 class MailboxAdmin(admin.ModelAdmin):
-    list_display = ["address", "domain", "active", "quota_bytes", "held_count", "created_at"]
+    list_display = ["address", "domain", "active", "usage", "held_count", "created_at"]
     list_filter = ["active", "domain"]
     search_fields = ["address"]
     change_form_template = "admin/mailcore/mailbox/change_form.html"
@@ -97,10 +97,17 @@ class MailboxAdmin(admin.ModelAdmin):
         return super().get_form(request, obj, change=change, **kwargs)
 
     def get_fields(self, request, obj=None):
-        return ["address", "active", "quota_bytes"] if obj else ["address", "password1", "password2", "active", "quota_bytes"]
+        return ["address", "active", "quota_bytes", "usage"] if obj else ["address", "password1", "password2", "active", "quota_bytes"]
 
     def get_readonly_fields(self, request, obj=None):
-        return ["address"] if obj else []
+        return ["address", "usage"] if obj else []
+
+    @admin.display(description="used / quota", ordering="used_bytes")
+    def usage(self, obj):
+        used = filesizeformat(obj.used_bytes)
+        if not obj.has_quota:
+            return f"{used} / no quota"
+        return f"{used} / {filesizeformat(obj.quota_bytes)} ({min(100, round(100 * obj.used_bytes / obj.quota_bytes))}%)"
 
     @admin.display(description="quarantined")
     def held_count(self, obj):

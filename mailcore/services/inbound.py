@@ -21,7 +21,7 @@ from django.utils import timezone
 from mailcore.addresses import AddressError, domain_of, normalize_domain
 from mailcore.models import Delivery, DeliveryState, Message, Transport, UnverifiedPolicy, Verification
 from mailcore.models.message import new_queue_id
-from mailcore.services import accounts
+from mailcore.services import accounts, quota
 from mailcore.store import StoredBody, message_store
 from mailcore.store.bodies import PendingBodies
 
@@ -84,6 +84,17 @@ class PolicyRejection(Exception):
     """Every recipient's domain rejects unverified mail (reverse-delivery.md §5)."""
 
 
+class QuotaExceeded(PolicyRejection):
+    """The message would take every recipient's mailbox over its quota: 552 5.2.2 (RFC 3463)."""
+
+
+class MailLoop(PolicyRejection):
+    """Too many Received headers (RFC 5321 §6.3), or our own Delivered-To for a recipient: 554 5.4.6.
+
+    Refused before anything is stored, so it is never forwarded again.
+    """
+
+
 def rejects_unverified(address: str) -> bool:
     """True when the local domain of `address` takes only verified mail."""
     from mailcore.models import Domain
@@ -99,6 +110,8 @@ class RecipientCheck:
     local_domain: bool
     exists: bool  # a mailbox or an alias (catch-all included) takes it
     policy: str  # the recipient domain's policy for unverified mail
+    full: bool = False  # every mailbox it reaches is at its quota, and it reaches nothing else
+    has_quota: bool = False  # a mailbox it reaches has a quota: its fullness changes with each message
 
 
 def check_recipient(address: str) -> RecipientCheck:
@@ -115,7 +128,11 @@ def check_recipient(address: str) -> RecipientCheck:
         return RecipientCheck(valid=True, local_domain=local, exists=False, policy=UnverifiedPolicy.ACCEPT)
     if not r.local_domain:
         return RecipientCheck(valid=True, local_domain=False, exists=False, policy=UnverifiedPolicy.ACCEPT)
-    return RecipientCheck(valid=True, local_domain=True, exists=r.exists, policy=_policy_for(r.address))
+    full = bool(r.mailboxes) and not r.remote and all(m.is_full() for m in r.mailboxes)
+    has_quota = any(m.has_quota for m in r.mailboxes)
+    return RecipientCheck(
+        valid=True, local_domain=True, exists=r.exists, policy=_policy_for(r.address), full=full, has_quota=has_quota
+    )
 
 
 def authentication_results(envelope: Envelope) -> str:
@@ -425,6 +442,7 @@ def _prepare(envelope: Envelope, content: bytes, spam: SpamVerdict | None, looku
         routes.append(r)
     if not routes:
         raise PolicyRejection(", ".join(rejected))
+    _refuse_loops(content, routes)
 
     # Issue 9: spamd's verdict before anything is stored, so that a refusal is still a 550 to DATA;
     # raises SpamRejection (a PolicyRejection) when every recipient's domain refuses it.
@@ -442,7 +460,43 @@ def _prepare(envelope: Envelope, content: bytes, spam: SpamVerdict | None, looku
     # Our own headers name neither Subject nor From, so the message's header block alone says
     # what the stored one would, without a copy of the whole message to parse.
     subject, header_from = summary_headers(content)
+    _refuse_over_quota(routes, len(headers) + len(content))
     return _Prepared(envelope, queue_id, routes, rejected, spam, headers, content, subject, header_from)
+
+
+_RECEIVED = re.compile(rb"^Received[ \t]*:", re.IGNORECASE | re.MULTILINE)
+_DELIVERED_TO = re.compile(rb"^Delivered-To[ \t]*:[ \t]*<?([^<>\r\n]*?)>?[ \t]*$", re.IGNORECASE | re.MULTILINE)
+
+
+def _refuse_loops(content: bytes, routes: list[accounts.Route]) -> None:
+    """MailLoop when the message went round: RFC 5321 §6.3 suggests counting Received headers
+    (more than MAIL_MAX_RECEIVED_HEADERS), and our own Delivered-To for a recipient says that we
+    handed it on for that very address before (Postfix's local(8) check)."""
+    end = content.find(b"\r\n\r\n")
+    head = content if end < 0 else content[: end + 2]
+    received = len(_RECEIVED.findall(head))
+    if received > settings.MAIL_MAX_RECEIVED_HEADERS:
+        raise MailLoop(f"{received} Received headers")
+    if b"elivered-" in head or b"ELIVERED-" in head:
+        delivered_to = {m.decode("utf-8", "replace").strip().lower() for m in _DELIVERED_TO.findall(head)}
+        for r in routes:
+            if r.address in delivered_to:
+                raise MailLoop(f"already delivered to {r.address}")
+
+
+def _refuse_over_quota(routes: list[accounts.Route], size: int) -> None:
+    """QuotaExceeded when the message would take every mailbox it reaches over its quota.
+
+    Read now, not from the routes (a listener reuses those for a second or two). A message that
+    another recipient takes too is delivered to all of them, a full mailbox going over its quota
+    by that one message (as Dovecot's quota grace) rather than silently losing it after the 250;
+    RCPT then refuses the next one (452 4.2.2).
+    """
+    if any(r.remote for r in routes) or not any(m.has_quota for r in routes for m in r.mailboxes):
+        return
+    mailbox_ids = {m.pk for r in routes for m in r.mailboxes}
+    if mailbox_ids and quota.over_quota(mailbox_ids, size) == mailbox_ids:
+        raise QuotaExceeded(", ".join(r.address for r in routes))
 
 
 def _record(prepared: _Prepared, body: StoredBody, lookups: Lookups) -> Receipt:
@@ -464,6 +518,11 @@ def _record_many(batch: list[tuple[_Prepared, StoredBody]], lookups: Lookups) ->
             for mailbox_id, state, reason in deliveries
         ],
         now=now,
+    )
+    quota.charge(
+        (mailbox_id, body.size)
+        for (_prepared, body), (_receipt, deliveries, _remote) in zip(batch, routed, strict=True)
+        for mailbox_id, _state, _reason in deliveries
     )
     receipts = []
     for message_id, row, (receipt, _mailboxes, remote) in zip(message_ids, messages, routed, strict=True):

@@ -216,7 +216,14 @@ def submit(submission: Submission, content: bytes) -> SubmissionReceipt:
                 auth_comment=f"submitted by {submission.authenticated_as}" if submission.authenticated_as else "local submission",
                 reject_policy_applies=False,
             )
-            local_receipt = inbound.receive(envelope, content)
+            try:
+                local_receipt = inbound.receive(envelope, content)
+            except inbound.QuotaExceeded:
+                raise SubmissionError(
+                    "the message exceeds the recipients' mailbox quota", "552 5.2.2 Message exceeds the recipient's mailbox quota"
+                ) from None
+            except inbound.MailLoop as exc:
+                raise SubmissionError(f"mail loop: {exc}", f"554 5.4.6 Mail loop detected: {exc}") from None
             receipt.queue_id = local_receipt.queue_id
             receipt.delivered = local_receipt.delivered + local_receipt.quarantined
             receipt.queued.extend(local_receipt.forwarded)

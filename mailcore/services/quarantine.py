@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from django.db import transaction
 
 from mailcore.models import Delivery, DeliveryState
+from mailcore.services import quota
 
 
 class QuarantineError(Exception):
@@ -43,6 +44,8 @@ def _move(delivery_id: int, state: str, mailbox=None) -> Delivery:
         delivery = _held_one(delivery_id, mailbox)
         delivery.state = state
         delivery.save(update_fields=["state", "changed_at"])
+        if state == DeliveryState.DELETED:
+            quota.refund([(delivery.mailbox_id, delivery.message.size)])
     return delivery
 
 

@@ -93,6 +93,12 @@ def logout(request):
     return HttpResponseRedirect(reverse("mailbox:login"))
 
 
+def quota_usage(mailbox: Mailbox) -> dict:
+    """What the owner's page says about the space used: bytes, the quota, and the percentage."""
+    percent = min(100, round(100 * mailbox.used_bytes / mailbox.quota_bytes)) if mailbox.has_quota else None
+    return {"used": mailbox.used_bytes, "limit": mailbox.quota_bytes if mailbox.has_quota else None, "percent": percent}
+
+
 @owner_required
 def home(request):
     since = timezone.now() - timedelta(days=RECENT_DAYS)
@@ -103,6 +109,7 @@ def home(request):
     )
     return render(request, "mailbox/home.html", {
         "mailbox": request.mailbox,
+        "quota": quota_usage(request.mailbox),
         "held": quarantine.held(request.mailbox),
         "recent": recent,
         "recent_days": RECENT_DAYS,
@@ -117,6 +124,9 @@ def message(request, delivery_id: int):
         "mailbox": request.mailbox,
         "delivery": delivery,
         "deliveries": [delivery],
+        # Only the owner's own address: the other envelope recipients are the sender's business
+        # (a Bcc recipient must stay unseen by the others).
+        "recipients": [request.mailbox.address],
         "can_act": True,
         "raw_url": reverse("mailbox:raw", args=[delivery.pk]),
         "html_url": reverse("mailbox:html", args=[delivery.pk]),
