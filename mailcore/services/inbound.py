@@ -465,7 +465,7 @@ def _prepare(envelope: Envelope, content: bytes, spam: SpamVerdict | None, looku
 
 
 _RECEIVED = re.compile(rb"^Received[ \t]*:", re.IGNORECASE | re.MULTILINE)
-_DELIVERED_TO = re.compile(rb"^Delivered-To[ \t]*:[ \t]*<?([^<>\r\n]*?)>?[ \t]*$", re.IGNORECASE | re.MULTILINE)
+_DELIVERED_TO = re.compile(rb"^Delivered-To[ \t]*:[ \t]*<?([^<>\r\n]*?)>?[ \t]*\r?$", re.IGNORECASE | re.MULTILINE)
 
 
 def _refuse_loops(content: bytes, routes: list[accounts.Route]) -> None:
@@ -552,14 +552,16 @@ def _message_row(prepared: _Prepared, body: StoredBody) -> dict:
     }
 
 
-def _deliveries(prepared: _Prepared, lookups: Lookups) -> tuple[Receipt, list[tuple[int, str, str]], list[str]]:
-    """(receipt so far, (mailbox id, state, reason) of each Delivery row, remote forwarding targets) of one message."""
+def _deliveries(
+    prepared: _Prepared, lookups: Lookups
+) -> tuple[Receipt, list[tuple[int, str, str]], list[tuple[str, str]]]:
+    """(receipt so far, (mailbox id, state, reason) of each Delivery row, (alias, remote target) of each forward)."""
     envelope, spam = prepared.envelope, prepared.spam
     unverified = envelope.verification != Verification.VERIFIED
     receipt = Receipt(queue_id=prepared.queue_id, rejected=list(prepared.rejected))
     deliveries: list[tuple[int, str, str]] = []
     seen: set[int] = set()
-    remote: list[str] = []
+    remote: list[tuple[str, str]] = []
     for r in prepared.routes:
         policy = lookups.policy(r.address)
         quarantine = unverified and policy == UnverifiedPolicy.QUARANTINE
@@ -574,16 +576,19 @@ def _deliveries(prepared: _Prepared, lookups: Lookups) -> tuple[Receipt, list[tu
             seen.add(mailbox.pk)
             deliveries.append((mailbox.pk, DeliveryState.QUARANTINED if quarantine else DeliveryState.INBOX, reason))
             (receipt.quarantined if quarantine else receipt.delivered).append(mailbox.address)
-        remote.extend(t for t in r.remote if t not in remote)
+        remote.extend((r.address, t) for t in r.remote if t not in {target for _alias, target in remote})
     return receipt, deliveries, remote
 
 
-def _forward(receipt: Receipt, remote: list[str]) -> Receipt:
+def _forward(receipt: Receipt, remote: list[tuple[str, str]]) -> Receipt:
+    """One forwarded copy per alias, each with its Delivered-To (the loop check of the next hop)."""
     if remote:
         from mailcore.services import outbound
 
-        outbound.forward(receipt.message, remote)
-        receipt.forwarded.extend(remote)
+        for alias in dict.fromkeys(alias for alias, _target in remote):
+            targets = [target for a, target in remote if a == alias]
+            outbound.forward(receipt.message, targets, delivered_to=alias)
+            receipt.forwarded.extend(targets)
     return receipt
 
 

@@ -47,7 +47,7 @@ def enqueue(message: Message, recipients: list[str]) -> list[QueueItem]:
     return items
 
 
-def forward(message: Message, recipients: list[str]) -> list[QueueItem]:
+def forward(message: Message, recipients: list[str], delivered_to: str = "") -> list[QueueItem]:
     """An alias that points at a remote address: the message leaves again through the queue.
 
     Reverse delivery §6 "Forwarding": we source it again from our own store under our own domain
@@ -56,11 +56,15 @@ def forward(message: Message, recipients: list[str]) -> list[QueueItem]:
     exactly what DATA would send (our trace headers, without the Return-Path that only the final
     delivery carries, RFC 5321 §4.4), which is also what GET serves. A bounce (null reverse-path)
     stays one: it is forwarded from <> and by DATA, so it can never cause another bounce.
+    `delivered_to`, the alias that forwards it, goes on top as `Delivered-To:`: a copy that comes
+    back for that address is a loop (inbound.MailLoop).
     """
     from mailcore.delivery.queue import strip_return_path
 
     store = message_store()
     content = strip_return_path(store.read(message.body_ref))
+    if delivered_to:
+        content = f"Delivered-To: {delivered_to}\r\n".encode() + content
     body = store.put(content)
     try:
         copy = Message.objects.create(
