@@ -549,9 +549,38 @@ class MailboxLockAdmin(ReadOnlyAdmin):
         return request.user.has_perm("mailcore.delete_mailboxlock")
 
 
+class SuperuserReadOnly:
+    """For django-q2's schedules, tasks and queue: superusers only, and read-only even for them.
+
+    A schedule's `func` is any import path and qcluster runs it, and resubmitting a task runs it
+    again: whoever may add, change or resubmit can run code on the server. Staff see none of it.
+    """
+
+    def has_module_permission(self, request) -> bool:
+        return request.user.is_active and request.user.is_superuser
+
+    def has_view_permission(self, request, obj=None) -> bool:
+        return request.user.is_active and request.user.is_superuser
+
+    def has_add_permission(self, request, *args) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False
+
+    def get_actions(self, request) -> dict:
+        return {}  # "resubmit task" among them
+
+
 def adopt_default_registrations() -> None:
     """Show what was registered on Django's default site (users, groups, django-q2, other modules) on ours too."""
     for model, model_admin in admin.site._registry.items():
         if not site.is_registered(model):
-            site.register(model, type(model_admin))
+            admin_class = type(model_admin)
+            if model._meta.app_label == "django_q":
+                admin_class = type(admin_class.__name__, (SuperuserReadOnly, admin_class), {})
+            site.register(model, admin_class)
 

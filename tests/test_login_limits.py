@@ -8,18 +8,15 @@ of the count followed by a check of the password ran all 30.
 from __future__ import annotations
 
 import base64
-import http.cookiejar
-import re
 import smtplib
 import threading
-import urllib.parse
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import free_port
 from tests.pop3_support import ADDRESS, PASSWORD, RawPop3, make_mailbox
+from tests.web_client import WebClient, start_web
 
 ATTEMPTS = 30
 LIMIT = 5
@@ -125,34 +122,6 @@ def test_parallel_wrong_pop3_logins_check_at_most_the_limit(server_factory, tmp_
     failed = [r for r in results if r == b"-ERR [AUTH] invalid user name or password"]
     blocked = [r for r in results if r == b"-ERR [AUTH] too many failed logins from your address; try again later"]
     assert 1 <= len(failed) <= LIMIT and len(failed) + len(blocked) == ATTEMPTS, results
-
-
-class WebClient:
-    """A browser's part in the owner's sign-in: a cookie jar, the CSRF token from the form."""
-
-    def __init__(self, base: str, headers: dict[str, str] | None = None):
-        self.base = base
-        self.headers = headers or {}
-        self.opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
-
-    def get(self, path: str) -> str:
-        request = urllib.request.Request(self.base + path, headers=self.headers)
-        with self.opener.open(request, timeout=60) as response:
-            return response.read().decode()
-
-    def sign_in(self, address: str, password: str) -> str:
-        page = self.get("/mailbox/login/")
-        token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page)[1]
-        data = urllib.parse.urlencode({"csrfmiddlewaretoken": token, "address": address, "password": password}).encode()
-        request = urllib.request.Request(self.base + "/mailbox/login/", data=data, headers=self.headers)
-        with self.opener.open(request, timeout=60) as response:
-            return response.read().decode()
-
-
-def start_web(server_factory, **env: str) -> str:
-    port = free_port()
-    server_factory("runweb", "--bind", f"127.0.0.1:{port}", wait=("127.0.0.1", port), **env)
-    return f"http://127.0.0.1:{port}"
 
 
 @pytest.mark.django_db(transaction=True)

@@ -147,6 +147,23 @@ def add_missing_headers(content: bytes, sender: str, *, add_from: bool = False) 
     return ("\r\n".join(added) + "\r\n").encode("ascii") + content
 
 
+# A Bcc or Resent-Bcc field (RFC 5322 §3.6.3, §3.6.6) with its folded continuation lines.
+_BCC_FIELD = re.compile(rb"^(?:Resent-)?Bcc[ \t]*:[^\r\n]*\r\n(?:[ \t][^\r\n]*\r\n)*", re.IGNORECASE | re.MULTILINE)
+
+
+def strip_bcc(content: bytes) -> bytes:
+    """The message without its Bcc fields; the body (after the first empty line) is left alone."""
+    end = content.find(b"\r\n\r\n")
+    split = end + 2 if end >= 0 else len(content)
+    head, body = content[:split], content[split:]
+    if b"bcc" not in head.lower():
+        return content
+    if head.endswith(b"\r\n"):
+        return _BCC_FIELD.sub(b"", head) + body
+    # A message that is all header, its last field without a line end.
+    return _BCC_FIELD.sub(b"", head + b"\r\n").removesuffix(b"\r\n")
+
+
 @dataclass
 class Submission:
     """The envelope of a message that a local user (or the operator) hands to us."""
@@ -198,8 +215,10 @@ def may_send_as(user: str, sender: str) -> bool:
 def submit(submission: Submission, content: bytes) -> SubmissionReceipt:
     """Deliver local recipients at once and queue remote ones; returns after the commit.
 
-    Local mail is verified by construction: it never left this server.
+    Local mail is verified by construction: it never left this server. `Bcc:` fields are
+    removed first (RFC 5322 §3.6.3): no recipient, local or remote, sees who was blind-copied.
     """
+    content = strip_bcc(content)
     local, remote = [], []
     for rcpt in submission.rcpt_tos:
         rcpt = check_submission_recipient(rcpt)
