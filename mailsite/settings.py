@@ -27,6 +27,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # First: the client's address and scheme, from trusted proxies only, before anything reads them.
+    "mailcore.web.proxy.TrustedProxyMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -183,6 +185,27 @@ STORAGES = {
         "OPTIONS": {"location": str(MAIL_DATA_DIR), **json.loads(env.get("MAIL_STORAGE_OPTIONS", "{}"))},
     },
 }
+
+# --- the web UI behind a TLS proxy ("Putting the web UI on the internet" in the README) -------
+
+MAIL_WEB_URL = env.get("MAIL_WEB_URL", "http://127.0.0.1:8000").rstrip("/")
+# Peers whose X-Forwarded-For and X-Forwarded-Proto are believed (mailcore.web.proxy); from any
+# other peer those headers are dropped.
+MAIL_WEB_TRUSTED_PROXIES = env.parse_networks(env.get("MAIL_WEB_TRUSTED_PROXIES", ""))
+if MAIL_WEB_TRUSTED_PROXIES:
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+if MAIL_WEB_URL.startswith("https://"):
+    # Served over https: cookies never sent in clear, and browsers told to keep to https (HSTS,
+    # sent by SecurityMiddleware on https responses only).
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True
+    SECURE_HSTS_SECONDS = env.get_int("MAIL_WEB_HSTS_SECONDS", 31536000)
+_web_origin = MAIL_WEB_URL.split("/", 3)
+if len(_web_origin) >= 3 and _web_origin[2]:
+    CSRF_TRUSTED_ORIGINS = ["/".join(_web_origin[:3])]
+    _web_host = _web_origin[2].rsplit(":", 1)[0] if not _web_origin[2].endswith("]") else _web_origin[2]
+    if _web_host not in ALLOWED_HOSTS:
+        ALLOWED_HOSTS.append(_web_host)
 
 # --- django-q2 --------------------------------------------------------------------------------
 

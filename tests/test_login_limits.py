@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import smtplib
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -137,3 +138,31 @@ def test_parallel_wrong_web_sign_ins_check_at_most_the_limit(server_factory, tmp
     runs = hasher_runs(log)
     assert "Too many failed sign-ins" in WebClient(base).sign_in(ADDRESS, PASSWORD)
     assert hasher_runs(log) == runs
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_failed_web_sign_in_holds_no_thread_for_the_delay(server_factory):
+    """With one request thread and a 5 s failure delay, a page asked for meanwhile is served at once:
+    the web sign-in does not sleep in the thread (the mail ports wait on their event loops)."""
+    make_mailbox()
+    port = free_port()
+    server_factory("runweb", "--bind", f"127.0.0.1:{port}", "--threads", "1", wait=("127.0.0.1", port), MAIL_AUTH_FAILURE_DELAY="5")
+    base = f"http://127.0.0.1:{port}"
+    client = WebClient(base)
+    client.get("/mailbox/login/")
+    outcome = {}
+
+    def wrong() -> None:
+        started = time.monotonic()
+        outcome["page"] = client.post_form("/mailbox/login/", {"address": ADDRESS, "password": "wrong"})
+        outcome["took"] = time.monotonic() - started
+
+    guesser = threading.Thread(target=wrong)
+    guesser.start()
+    time.sleep(0.2)
+    started = time.monotonic()
+    assert "Sign in to your mailbox" in WebClient(base).get("/mailbox/login/")
+    waited = time.monotonic() - started
+    guesser.join(60)
+    assert "Wrong address or password." in outcome["page"]
+    assert outcome["took"] < 5 and waited < 5, (outcome["took"], waited)

@@ -71,7 +71,7 @@ def _own_delivery(request, delivery_id: int) -> Delivery:
 @sensitive_post_parameters("password")
 @never_cache
 def login(request):
-    # The peer's address: runweb (waitress) serves clients directly, not behind a proxy.
+    # The client's address: the peer's, or what a trusted proxy says it is (mailcore.web.proxy).
     form = OwnerLoginForm(request.POST or None, client_address=request.META.get("REMOTE_ADDR", ""))
     if request.method == "POST" and form.is_valid():
         # A fresh session key on sign-in, so a planted session id is worth nothing (session fixation).
