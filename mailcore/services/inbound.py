@@ -477,11 +477,10 @@ def _refuse_loops(content: bytes, routes: list[accounts.Route]) -> None:
     received = len(_RECEIVED.findall(head))
     if received > settings.MAIL_MAX_RECEIVED_HEADERS:
         raise MailLoop(f"{received} Received headers")
-    if b"elivered-" in head or b"ELIVERED-" in head:
-        delivered_to = {m.decode("utf-8", "replace").strip().lower() for m in _DELIVERED_TO.findall(head)}
-        for r in routes:
-            if r.address in delivered_to:
-                raise MailLoop(f"already delivered to {r.address}")
+    delivered_to = {m.decode("utf-8", "replace").strip().lower() for m in _DELIVERED_TO.findall(head)}
+    for r in routes:
+        if r.address in delivered_to:
+            raise MailLoop(f"already delivered to {r.address}")
 
 
 def _refuse_over_quota(routes: list[accounts.Route], size: int) -> None:
