@@ -134,7 +134,8 @@ def test_parallel_wrong_web_sign_ins_check_at_most_the_limit(server_factory, tmp
     assert 1 <= hasher_runs(log) <= LIMIT, results
     wrong = [r for r in results if isinstance(r, str) and "Wrong address or password." in r]
     locked = [r for r in results if isinstance(r, str) and "Too many failed sign-ins from your address." in r]
-    assert 1 <= len(wrong) <= LIMIT and len(wrong) + len(locked) == ATTEMPTS, results
+    # A failure that reaches the limit says so too: with all five checked at once, each may.
+    assert len(wrong) < LIMIT and len(wrong) + len(locked) == ATTEMPTS, results
     runs = hasher_runs(log)
     assert "Too many failed sign-ins" in WebClient(base).sign_in(ADDRESS, PASSWORD)
     assert hasher_runs(log) == runs
