@@ -80,6 +80,7 @@ MAILBOX_FULL = Reply(452, "4.2.2", "Mailbox full, try again later")
 QUOTA_EXCEEDED = Reply(552, "5.2.2", "Message exceeds the recipient's mailbox quota")
 # RFC 3463 X.4.6 routing loop detected; RFC 5321 §6.3: refused, never forwarded again.
 MAIL_LOOP = Reply(554, "5.4.6", "Mail loop detected: {why}")
+SENDER_BLOCKED = Reply(550, "5.7.1", "Sender blocked by the recipient's sender list")
 RECIPIENT_TEMPFAIL = Reply(451, "4.3.0", "Temporary local problem looking up the recipient, try again later")
 
 # --- DATA ------------------------------------------------------------------------------------

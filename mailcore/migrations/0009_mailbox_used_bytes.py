@@ -16,7 +16,7 @@ def count_usage(apps, schema_editor):
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('mailcore', '0007_failure_counts'),
+        ('mailcore', '0008_failure_counts'),
     ]
 
     operations = [
