@@ -88,7 +88,7 @@ class DomainAdmin(admin.ModelAdmin):
 
 @admin.register(models.Mailbox, site=site)
 class MailboxAdmin(admin.ModelAdmin):
-    list_display = ["address", "domain", "active", "quota_bytes", "held_count", "created_at"]
+    list_display = ["address", "domain", "active", "usage", "held_count", "created_at"]
     list_filter = ["active", "domain"]
     search_fields = ["address"]
     change_form_template = "admin/mailcore/mailbox/change_form.html"
@@ -98,10 +98,17 @@ class MailboxAdmin(admin.ModelAdmin):
         return super().get_form(request, obj, change=change, **kwargs)
 
     def get_fields(self, request, obj=None):
-        return ["address", "active", "quota_bytes"] if obj else ["address", "password1", "password2", "active", "quota_bytes"]
+        return ["address", "active", "quota_bytes", "usage"] if obj else ["address", "password1", "password2", "active", "quota_bytes"]
 
     def get_readonly_fields(self, request, obj=None):
-        return ["address"] if obj else []
+        return ["address", "usage"] if obj else []
+
+    @admin.display(description="used / quota", ordering="used_bytes")
+    def usage(self, obj):
+        used = filesizeformat(obj.used_bytes)
+        if not obj.has_quota:
+            return f"{used} / no quota"
+        return f"{used} / {filesizeformat(obj.quota_bytes)} ({min(100, round(100 * obj.used_bytes / obj.quota_bytes))}%)"
 
     @admin.display(description="quarantined")
     def held_count(self, obj):
@@ -549,6 +556,32 @@ class MailboxLockAdmin(ReadOnlyAdmin):
         return request.user.has_perm("mailcore.delete_mailboxlock")
 
 
+class SuperuserReadOnly:
+    """For django-q2's schedules, tasks and queue: superusers only, and read-only even for them.
+
+    A schedule's `func` is any import path and qcluster runs it, and resubmitting a task runs it
+    again: whoever may add, change or resubmit can run code on the server. Staff see none of it.
+    """
+
+    def has_module_permission(self, request) -> bool:
+        return request.user.is_active and request.user.is_superuser
+
+    def has_view_permission(self, request, obj=None) -> bool:
+        return request.user.is_active and request.user.is_superuser
+
+    def has_add_permission(self, request, *args) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False
+
+    def get_actions(self, request) -> dict:
+        return {}  # "resubmit task" among them
+
+
 quarantine_admin.register(site)
 
 
@@ -556,5 +589,8 @@ def adopt_default_registrations() -> None:
     """Show what was registered on Django's default site (users, groups, django-q2, other modules) on ours too."""
     for model, model_admin in admin.site._registry.items():
         if not site.is_registered(model):
-            site.register(model, type(model_admin))
+            admin_class = type(model_admin)
+            if model._meta.app_label == "django_q":
+                admin_class = type(admin_class.__name__, (SuperuserReadOnly, admin_class), {})
+            site.register(model, admin_class)
 

@@ -60,6 +60,13 @@ def parse_binds(value: str) -> list[tuple[str, int]]:
     return binds
 
 
+def parse_networks(value: str) -> list:
+    """`IP[/PREFIX][,...]` (e.g. `127.0.0.1, 10.0.0.0/8, ::1`) as ipaddress networks."""
+    import ipaddress
+
+    return [ipaddress.ip_network(part.strip(), strict=False) for part in value.split(",") if part.strip()]
+
+
 def parse_dns_servers(value: str) -> list[tuple[str, int]]:
     """`IP[:PORT][,...]`, port 53 by default."""
     servers = []

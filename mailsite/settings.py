@@ -27,6 +27,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # First: the client's address and scheme, from trusted proxies only, before anything reads them.
+    "mailcore.web.proxy.TrustedProxyMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -122,6 +124,8 @@ MAIL_SMTP_MAX_CONNECTIONS_PER_CLIENT = env.get_int("MAIL_SMTP_MAX_CONNECTIONS_PE
 MAIL_SMTP_COMMAND_TIMEOUT = env.get_float("MAIL_SMTP_COMMAND_TIMEOUT", 300.0)  # RFC 5321 §4.5.3.2.7
 MAIL_SMTP_DATA_TIMEOUT = env.get_float("MAIL_SMTP_DATA_TIMEOUT", 180.0)  # RFC 5321 §4.5.3.2.5, per block
 MAIL_SMTP_MAX_BAD_COMMANDS = env.get_int("MAIL_SMTP_MAX_BAD_COMMANDS", 20)
+# RFC 5321 §6.3: a message with more Received headers than this went round a loop (554 5.4.6).
+MAIL_MAX_RECEIVED_HEADERS = env.get_int("MAIL_MAX_RECEIVED_HEADERS", 30)
 MAIL_SMTP_MAX_RECIPIENTS = env.get_int("MAIL_SMTP_MAX_RECIPIENTS", 100)
 MAIL_SMTP_SHUTDOWN_GRACE = env.get_float("MAIL_SMTP_SHUTDOWN_GRACE", 30.0)
 MAIL_SMTP_WORKER_THREADS = env.get_int("MAIL_SMTP_WORKER_THREADS", 8)
@@ -189,6 +193,27 @@ STORAGES = {
     },
 }
 
+# --- the web UI behind a TLS proxy ("Putting the web UI on the internet" in the README) -------
+
+# MAIL_WEB_URL (above): an https public URL turns on the secure settings below.
+# Peers whose X-Forwarded-For and X-Forwarded-Proto are believed (mailcore.web.proxy); from any
+# other peer those headers are dropped.
+MAIL_WEB_TRUSTED_PROXIES = env.parse_networks(env.get("MAIL_WEB_TRUSTED_PROXIES", ""))
+if MAIL_WEB_TRUSTED_PROXIES:
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+if MAIL_WEB_URL.startswith("https://"):
+    # Served over https: cookies never sent in clear, and browsers told to keep to https (HSTS,
+    # sent by SecurityMiddleware on https responses only).
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True
+    SECURE_HSTS_SECONDS = env.get_int("MAIL_WEB_HSTS_SECONDS", 31536000)
+_web_origin = MAIL_WEB_URL.split("/", 3)
+if len(_web_origin) >= 3 and _web_origin[2]:
+    CSRF_TRUSTED_ORIGINS = ["/".join(_web_origin[:3])]
+    _web_host = _web_origin[2].rsplit(":", 1)[0] if not _web_origin[2].endswith("]") else _web_origin[2]
+    if _web_host not in ALLOWED_HOSTS:
+        ALLOWED_HOSTS.append(_web_host)
+
 # --- django-q2 --------------------------------------------------------------------------------
 
 REDIS_URL = env.get("REDIS_URL")
@@ -210,10 +235,9 @@ if REDIS_URL:
 else:
     Q_CLUSTER["orm"] = "default"
 
-# Django's cache holds what every process and node must share: the failed-login counts of
-# submission, POP3 and the web sign-in (mailcore.services.login_failures). Redis when REDIS_URL is
-# set; otherwise a database table (created by migration 0005). Two servers sharing one Redis need
-# distinct prefixes, like MAIL_Q_NAME.
+# Django's cache: Redis when REDIS_URL is set; otherwise a database table (created by migration
+# 0005). Failed-login counts are not kept here but in the database (mailcore.services.login_failures),
+# where an increment is atomic. Two servers sharing one Redis need distinct prefixes, like MAIL_Q_NAME.
 MAIL_CACHE_PREFIX = env.get("MAIL_CACHE_PREFIX", Q_CLUSTER["name"])
 if REDIS_URL:
     CACHES = {

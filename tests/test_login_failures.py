@@ -1,4 +1,4 @@
-"""Failed logins are counted in the shared cache: every POP3 and submission process sees one count per address."""
+"""Failed logins are counted in the database: every POP3 and submission process sees one count per address."""
 
 from __future__ import annotations
 
@@ -42,13 +42,25 @@ def test_limit_reached_within_the_window_and_forgotten_after_two():
 
 
 @pytest.mark.django_db
-def test_two_counters_share_the_count_through_the_cache():
-    """What two processes do: separate objects, one cache."""
+def test_two_counters_share_the_count_through_the_database():
+    """What two processes do: separate objects, one table."""
     first, second = LoginFailures(limit=2, window=900), LoginFailures(limit=2, window=900)
     first.record("198.51.100.7")
     assert not second.blocked("198.51.100.7")
     second.record("198.51.100.7")
     assert first.blocked("198.51.100.7")
+
+
+@pytest.mark.django_db
+def test_reservations_stop_at_the_limit_and_a_release_gives_one_back():
+    failures = LoginFailures(limit=2, window=900)
+    first, second = failures.reserve("192.0.2.9"), failures.reserve("192.0.2.9")
+    assert first and second
+    assert failures.reserve("192.0.2.9") is None  # a refused reservation counts nothing
+    assert failures.count("192.0.2.9") == 2
+    failures.release(first)  # that attempt had the right password
+    assert failures.count("192.0.2.9") == 1
+    assert failures.reserve("192.0.2.9") is not None
 
 
 class RawSMTP:

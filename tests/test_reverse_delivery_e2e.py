@@ -220,11 +220,14 @@ def test_alias_to_a_remote_address_is_re_sourced_under_bs_own_domain(start_insta
     assert (a_from, a_origin) == ("postmaster@b.test", "mx.b.test [127.0.0.3]")
     assert a_state == "unverified"
 
-    # What B sourced is its stored copy without the Return-Path of its own final delivery.
+    # What B sourced is its stored copy without the Return-Path of its own final delivery, under
+    # the Delivered-To of the alias (the next hop's loop check).
     [(ref,)] = b.query("SELECT m.body_ref FROM mailcore_sourcedmessage s JOIN mailcore_message m ON m.id = s.message_id")
     forwarded_by_b = b.body(ref)
     assert not forwarded_by_b.startswith(b"Return-Path") and b"Return-Path" not in forwarded_by_b
-    assert forwarded_by_b.startswith(b"Authentication-Results: mx.b.test; x-source=pass smtp.mailfrom=alice@a.test")
+    assert forwarded_by_b.startswith(
+        b"Delivered-To: fwd@b.test\r\nAuthentication-Results: mx.b.test; x-source=pass smtp.mailfrom=alice@a.test"
+    )
     assert forwarded_by_b.endswith(original("forwarded"))
     # Alice's copy: A's trace on top of exactly what B sourced; one Return-Path, the rewritten one.
     assert back.endswith(forwarded_by_b)

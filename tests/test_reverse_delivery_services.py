@@ -110,9 +110,10 @@ def test_forwarded_copy_is_re_sourced_under_our_own_domain(local, settings):
     assert copy.pk != receipt.message.pk and copy.mail_from == "postmaster@b.test"
     stored = message_store().read(receipt.message.body_ref)
     forwarded = message_store().read(copy.body_ref)
-    # Exactly what DATA would send, which is what GET serves: no Return-Path, our trace kept.
+    # Exactly what DATA would send, which is what GET serves: no Return-Path, our trace kept, and
+    # on top the alias it was delivered to (the next hop's loop check).
     assert stored.startswith(b"Return-Path: <carol@c.test>\r\n")
-    assert forwarded == strip_return_path(stored) and b"Return-Path" not in forwarded
+    assert forwarded == b"Delivered-To: fwd@b.test\r\n" + strip_return_path(stored) and b"Return-Path" not in forwarded
     assert copy.size == len(forwarded)
 
 

@@ -3,6 +3,7 @@
 from mailcore.models.audit import ActorKind, AuditAction, AuditEntry
 from mailcore.models.digest import QuarantineDigest
 from mailcore.models.domain import Alias, Domain, Mailbox, MailboxLock, UnverifiedPolicy
+from mailcore.models.limits import FailureCount
 from mailcore.models.message import Delivery, DeliveryState, Message, SpamStatus, Transport, Verification
 from mailcore.models.outbound import QueueItem, QueueState
 from mailcore.models.senders import SenderAction, SenderRule, SenderScope
@@ -21,6 +22,7 @@ __all__ = [
     "Delivery",
     "DeliveryState",
     "Domain",
+    "FailureCount",
     "Mailbox",
     "MailboxLock",
     "Message",

@@ -50,7 +50,10 @@ class Mailbox(models.Model):
     address = models.CharField(max_length=320, unique=True, help_text="local@domain, lower-case.")
     password = models.CharField(max_length=256, help_text="A Django password hash, never the password.")
     active = models.BooleanField(default=True)
-    quota_bytes = models.BigIntegerField(null=True, blank=True, help_text="Empty: no quota.")
+    quota_bytes = models.BigIntegerField(null=True, blank=True, help_text="Bytes; empty or 0: no quota.")
+    # Kept as mail is delivered and deleted (mailcore.services.quota), in the same transactions,
+    # by `UPDATE ... SET used_bytes = used_bytes + n`: never by walking the store.
+    used_bytes = models.BigIntegerField(default=0, editable=False, help_text="Bytes of the mail it holds (inbox and quarantine).")
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -59,6 +62,14 @@ class Mailbox(models.Model):
 
     def __str__(self) -> str:
         return self.address
+
+    @property
+    def has_quota(self) -> bool:
+        return bool(self.quota_bytes and self.quota_bytes > 0)
+
+    def is_full(self) -> bool:
+        """RFC 3463 X.2.2: no room left for any message (RCPT is refused with 452 4.2.2)."""
+        return self.has_quota and self.used_bytes >= self.quota_bytes
 
     def set_password(self, raw_password: str) -> None:
         self.password = make_password(raw_password)

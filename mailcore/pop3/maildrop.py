@@ -14,18 +14,21 @@ from asgiref.sync import sync_to_async
 
 from mailcore.pop3.wire import TERMINATOR, retr_reply
 from mailcore.services import maildrop as service
+from mailcore.services.accounts import LoginBlocked
 from mailcore.services.login_failures import LoginFailures
 from mailcore.services.maildrop import Account, LockLost, MaildropEntry
 
 log = logging.getLogger("mailcore.pop3")
 
-__all__ = ["Account", "LockLost", "Maildrop", "MaildropEntry", "ReadAhead", "ServiceMaildrop"]
+__all__ = ["Account", "LockLost", "LoginBlocked", "Maildrop", "MaildropEntry", "ReadAhead", "ServiceMaildrop"]
 
 
 class Maildrop(Protocol):
     """The storage side of a POP3 session; the protocol holds one and never a database handle."""
 
-    async def authenticate(self, address: str, password: str) -> Account | None: ...
+    async def authenticate(self, address: str, password: str, client: str) -> Account | None:
+        """The account, or None; raises LoginBlocked when `client` reached the failed-login limit
+        (the attempt is counted before the password is checked, and given back on success)."""
 
     async def login_blocked(self, client: str) -> bool: ...
 
@@ -111,8 +114,8 @@ class ServiceMaildrop:
         self.lock_ttl = lock_ttl
         self.failures = failures
 
-    async def authenticate(self, address: str, password: str) -> Account | None:
-        return await _off_loop(service.authenticate, address, password)
+    async def authenticate(self, address: str, password: str, client: str) -> Account | None:
+        return await _off_loop(service.authenticate, address, password, client, self.failures)
 
     async def login_blocked(self, client: str) -> bool:
         """Whether `client` reached the failed-login limit, counted across processes and nodes."""

@@ -15,7 +15,7 @@ import socket
 import ssl
 from dataclasses import dataclass
 
-from mailcore.pop3.maildrop import Account, LockLost, Maildrop, MaildropEntry, ReadAhead
+from mailcore.pop3.maildrop import Account, LockLost, LoginBlocked, Maildrop, MaildropEntry, ReadAhead
 from mailcore.pop3.wire import CRLF, TERMINATOR, BodyEncoder
 
 log = logging.getLogger("mailcore.pop3")
@@ -518,14 +518,15 @@ class Pop3Session(asyncio.BufferedProtocol):
         return True
 
     async def login(self, address: str, password: str) -> None:
-        if await self.maildrop.login_blocked(self.peer):
+        try:
+            account = await self.maildrop.authenticate(address, password, self.peer)
+        except LoginBlocked:
             await asyncio.sleep(self.config.auth_failure_delay)
             self.send(AUTH_BLOCKED)
             self.outcome = "login blocked"
-            raise SessionEnd
-        account = await self.maildrop.authenticate(address, password)
+            raise SessionEnd from None
         if account is None:
-            await self.fail_login()
+            await self.fail_login(counted=True)
             return
         if not await self.take_lock(account):
             self.send(IN_USE)
@@ -543,8 +544,10 @@ class Pop3Session(asyncio.BufferedProtocol):
         count, size = self.totals()
         self.send(f"{OK} {account.address} has {count} messages ({size} octets)")
 
-    async def fail_login(self) -> None:
-        await self.maildrop.record_login_failure(self.peer)
+    async def fail_login(self, counted: bool = False) -> None:
+        """A failed login; `counted`: authenticate has counted it already (before the password check)."""
+        if not counted:
+            await self.maildrop.record_login_failure(self.peer)
         self.auth_failures += 1
         # RFC 1939 §13 and RFC 3206: a delay slows password guessing; [AUTH] says the credentials were wrong.
         await asyncio.sleep(self.config.auth_failure_delay)

@@ -10,7 +10,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from mailcore.models import AuditAction, Delivery, DeliveryState
-from mailcore.services import audit
+from mailcore.services import audit, quota
 
 log = logging.getLogger("mailcore.quarantine")
 
@@ -35,6 +35,7 @@ def expire_held(now=None) -> int:
                 continue
             delivery.state = DeliveryState.DELETED
             delivery.save(update_fields=["state", "changed_at"])
+            quota.refund([(delivery.mailbox_id, delivery.message.size)])
             audit.record(
                 AuditAction.EXPIRE,
                 audit.describe_delivery(delivery),

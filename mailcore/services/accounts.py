@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from django.db import IntegrityError, transaction
@@ -9,6 +10,7 @@ from django.db import IntegrityError, transaction
 from mailcore.addresses import AddressError, domain_of, normalize_address, normalize_domain
 from mailcore.models import Alias, AuditAction, Domain, Mailbox, UnverifiedPolicy
 from mailcore.services import audit, credentials
+from mailcore.services.login_failures import LoginFailures
 
 MAX_ALIAS_DEPTH = 10
 
@@ -131,18 +133,21 @@ def list_mailboxes(domain: str | None = None):
     return mailboxes
 
 
-def authenticate(address: str, password: str) -> Mailbox | None:
+def authenticate(address: str, password: str, before_hashing: Callable[[], None] | None = None) -> Mailbox | None:
     """The active mailbox for these credentials, or None.
 
     Runs the password hasher (slow by design) unless the same credentials were verified against
     the mailbox's current password hash within MAIL_AUTH_CACHE_TTL seconds, in this process: a
     client that logs in again and again then pays the hasher once per lifetime of its entry and
-    otherwise one indexed query, as with Dovecot's auth cache.
+    otherwise one indexed query, as with Dovecot's auth cache. `before_hashing` is called right
+    before the hasher runs, if it runs (`login` reserves a failure there).
     """
     try:
         address = normalize_address(address)
         mailbox = Mailbox.objects.select_related("domain").get(address=address)
     except (AddressError, Mailbox.DoesNotExist):
+        if before_hashing is not None:
+            before_hashing()
         # Spend the same time as a real check, so timing does not reveal which addresses exist.
         Mailbox().set_password(password)
         return None
@@ -151,10 +156,44 @@ def authenticate(address: str, password: str) -> Mailbox | None:
         return None
     if credentials.recall(address, password, mailbox.pk, mailbox.password):
         return mailbox
+    if before_hashing is not None:
+        before_hashing()
     if not mailbox.check_password(password):
         return None
     # After the check: a hasher upgrade has just stored the new hash, which the entry then names.
     credentials.remember(address, password, mailbox.pk, mailbox.password)
+    return mailbox
+
+
+class LoginBlocked(Exception):
+    """Too many failed logins from this client address: no password is checked."""
+
+
+def login(client_address: str, address: str, password: str, failures: LoginFailures | None = None) -> Mailbox | None:
+    """`authenticate` under the failed-login limit of `client_address` (LoginBlocked when reached).
+
+    The one entrance of submission, POP3 and the web sign-in. A failure is reserved (counted
+    atomically) before the hasher runs and given back when the password was right: a check
+    of the count followed by a check of the password would let N parallel attempts all pass
+    the first before any of them is counted, and check N passwords instead of the limit's worth.
+    """
+    failures = failures or LoginFailures()
+    if failures.blocked(client_address):
+        raise LoginBlocked(client_address)
+    reserved: list[str] = []
+
+    def reserve() -> None:
+        key = failures.reserve(client_address)
+        if key is None:
+            raise LoginBlocked(client_address)
+        reserved.append(key)
+
+    mailbox = authenticate(address, password, before_hashing=reserve)
+    if mailbox is not None:
+        for key in reserved:
+            failures.release(key)
+    elif not reserved:  # refused without a hash (a disabled mailbox): a failure all the same
+        failures.record(client_address)
     return mailbox
 
 

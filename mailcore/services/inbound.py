@@ -21,7 +21,7 @@ from django.utils import timezone
 from mailcore.addresses import AddressError, domain_of, normalize_domain
 from mailcore.models import Delivery, DeliveryState, Message, Transport, UnverifiedPolicy, Verification
 from mailcore.models.message import new_queue_id
-from mailcore.services import accounts, senders
+from mailcore.services import accounts, quota, senders
 from mailcore.store import StoredBody, message_store
 from mailcore.store.bodies import PendingBodies
 
@@ -84,6 +84,17 @@ class PolicyRejection(Exception):
     """Every recipient's domain rejects unverified mail (reverse-delivery.md §5)."""
 
 
+class QuotaExceeded(PolicyRejection):
+    """The message would take every recipient's mailbox over its quota: 552 5.2.2 (RFC 3463)."""
+
+
+class MailLoop(PolicyRejection):
+    """Too many Received headers (RFC 5321 §6.3), or our own Delivered-To for a recipient: 554 5.4.6.
+
+    Refused before anything is stored, so it is never forwarded again.
+    """
+
+
 class SenderBlocked(PolicyRejection):
     """Every recipient blocks this sender (a sender list entry for the From header): 550 5.7.1 to DATA."""
 
@@ -103,6 +114,8 @@ class RecipientCheck:
     local_domain: bool
     exists: bool  # a mailbox or an alias (catch-all included) takes it
     policy: str  # the recipient domain's policy for unverified mail
+    full: bool = False  # every mailbox it reaches is at its quota, and it reaches nothing else
+    has_quota: bool = False  # a mailbox it reaches has a quota: its fullness changes with each message
     senders: senders.Rules = senders.NO_RULES  # the sender list entries that concern this recipient
 
 
@@ -121,7 +134,11 @@ def check_recipient(address: str) -> RecipientCheck:
     if not r.local_domain:
         return RecipientCheck(valid=True, local_domain=False, exists=False, policy=UnverifiedPolicy.ACCEPT)
     rules = senders.rules_for(r.address) if r.exists else senders.NO_RULES
-    return RecipientCheck(valid=True, local_domain=True, exists=r.exists, policy=_policy_for(r.address), senders=rules)
+    full = bool(r.mailboxes) and not r.remote and all(m.is_full() for m in r.mailboxes)
+    has_quota = any(m.has_quota for m in r.mailboxes)
+    return RecipientCheck(
+        valid=True, local_domain=True, exists=r.exists, policy=_policy_for(r.address), senders=rules, full=full, has_quota=has_quota
+    )
 
 
 def authentication_results(envelope: Envelope) -> str:
@@ -539,6 +556,7 @@ def _prepare(envelope: Envelope, content: bytes | list[bytes], spam: SpamVerdict
         raise PolicyRejection(", ".join(rejected))
     if len(blocked) == len(routes):
         raise SenderBlocked(", ".join(blocked))
+    _refuse_loops(content, routes)
 
     # spamd's verdict before anything is stored, so that a refusal is still a 550 to DATA;
     # raises SpamRejection (a PolicyRejection) when every recipient's domain refuses it.
@@ -553,9 +571,44 @@ def _prepare(envelope: Envelope, content: bytes | list[bytes], spam: SpamVerdict
     if spam_result != envelope.spam_result:  # no copy of the envelope when the check adds nothing (it is off)
         envelope = replace(envelope, spam_result=spam_result)
     headers = trace_headers(envelope, queue_id, received) + spam.headers()
+    _refuse_over_quota(routes, len(headers) + len(content))
     return _Prepared(
         envelope, queue_id, routes, rejected, spam, headers, content, subject, header_from, frozenset(allowed), frozenset(blocked)
     )
+
+
+_RECEIVED = re.compile(rb"^Received[ \t]*:", re.IGNORECASE | re.MULTILINE)
+_DELIVERED_TO = re.compile(rb"^Delivered-To[ \t]*:[ \t]*<?([^<>\r\n]*?)>?[ \t]*\r?$", re.IGNORECASE | re.MULTILINE)
+
+
+def _refuse_loops(content: bytes, routes: list[accounts.Route]) -> None:
+    """MailLoop when the message went round: RFC 5321 §6.3 suggests counting Received headers
+    (more than MAIL_MAX_RECEIVED_HEADERS), and our own Delivered-To for a recipient says that we
+    handed it on for that very address before (Postfix's local(8) check)."""
+    end = content.find(b"\r\n\r\n")
+    head = content if end < 0 else content[: end + 2]
+    received = len(_RECEIVED.findall(head))
+    if received > settings.MAIL_MAX_RECEIVED_HEADERS:
+        raise MailLoop(f"{received} Received headers")
+    delivered_to = {m.decode("utf-8", "replace").strip().lower() for m in _DELIVERED_TO.findall(head)}
+    for r in routes:
+        if r.address in delivered_to:
+            raise MailLoop(f"already delivered to {r.address}")
+
+
+def _refuse_over_quota(routes: list[accounts.Route], size: int) -> None:
+    """QuotaExceeded when the message would take every mailbox it reaches over its quota.
+
+    Read now, not from the routes (a listener reuses those for a second or two). A message that
+    another recipient takes too is delivered to all of them, a full mailbox going over its quota
+    by that one message (as Dovecot's quota grace) rather than silently losing it after the 250;
+    RCPT then refuses the next one (452 4.2.2).
+    """
+    if any(r.remote for r in routes) or not any(m.has_quota for r in routes for m in r.mailboxes):
+        return
+    mailbox_ids = {m.pk for r in routes for m in r.mailboxes}
+    if mailbox_ids and quota.over_quota(mailbox_ids, size) == mailbox_ids:
+        raise QuotaExceeded(", ".join(r.address for r in routes))
 
 
 def _record(prepared: _Prepared, body: StoredBody, lookups: Lookups) -> Receipt:
@@ -577,6 +630,11 @@ def _record_many(batch: list[tuple[_Prepared, StoredBody]], lookups: Lookups) ->
             for mailbox_id, state, reason in deliveries
         ],
         now=now,
+    )
+    quota.charge(
+        (mailbox_id, body.size)
+        for (_prepared, body), (_receipt, deliveries, _remote) in zip(batch, routed, strict=True)
+        for mailbox_id, _state, _reason in deliveries
     )
     receipts = []
     for message_id, row, (receipt, _mailboxes, remote) in zip(message_ids, messages, routed, strict=True):
@@ -606,14 +664,16 @@ def _message_row(prepared: _Prepared, body: StoredBody) -> dict:
     }
 
 
-def _deliveries(prepared: _Prepared, lookups: Lookups) -> tuple[Receipt, list[tuple[int, str, str]], list[str]]:
-    """(receipt so far, (mailbox id, state, reason) of each Delivery row, remote forwarding targets) of one message."""
+def _deliveries(
+    prepared: _Prepared, lookups: Lookups
+) -> tuple[Receipt, list[tuple[int, str, str]], list[tuple[str, str]]]:
+    """(receipt so far, (mailbox id, state, reason) of each Delivery row, (alias, remote target) of each forward)."""
     envelope, spam = prepared.envelope, prepared.spam
     unverified = envelope.verification != Verification.VERIFIED
     receipt = Receipt(queue_id=prepared.queue_id, rejected=list(prepared.rejected))
     deliveries: list[tuple[int, str, str]] = []
     seen: set[int] = set()
-    remote: list[str] = []
+    remote: list[tuple[str, str]] = []
     for r in prepared.routes:
         policy = lookups.policy(r.address)
         quarantine = unverified and policy == UnverifiedPolicy.QUARANTINE
@@ -635,16 +695,19 @@ def _deliveries(prepared: _Prepared, lookups: Lookups) -> tuple[Receipt, list[tu
             seen.add(mailbox.pk)
             deliveries.append((mailbox.pk, DeliveryState.QUARANTINED if quarantine else DeliveryState.INBOX, reason))
             (receipt.quarantined if quarantine else receipt.delivered).append(mailbox.address)
-        remote.extend(t for t in r.remote if t not in remote)
+        remote.extend((r.address, t) for t in r.remote if t not in {target for _alias, target in remote})
     return receipt, deliveries, remote
 
 
-def _forward(receipt: Receipt, remote: list[str]) -> Receipt:
+def _forward(receipt: Receipt, remote: list[tuple[str, str]]) -> Receipt:
+    """One forwarded copy per alias, each with its Delivered-To (the loop check of the next hop)."""
     if remote:
         from mailcore.services import outbound
 
-        outbound.forward(receipt.message, remote)
-        receipt.forwarded.extend(remote)
+        for alias in dict.fromkeys(alias for alias, _target in remote):
+            targets = [target for a, target in remote if a == alias]
+            outbound.forward(receipt.message, targets, delivered_to=alias)
+            receipt.forwarded.extend(targets)
     return receipt
 
 

@@ -14,7 +14,8 @@ from django.utils import timezone
 
 from mailcore.models import Delivery, DeliveryState, MailboxLock, Message, QueueState
 from mailcore.pop3.wire import wire_size
-from mailcore.services import accounts
+from mailcore.services import accounts, quota
+from mailcore.services.login_failures import LoginFailures
 from mailcore.store import message_store, segments
 from mailcore.store.bodies import CHUNK_SIZE
 
@@ -54,9 +55,10 @@ def _fresh_connection() -> None:
         close_old_connections()
 
 
-def authenticate(address: str, password: str) -> Account | None:
+def authenticate(address: str, password: str, client: str, failures: LoginFailures) -> Account | None:
+    """The account for these credentials, or None; raises LoginBlocked (accounts.login)."""
     _fresh_connection()
-    mailbox = accounts.authenticate(address, password)
+    mailbox = accounts.login(client, address, password, failures)
     return Account(mailbox.pk, mailbox.address) if mailbox is not None else None
 
 
@@ -242,8 +244,11 @@ def commit_update(mailbox_id: int, holder: str, deleted: list[int], retrieved: l
         inbox = Delivery.objects.filter(mailbox_id=mailbox_id, state=DeliveryState.INBOX)
         if retrieved:
             inbox.filter(pk__in=retrieved, retrieved_at__isnull=True).update(retrieved_at=now)
-        message_ids = list(inbox.filter(pk__in=deleted).values_list("message_id", flat=True)) if deleted else []
+        doomed = list(inbox.filter(pk__in=deleted).values_list("message_id", "message__size")) if deleted else []
         count = inbox.filter(pk__in=deleted).update(state=DeliveryState.DELETED, changed_at=now) if deleted else 0
+        # The space is free once the deletion commits, in the same transaction.
+        quota.refund((mailbox_id, size) for _message_id, size in doomed)
+        message_ids = [message_id for message_id, _size in doomed]
     if message_ids:
         release_unreferenced_bodies(message_ids)
     return count

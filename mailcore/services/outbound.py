@@ -47,7 +47,7 @@ def enqueue(message: Message, recipients: list[str]) -> list[QueueItem]:
     return items
 
 
-def forward(message: Message, recipients: list[str]) -> list[QueueItem]:
+def forward(message: Message, recipients: list[str], delivered_to: str = "") -> list[QueueItem]:
     """An alias that points at a remote address: the message leaves again through the queue.
 
     Reverse delivery §6 "Forwarding": we source it again from our own store under our own domain
@@ -56,11 +56,15 @@ def forward(message: Message, recipients: list[str]) -> list[QueueItem]:
     exactly what DATA would send (our trace headers, without the Return-Path that only the final
     delivery carries, RFC 5321 §4.4), which is also what GET serves. A bounce (null reverse-path)
     stays one: it is forwarded from <> and by DATA, so it can never cause another bounce.
+    `delivered_to`, the alias that forwards it, goes on top as `Delivered-To:`: a copy that comes
+    back for that address is a loop (inbound.MailLoop).
     """
     from mailcore.delivery.queue import strip_return_path
 
     store = message_store()
     content = strip_return_path(store.read(message.body_ref))
+    if delivered_to:
+        content = f"Delivered-To: {delivered_to}\r\n".encode() + content
     body = store.put(content)
     try:
         copy = Message.objects.create(
@@ -143,6 +147,23 @@ def add_missing_headers(content: bytes, sender: str, *, add_from: bool = False) 
     return ("\r\n".join(added) + "\r\n").encode("ascii") + content
 
 
+# A Bcc or Resent-Bcc field (RFC 5322 §3.6.3, §3.6.6) with its folded continuation lines.
+_BCC_FIELD = re.compile(rb"^(?:Resent-)?Bcc[ \t]*:[^\r\n]*\r\n(?:[ \t][^\r\n]*\r\n)*", re.IGNORECASE | re.MULTILINE)
+
+
+def strip_bcc(content: bytes) -> bytes:
+    """The message without its Bcc fields; the body (after the first empty line) is left alone."""
+    end = content.find(b"\r\n\r\n")
+    split = end + 2 if end >= 0 else len(content)
+    head, body = content[:split], content[split:]
+    if b"bcc" not in head.lower():
+        return content
+    if head.endswith(b"\r\n"):
+        return _BCC_FIELD.sub(b"", head) + body
+    # A message that is all header, its last field without a line end.
+    return _BCC_FIELD.sub(b"", head + b"\r\n").removesuffix(b"\r\n")
+
+
 @dataclass
 class Submission:
     """The envelope of a message that a local user (or the operator) hands to us."""
@@ -194,8 +215,10 @@ def may_send_as(user: str, sender: str) -> bool:
 def submit(submission: Submission, content: bytes) -> SubmissionReceipt:
     """Deliver local recipients at once and queue remote ones; returns after the commit.
 
-    Local mail is verified by construction: it never left this server.
+    Local mail is verified by construction: it never left this server. `Bcc:` fields are
+    removed first (RFC 5322 §3.6.3): no recipient, local or remote, sees who was blind-copied.
     """
+    content = strip_bcc(content)
     local, remote = [], []
     for rcpt in submission.rcpt_tos:
         rcpt = check_submission_recipient(rcpt)
@@ -216,7 +239,14 @@ def submit(submission: Submission, content: bytes) -> SubmissionReceipt:
                 auth_comment=f"submitted by {submission.authenticated_as}" if submission.authenticated_as else "local submission",
                 reject_policy_applies=False,
             )
-            local_receipt = inbound.receive(envelope, content)
+            try:
+                local_receipt = inbound.receive(envelope, content)
+            except inbound.QuotaExceeded:
+                raise SubmissionError(
+                    "the message exceeds the recipients' mailbox quota", "552 5.2.2 Message exceeds the recipient's mailbox quota"
+                ) from None
+            except inbound.MailLoop as exc:
+                raise SubmissionError(f"mail loop: {exc}", f"554 5.4.6 Mail loop detected: {exc}") from None
             receipt.queue_id = local_receipt.queue_id
             receipt.delivered = local_receipt.delivered + local_receipt.quarantined
             receipt.queued.extend(local_receipt.forwarded)

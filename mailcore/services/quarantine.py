@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from django.db import transaction
 
 from mailcore.models import AuditAction, Delivery, DeliveryState
-from mailcore.services import audit
+from mailcore.services import audit, quota
 
 
 class QuarantineError(Exception):
@@ -44,6 +44,8 @@ def _move(delivery_id: int, state: str, mailbox=None, action: str = "") -> Deliv
         delivery = _held_one(delivery_id, mailbox)
         delivery.state = state
         delivery.save(update_fields=["state", "changed_at"])
+        if state == DeliveryState.DELETED:
+            quota.refund([(delivery.mailbox_id, delivery.message.size)])
         audit.record(action, audit.describe_delivery(delivery), mailbox=delivery.mailbox.address, detail=delivery.reason)
     return delivery
 

@@ -228,6 +228,8 @@ class InboundHandler:
             return replies.RELAY_DENIED, None
         if not check.exists:
             return replies.USER_UNKNOWN, None
+        if check.full:
+            return replies.MAILBOX_FULL, None
         return self.sender_list_verdict(server, check)
 
     @staticmethod
@@ -251,7 +253,8 @@ class InboundHandler:
         if cached is not None and cached[0] > now:
             return cached[1]
         check = await self.call(inbound.check_recipient, address)
-        if self.recipient_cache_seconds > 0:
+        # A verdict about a mailbox with a quota changes with every message: never reused.
+        if self.recipient_cache_seconds > 0 and not check.has_quota:
             if len(self.recipient_cache) >= 10000:  # a dictionary attack must not grow it forever
                 self.recipient_cache = {k: v for k, v in self.recipient_cache.items() if v[0] > now}
                 if len(self.recipient_cache) >= 10000:
@@ -277,6 +280,10 @@ class InboundHandler:
         except (DatabaseError, OSError) as exc:
             log.warning("delivery failed: %s", exc)
             return replies.TEMPORARY_FAILURE, None
+        except inbound.QuotaExceeded:  # PolicyRejections too: these clauses come first
+            return replies.QUOTA_EXCEEDED, None
+        except inbound.MailLoop as exc:
+            return replies.MAIL_LOOP(why=str(exc)), None
         except SpamRejection as exc:  # a PolicyRejection too: this clause comes first
             return replies.SPAM_REFUSED(score=f"{exc.score:.1f}"), None
         except inbound.SenderBlocked:  # a PolicyRejection too
@@ -342,7 +349,7 @@ class InboundHandler:
         """(worker thread) The sourced body, unless this address asked for too many unknown ids.
 
         reverse-delivery.md §6 "Guessing ids": unknown-id GETs are counted per client address in
-        the shared cache, so every listener process and node of this origin meets one count.
+        the database, so every listener process and node of this origin meets one count.
         """
         # The shared count is read at a session's first GET, and then only while this address
         # has asked this process for unknown ids lately: an origin's pull pipelines many GETs on

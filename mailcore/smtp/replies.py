@@ -75,6 +75,12 @@ TOO_MANY_RECIPIENTS = Reply(452, "4.5.3", "Too many recipients")
 POLICY_MIXES = Reply(
     452, "4.5.3", "Recipient domains differ in their policy for unverified mail; send to this one in a separate transaction"
 )
+# RFC 3463 X.2.2 mailbox full: 452 at RCPT (RFC 5321 §4.5.3.1.10 lets the client try later),
+# 552 at DATA for a message that would not fit (RFC 5321 §4.2.3).
+MAILBOX_FULL = Reply(452, "4.2.2", "Mailbox full, try again later")
+QUOTA_EXCEEDED = Reply(552, "5.2.2", "Message exceeds the recipient's mailbox quota")
+# RFC 3463 X.4.6 routing loop detected; RFC 5321 §6.3: refused, never forwarded again.
+MAIL_LOOP = Reply(554, "5.4.6", "Mail loop detected: {why}")
 SENDER_BLOCKED = Reply(550, "5.7.1", "Sender blocked by the recipient's sender list")
 RECIPIENT_TEMPFAIL = Reply(451, "4.3.0", "Temporary local problem looking up the recipient, try again later")
 

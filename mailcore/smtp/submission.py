@@ -50,7 +50,7 @@ class SubmissionHandler(InboundHandler):
 
     def __init__(self, workers: int | None = None):
         super().__init__(workers)
-        # Counted in the shared cache: every submission process (and POP3, and the web sign-in)
+        # Counted in the database: every submission process (and POP3, and the web sign-in)
         # sees the same failures of an address.
         self.failures = LoginFailures(settings.MAIL_AUTH_MAX_FAILURES, settings.MAIL_AUTH_FAILURE_WINDOW)
 
@@ -102,6 +102,8 @@ class SubmissionHandler(InboundHandler):
         try:
             user = await self.authenticate(server.client_address, username, password)
             blocked = user is None and await self.auth_blocked(server.client_address)
+        except accounts.LoginBlocked:
+            user, blocked = None, True
         except TemporaryFault:
             await server.reply(AUTH_TEMPFAIL)
             return AuthResult(success=False, handled=True)
@@ -119,11 +121,13 @@ class SubmissionHandler(InboundHandler):
         return await self.call(self.failures.blocked, client_address)
 
     async def authenticate(self, client_address: str, username: str, password: str) -> str | None:
-        """The mailbox address for these credentials, or None (after the failure delay)."""
-        mailbox = await self.call(accounts.authenticate, username, password)
+        """The mailbox address for these credentials, or None (after the failure delay).
+
+        Raises LoginBlocked when the address reached the failed-login limit, this attempt included.
+        """
+        mailbox = await self.call(accounts.login, client_address, username, password, self.failures)
         if mailbox is not None:
             return mailbox.address
-        await self.call(self.failures.record, client_address)
         # RFC 4954 §4 leaves the delay to us: it makes guessing slow without locking anyone out.
         await asyncio.sleep(settings.MAIL_AUTH_FAILURE_DELAY)
         return None

@@ -143,10 +143,6 @@ class OwnerLoginForm(forms.Form):
         super().__init__(*args, **kwargs)
 
     def clean(self):
-        import time
-
-        from django.conf import settings
-
         from mailcore.services import accounts
         from mailcore.services.login_failures import LoginFailures
 
@@ -154,16 +150,15 @@ class OwnerLoginForm(forms.Form):
         address, password = cleaned.get("address"), cleaned.get("password")
         if address and password:
             # The same count as submission and POP3 (the same passwords): a guesser locked out
-            # there gets no fresh guesses here, and the reverse.
-            failures = LoginFailures(settings.MAIL_AUTH_MAX_FAILURES, settings.MAIL_AUTH_FAILURE_WINDOW)
-            if failures.blocked(self.client_address):
-                raise forms.ValidationError(self.LOCKED_OUT, code="locked_out")
-            self.mailbox = accounts.authenticate(address, password)
+            # there gets no fresh guesses here, and the reverse. No delay after a failure: it
+            # would hold one of the web server's few threads, and the count, reserved before
+            # the password is checked, already caps the guesses an address gets per window.
+            try:
+                self.mailbox = accounts.login(self.client_address, address, password)
+            except accounts.LoginBlocked:
+                raise forms.ValidationError(self.LOCKED_OUT, code="locked_out") from None
             if self.mailbox is None:
-                failures.record(self.client_address)
-                # As on the mail ports: a delay makes guessing slow without locking anyone out.
-                time.sleep(settings.MAIL_AUTH_FAILURE_DELAY)
-                if failures.blocked(self.client_address):
+                if LoginFailures().blocked(self.client_address):  # this failure reached the limit
                     raise forms.ValidationError(self.LOCKED_OUT, code="locked_out")
                 # One message for unknown address, wrong password and disabled mailbox alike.
                 raise forms.ValidationError("Wrong address or password.", code="invalid_login")

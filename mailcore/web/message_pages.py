@@ -36,6 +36,8 @@ def context(message: Message, *, show_html_as_text: bool = False) -> dict:
             html_text = html_module.unescape(nh3.clean(parts.html, tags=set(), clean_content_tags={"script", "style", "title"}))
     return {
         "message": message,
+        # The whole envelope, for the console; the owner's view narrows it to the owner.
+        "recipients": message.rcpt_tos,
         "parts": parts,
         "problems": problems,
         "header_auth_results": message_parts.authentication_results(parts) if parts else [],

@@ -74,7 +74,7 @@ def _own_delivery(request, delivery_id: int) -> Delivery:
 @sensitive_post_parameters("password")
 @never_cache
 def login(request):
-    # The peer's address: runweb (waitress) serves clients directly, not behind a proxy.
+    # The client's address: the peer's, or what a trusted proxy says it is (mailcore.web.proxy).
     form = OwnerLoginForm(request.POST or None, client_address=request.META.get("REMOTE_ADDR", ""))
     if request.method == "POST" and form.is_valid():
         # A fresh session key on sign-in, so a planted session id is worth nothing (session fixation).
@@ -96,6 +96,12 @@ def logout(request):
     return HttpResponseRedirect(reverse("mailbox:login"))
 
 
+def quota_usage(mailbox: Mailbox) -> dict:
+    """What the owner's page says about the space used: bytes, the quota, and the percentage."""
+    percent = min(100, round(100 * mailbox.used_bytes / mailbox.quota_bytes)) if mailbox.has_quota else None
+    return {"used": mailbox.used_bytes, "limit": mailbox.quota_bytes if mailbox.has_quota else None, "percent": percent}
+
+
 @owner_required
 def home(request):
     since = timezone.now() - timedelta(days=RECENT_DAYS)
@@ -106,6 +112,7 @@ def home(request):
     )
     return render(request, "mailbox/home.html", {
         "mailbox": request.mailbox,
+        "quota": quota_usage(request.mailbox),
         "held": quarantine.held(request.mailbox),
         "retention_days": f"{settings.MAIL_QUARANTINE_RETENTION_DAYS:g}",
         "recent": recent,
@@ -121,6 +128,9 @@ def message(request, delivery_id: int):
         "mailbox": request.mailbox,
         "delivery": delivery,
         "deliveries": [delivery],
+        # Only the owner's own address: the other envelope recipients are the sender's business
+        # (a Bcc recipient must stay unseen by the others).
+        "recipients": [request.mailbox.address],
         "can_act": True,
         "raw_url": reverse("mailbox:raw", args=[delivery.pk]),
         "html_url": reverse("mailbox:html", args=[delivery.pk]),

@@ -35,7 +35,11 @@ class Command(BaseCommand):
         application = with_static_files(get_wsgi_application())
         listen = " ".join(_listen_address(host, port) for host, port in binds)
         try:
-            server = waitress.create_server(application, listen=listen, threads=threads, ident="mailcore")
+            # waitress's own proxy handling trusts one address only; mailcore.web.proxy trusts the
+            # networks of MAIL_WEB_TRUSTED_PROXIES and drops the headers of every other peer.
+            server = waitress.create_server(
+                application, listen=listen, threads=threads, ident="mailcore", clear_untrusted_proxy_headers=False
+            )
         except OSError as exc:
             raise CommandError(f"runweb: cannot listen on {listen}: {exc}")
 
