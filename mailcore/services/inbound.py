@@ -489,6 +489,10 @@ def joined(content: bytes | list[bytes]) -> bytes:
     return content if isinstance(content, bytes) else b"".join(content)
 
 
+def content_length(content: bytes | list[bytes]) -> int:
+    return len(content) if isinstance(content, bytes) else sum(map(len, content))
+
+
 def without_forged_verdicts(content: bytes | list[bytes]) -> bytes | list[bytes]:
     """`without_forged_headers` of a message that may be in parts: the header block is in the first."""
     if isinstance(content, bytes):
@@ -531,7 +535,8 @@ def _prepare(envelope: Envelope, content: bytes | list[bytes], spam: SpamVerdict
     unverified = envelope.verification != Verification.VERIFIED
     # Our own headers name neither Subject nor From, so the message's header block alone says
     # what the stored one would, without a copy of the whole message to parse.
-    subject, header_from = summary_headers(content if isinstance(content, bytes) else content[0])
+    first_part = content if isinstance(content, bytes) else content[0]  # holds the whole header block
+    subject, header_from = summary_headers(first_part)
     listed = _sender_lists(envelope, header_from, lookups)
     routes = []
     rejected: list[str] = []
@@ -556,7 +561,7 @@ def _prepare(envelope: Envelope, content: bytes | list[bytes], spam: SpamVerdict
         raise PolicyRejection(", ".join(rejected))
     if len(blocked) == len(routes):
         raise SenderBlocked(", ".join(blocked))
-    _refuse_loops(content, routes)
+    _refuse_loops(first_part, routes)
 
     # spamd's verdict before anything is stored, so that a refusal is still a 550 to DATA;
     # raises SpamRejection (a PolicyRejection) when every recipient's domain refuses it.
@@ -571,7 +576,7 @@ def _prepare(envelope: Envelope, content: bytes | list[bytes], spam: SpamVerdict
     if spam_result != envelope.spam_result:  # no copy of the envelope when the check adds nothing (it is off)
         envelope = replace(envelope, spam_result=spam_result)
     headers = trace_headers(envelope, queue_id, received) + spam.headers()
-    _refuse_over_quota(routes, len(headers) + len(content))
+    _refuse_over_quota(routes, len(headers) + content_length(content))
     return _Prepared(
         envelope, queue_id, routes, rejected, spam, headers, content, subject, header_from, frozenset(allowed), frozenset(blocked)
     )
@@ -581,12 +586,12 @@ _RECEIVED = re.compile(rb"^Received[ \t]*:", re.IGNORECASE | re.MULTILINE)
 _DELIVERED_TO = re.compile(rb"^Delivered-To[ \t]*:[ \t]*<?([^<>\r\n]*?)>?[ \t]*\r?$", re.IGNORECASE | re.MULTILINE)
 
 
-def _refuse_loops(content: bytes, routes: list[accounts.Route]) -> None:
+def _refuse_loops(head_part: bytes, routes: list[accounts.Route]) -> None:
     """MailLoop when the message went round: RFC 5321 §6.3 suggests counting Received headers
     (more than MAIL_MAX_RECEIVED_HEADERS), and our own Delivered-To for a recipient says that we
     handed it on for that very address before (Postfix's local(8) check)."""
-    end = content.find(b"\r\n\r\n")
-    head = content if end < 0 else content[: end + 2]
+    end = head_part.find(b"\r\n\r\n")
+    head = head_part if end < 0 else head_part[: end + 2]
     received = len(_RECEIVED.findall(head))
     if received > settings.MAIL_MAX_RECEIVED_HEADERS:
         raise MailLoop(f"{received} Received headers")
