@@ -20,7 +20,7 @@ from tests.smtppeer import ThreadedPeer
 @dataclass
 class SourcePeer(ThreadedPeer):
     hostname: str = "mx.c.test"
-    extensions: list[str] = field(default_factory=lambda: ["PIPELINING", "SIZE 10000000", "SOURCE"])
+    extensions: list[str] = field(default_factory=lambda: ["PIPELINING", "SIZE 10000000", "SOURCE 2"])
     source_replies: list[str] = field(default_factory=lambda: ["250 2.6.0 {id} accepted for retrieval"])
 
     def __post_init__(self):

@@ -95,8 +95,8 @@ def test_pending_caps_per_client_and_per_sender_domain(mx, b_test):
             assert starts(announce(c, f"c{n}" * 16), replies.SOURCE_ACCEPTED)
         refusal = announce(c, "d" * 32)
         assert starts(refusal, replies.SOURCE_TOO_MANY_PENDING) and b"your address" in refusal
-        # The same announcement again is not a new one (a client retrying after a lost reply).
-        assert starts(announce(c, "c0" * 16), replies.SOURCE_ACCEPTED)
+        # An id is never reused (spec §3 rule 2): the same one again is a replay, refused before any cap.
+        assert announce(c, "c0" * 16) == b"554 5.7.1 " + b"c0" * 16 + b" already announced"
     assert Announcement.objects.filter(client_address="127.0.0.1").count() == 3
 
 
@@ -126,7 +126,8 @@ def test_get_streams_the_body_in_data_form_and_records_fetches(mx):
         c.greet("mx.c.test")
         c.send(f"GET {ID}\r\nGET {ID}\r\n".encode())  # pipelined
         for _ in range(2):
-            assert c.last() == f"250 2.0.0 {ID} message follows".encode()
+            # Spec §4: the status line, the envelope of the id's transaction, then the message.
+            assert c.reply() == [f"250-2.0.0 {ID} message follows".encode(), b"250-FROM <alice@b.test>", b"250 TO <carol@c.test>"]
             wire = read_data_form(c)
             assert wire.startswith(b"Subject: x\r\n\r\n..dot\r\n...two\r\n")
             assert wire.endswith(b"..\r\nend\r\n")  # a CRLF is added before the final dot

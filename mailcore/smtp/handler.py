@@ -221,6 +221,8 @@ class InboundHandler:
             )
         except TemporaryFault:
             return replies.TEMPORARY_FAILURE
+        if result is verification.AnnounceResult.ALREADY_ANNOUNCED:
+            return replies.SOURCE_ALREADY_ANNOUNCED(id=source_id)
         if result is verification.AnnounceResult.TOO_MANY_FROM_CLIENT:
             return replies.SOURCE_TOO_MANY_PENDING(what="your address")
         if result is verification.AnnounceResult.TOO_MANY_FROM_DOMAIN:

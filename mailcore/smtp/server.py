@@ -21,7 +21,7 @@ from django.conf import settings
 
 from mailcore.models import Transport, Verification
 from mailcore.services import inbound
-from mailcore.services.verification import is_source_id
+from mailcore.services.verification import SOURCE_KEYWORD, is_source_id
 from mailcore.smtp import replies
 from mailcore.smtp.data import DataReceiver, DotStuffer
 from mailcore.smtp.replies import Reply
@@ -499,7 +499,7 @@ class InboundSMTP(asyncio.BufferedProtocol):
         if self.tls_context and not self.tls_active():
             keywords.append("STARTTLS")  # RFC 3207
         if self.offers_source:
-            keywords.append("SOURCE")  # reverse-delivery.md §2
+            keywords.append(SOURCE_KEYWORD)  # reverse-delivery.md §2: "SOURCE 2"
         return keywords
 
     async def smtp_EHLO(self, arg: str | None) -> None:
@@ -850,7 +850,8 @@ class InboundSMTP(asyncio.BufferedProtocol):
             log.exception("GET %s: the stored body cannot be read", arg)
             await self.reply(replies.TEMPORARY_FAILURE)
             return
-        await self.push(str(reply))
+        # Spec §4: the status line, then the envelope the id names, then the message.
+        await self.push(replies.multiline(reply, body.envelope_lines()))
         stuffer = DotStuffer()
         try:
             async for chunk in self.event_handler.body_chunks(stream):

@@ -14,6 +14,7 @@ from django.db import close_old_connections, connection
 from mailcore.services import callbacks
 from mailcore.services.callbacks import Claim, Outcome
 from mailcore.verification import origins
+from mailcore.verification.envelope import envelope_mismatch
 from mailcore.verification.origins import OriginHost, OriginLookupError
 from mailcore.verification.pull import Pulled, pull_from_host
 
@@ -138,8 +139,14 @@ class Sweep:
 
     async def _settle(self, claim: Claim, pulled: Pulled) -> None:
         host = str(pulled.host)
+        # Spec §5.4: a body is only this announcement's if the origin recorded this envelope for
+        # the id; otherwise the id was replayed to us, and the announcement is a forgery.
+        mismatch = envelope_mismatch(claim.mail_from, claim.rcpt_tos, pulled.envelope) if pulled.body is not None else None
         try:
-            if pulled.body is not None:
+            if mismatch is not None:
+                reason = f"{mismatch}; id {claim.source_id} announced by [{claim.client_address}]"
+                outcome = await self.services.record_failed(claim, reason, host)
+            elif pulled.body is not None:
                 outcome = await self.services.deliver_pulled(claim, pulled.body, pulled.host.name, pulled.host.address)
             else:
                 outcome = await self.services.record_failed(claim, pulled.refusal or "refused", host)
