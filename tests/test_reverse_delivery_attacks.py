@@ -1,0 +1,144 @@
+"""Reverse delivery version 2 under attack, over real sockets: two instances and a scripted attacker.
+
+a.test (127.0.0.2) and b.test (127.0.0.3) are whole servers (tests/instances.py); evil.test's MX
+is a scripted peer on 127.0.0.4 (tests/source_peer.py) that lists SOURCE 2, records the ids that
+a real server sources to it, and serves any body the test tells it to. The attacker's commands
+come from 127.0.0.4 too.
+"""
+
+from __future__ import annotations
+
+import smtplib
+import time
+
+import pytest
+
+from tests.origin_peer import body_reply
+from tests.smtp_wire import RawSMTP
+from tests.source_peer import SourcePeer
+
+pytest_plugins = ["tests.instances"]
+pytestmark = pytest.mark.django_db(transaction=True)
+
+MESSAGE = (
+    b"From: Alice <alice@a.test>\r\n"
+    b"To: Mallory <mallory@evil.test>\r\n"
+    b"Subject: {subject}\r\n"
+    b"Message-ID: <{subject}@a.test>\r\n"
+    b"\r\n"
+    b"Hello.\r\n"
+)
+
+
+def message(subject: str) -> bytes:
+    return MESSAGE.replace(b"{subject}", subject.encode())
+
+
+def submit(a, content: bytes, rcpts: list[str]) -> None:
+    with smtplib.SMTP(a.address, a.submission_port, timeout=10) as client:
+        client.ehlo("laptop.a.test")
+        client.login("alice@a.test", "alice-password")
+        client.sendmail("alice@a.test", rcpts, content)
+
+
+def attacker(pair) -> SourcePeer:
+    """evil.test's MX, played by the scripted peer."""
+    pair.dns.records["evil.test"] = {"MX": [(10, "mx.evil.test")]}
+    pair.dns.records["mx.evil.test"] = {"A": [pair.peer_address]}
+    return SourcePeer(hostname="mx.evil.test").start(pair.peer_address, pair.smtp_port)
+
+
+def announce(c: RawSMTP, mail_from: str, rcpt: str, source_id: str) -> bytes:
+    assert c.cmd(f"MAIL FROM:<{mail_from}>").startswith(b"250 ")
+    assert c.cmd(f"RCPT TO:<{rcpt}>").startswith(b"250 ")
+    return c.cmd(f"SOURCE {source_id}")
+
+
+def raw_get(instance, source_id: str) -> list[bytes]:
+    """The reply lines of a GET to an instance's MX (the body after them is not read)."""
+    with RawSMTP(instance.smtp_port, host=instance.address) as c:
+        c.greet("mx.b.test")
+        c.send(f"GET {source_id}\r\n".encode())
+        return c.reply()
+
+
+def wait_until(predicate, timeout: float = 20.0, what: str = ""):
+    deadline = time.monotonic() + timeout
+    while not (found := predicate()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.1)
+    return found
+
+
+def announcements(b) -> dict[str, tuple[str, str, str]]:
+    rows = b.query("SELECT source_id, state, mail_from, last_error FROM mailcore_announcement")
+    return {source_id: (state, mail_from, error) for source_id, state, mail_from, error in rows}
+
+
+def settled(b, count: int):
+    def check():
+        found = announcements(b)
+        return found if len(found) == count and all(s != "pending" for s, _f, _e in found.values()) else None
+
+    return wait_until(check, what=f"{count} settled announcements\n{b.logs()}")
+
+
+def test_replayed_ids_and_bodies_that_data_refuses_fail_and_reach_no_mailbox(start_instances):
+    pair = start_instances()
+    a, b = pair
+    peer = attacker(pair)
+    try:
+        # Alice writes to Mallory twice; A sources both to Mallory's MX, which keeps the ids.
+        submit(a, message("first"), ["mallory@evil.test"])
+        submit(a, message("second"), ["mallory@evil.test"])
+        wait_until(lambda: len(peer.announced) == 2, what="two SOURCE commands at evil.test")
+        [(_, _, first, _), (_, _, second, _)] = peer.announced
+
+        # The GET reply carries exactly the envelope A recorded for the id, and nothing else.
+        assert raw_get(a, first) == [
+            f"250-2.0.0 {first} message follows".encode(),
+            b"250-FROM <alice@a.test>",
+            b"250 TO <mallory@evil.test>",
+        ]
+
+        bad_bodies = {
+            "0" * 32: b"From: m@evil.test\r\nSubject: bare LF\r\n\r\nsmuggled\n.\nline\r\n",
+            "1" * 32: b"From: m@evil.test\r\nSubject: bare CR\r\n\r\nsmuggled\r.\rline\r\n",
+            "2" * 32: b"From: m@evil.test\r\nSubject: NUL\r\n\r\nnul \x00 here\r\n",
+        }
+        for source_id, body in bad_bodies.items():
+            peer.serves[source_id] = body_reply(source_id, body, "m@evil.test", ("bob@b.test",))
+
+        with RawSMTP(b.smtp_port, host=b.address, source=pair.peer_address) as c:
+            c.greet("mx.evil.test")
+            # Replays of real ids to Bob: with Alice's reverse-path, and with another one of a.test.
+            assert announce(c, "alice@a.test", "bob@b.test", first) == f"250 2.6.0 {first} accepted for retrieval".encode()
+            assert announce(c, "carol@a.test", "bob@b.test", second).startswith(b"250 2.6.0 ")
+            # The same id once more: refused, nothing recorded (spec §3).
+            assert announce(c, "alice@a.test", "bob@b.test", first) == f"554 5.7.1 {first} already announced".encode()
+            for source_id in bad_bodies:
+                assert announce(c, "m@evil.test", "bob@b.test", source_id).startswith(b"250 2.6.0 ")
+
+        found = settled(b, 5)
+        state, _, reason = found[first]
+        assert state == "failed" and reason.startswith(
+            "envelope mismatch: announced to <bob@b.test>, the origin recorded <mallory@evil.test>"
+        ), reason
+        state, _, reason = found[second]
+        assert state == "failed" and reason.startswith(
+            "envelope mismatch: announced from <carol@a.test>, the origin recorded <alice@a.test>"
+        ), reason
+        for source_id in bad_bodies:
+            state, _, reason = found[source_id]
+            assert state == "failed" and "body refused as DATA would refuse it: 554 5.6.0" in reason, reason
+        assert "bare LF" in found["0" * 32][2] and "bare LF or CR" in found["1" * 32][2] and "NUL" in found["2" * 32][2]
+        assert peer.gets == list(bad_bodies)  # each asked once, on B's pull from evil.test's MX
+        # Nothing reached Bob, in the inbox or held.
+        assert b.messages("bob@b.test") == [] and b.messages("bob@b.test", state="quarantined") == []
+        assert b.query("SELECT count(*) FROM mailcore_message") == [(0,)]
+        # `callbacks` shows the reason (the forgery log).
+        listing = b.manage("callbacks", "--state", "failed").stdout
+        assert f"{first}\tfailed" in listing and "reason=envelope mismatch" in listing
+    finally:
+        peer.stop()
