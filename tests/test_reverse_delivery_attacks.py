@@ -142,3 +142,75 @@ def test_replayed_ids_and_bodies_that_data_refuses_fail_and_reach_no_mailbox(sta
         assert f"{first}\tfailed" in listing and "reason=envelope mismatch" in listing
     finally:
         peer.stop()
+
+
+def send_by_data(instance, mail_from: str, rcpt: str, subject: str, source: str) -> tuple[int, bytes]:
+    """Plain DATA to an instance's MX from `source`: (code, text) of the final reply."""
+    content = message(subject).replace(b"mallory@evil.test", rcpt.encode())
+    with smtplib.SMTP(instance.address, instance.smtp_port, timeout=10, source_address=(source, 0)) as client:
+        client.ehlo("forger.test")
+        client.mail(mail_from)
+        code, text = client.rcpt(rcpt)
+        assert code == 250, text
+        return client.data(content)
+
+
+def held_reasons(instance, address: str) -> list[str]:
+    rows = instance.query(
+        "SELECT d.reason FROM mailcore_delivery d JOIN mailcore_mailbox b ON b.id = d.mailbox_id"
+        " WHERE b.address = %s AND d.state = 'quarantined' ORDER BY d.id",
+        (address,),
+    )
+    return [reason for (reason,) in rows]
+
+
+def test_data_claiming_a_domain_that_delivers_by_source_is_a_downgrade(start_instances):
+    # No recipient cache on B: its policy changes between messages.
+    pair = start_instances(env={"MAIL_SMTP_RECIPIENT_CACHE": "0"})
+    a, b = pair
+    forger = pair.peer_address
+    assert b.manage("callbacks", "pins").stdout == ""
+
+    # Before a.test was ever verified, its DATA mail is plain unverified.
+    assert send_by_data(b, "alice@a.test", "bob@b.test", "before", forger)[0] == 250
+    [before] = b.wait_for_messages("bob@b.test")
+    assert b"x-source=none smtp.mailfrom=alice@a.test\r\n" in before
+
+    # A genuine message by SOURCE: B verifies it and remembers a.test.
+    submit(a, message("genuine").replace(b"mallory@evil.test", b"bob@b.test"), ["bob@b.test"])
+    b.wait_for_messages("bob@b.test", 2)
+    pins = b.manage("callbacks", "pins").stdout
+    assert pins.startswith("a.test\tlast verified ") and "\t1 verified\t" in pins, pins
+
+    # Now the same DATA from a forger: quarantined (policy accept), x-source=fail, reason "downgrade".
+    assert send_by_data(b, "alice@a.test", "bob@b.test", "downgraded", forger)[0] == 250
+    [held] = b.wait_for_messages("bob@b.test", state="quarantined")
+    assert (
+        b"Authentication-Results: mx.b.test; x-source=fail smtp.mailfrom=alice@a.test"
+        b" (a.test delivers by SOURCE: plain DATA from it is a likely forgery)\r\n" in held
+    )
+    # One of B's own domains by DATA from outside: the same (spec §6, "Own domains from outside").
+    assert send_by_data(b, "bob@b.test", "bob@b.test", "own domain", forger)[0] == 250
+    _, own = b.wait_for_messages("bob@b.test", 2, state="quarantined")
+    assert b"x-source=fail smtp.mailfrom=bob@b.test (b.test is a domain of this server" in own
+    assert held_reasons(b, "bob@b.test") == ["downgrade", "downgrade"]
+    assert len(b.messages("bob@b.test")) == 2  # the inbox got neither
+    listing = b.manage("quarantine", "list").stdout
+    assert "downgrade" in listing, listing
+
+    # Under `reject`: refused.
+    assert b.manage("domain", "set", "b.test", "--unverified", "reject").returncode == 0
+    with pytest.raises(smtplib.SMTPDataError) as refused:
+        send_by_data(b, "alice@a.test", "bob@b.test", "refused", forger)
+    assert refused.value.smtp_code == 550 and refused.value.smtp_error.startswith(b"5.7.1 ")
+
+    # Forgotten, a.test's DATA mail is plain unverified again.
+    assert b.manage("domain", "set", "b.test", "--unverified", "accept").returncode == 0
+    forgot = b.manage("callbacks", "forget", "a.test")
+    assert forgot.returncode == 0 and forgot.stdout.startswith("forgot a.test"), forgot.stderr
+    assert b.manage("callbacks", "pins").stdout == ""
+    again = b.manage("callbacks", "forget", "a.test")
+    assert again.returncode == 1 and "not remembered" in again.stderr
+    assert send_by_data(b, "alice@a.test", "bob@b.test", "after forget", forger)[0] == 250
+    *_, after = b.wait_for_messages("bob@b.test", 3)
+    assert b"Subject: after forget" in after and b"x-source=none smtp.mailfrom=alice@a.test\r\n" in after

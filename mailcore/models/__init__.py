@@ -3,7 +3,7 @@
 from mailcore.models.domain import Alias, Domain, Mailbox, MailboxLock, UnverifiedPolicy
 from mailcore.models.message import Delivery, DeliveryState, Message, SpamStatus, Transport, Verification
 from mailcore.models.outbound import QueueItem, QueueState
-from mailcore.models.verification import Announcement, AnnouncementState, SourcedMessage
+from mailcore.models.verification import Announcement, AnnouncementState, SourcedMessage, SourcePin
 
 __all__ = [
     "Alias",
@@ -18,6 +18,7 @@ __all__ = [
     "QueueItem",
     "QueueState",
     "SourcedMessage",
+    "SourcePin",
     "SpamStatus",
     "Transport",
     "UnverifiedPolicy",

@@ -12,7 +12,7 @@ from django.db.models import Count, F
 from django.utils import timezone
 
 from mailcore.models import Announcement, AnnouncementState, Transport, Verification
-from mailcore.services import inbound
+from mailcore.services import inbound, pins
 from mailcore.spam import check as spam_check
 from mailcore.verification.alignment import from_aligned
 
@@ -186,6 +186,9 @@ def deliver_pulled(claim: Claim, content: bytes, origin_host: str, origin_addres
             return Outcome(claim.source_id, "lost", "another worker settled it first")
         announcement.origin_host = origin
         announcement.completed_at = now
+        # Spec §5.8: the origin MX of this domain handed back the body of this very envelope,
+        # so the domain delivers by SOURCE; its DATA mail is a downgrade from now on.
+        pins.remember(claim.sender_domain, now)
         try:
             if refused is not None:
                 raise refused

@@ -21,7 +21,7 @@ from django.utils import timezone
 from mailcore.addresses import AddressError, domain_of, normalize_domain
 from mailcore.models import Delivery, DeliveryState, Message, Transport, UnverifiedPolicy, Verification
 from mailcore.models.message import new_queue_id
-from mailcore.services import accounts
+from mailcore.services import accounts, pins
 from mailcore.store import StoredBody, message_store
 from mailcore.store.bodies import PendingBodies
 
@@ -365,6 +365,7 @@ class Lookups:
         self._routes: dict[str, accounts.Route | AddressError] = {}
         self._rejects: dict[str, bool] = {}
         self._policies: dict[str, str] = {}
+        self._downgrades: dict[str, str | None] = {}
 
     def route(self, address: str) -> accounts.Route:
         if address not in self._routes:
@@ -386,6 +387,15 @@ class Lookups:
         if address not in self._policies:
             self._policies[address] = _policy_for(address)
         return self._policies[address]
+
+    def downgrade(self, mail_from: str) -> str | None:
+        """Why DATA mail from `mail_from` is a downgrade (reverse-delivery.md §5.8, §6); None if it is not."""
+        domain = domain_of(mail_from) if mail_from else ""
+        if domain not in self._downgrades:
+            self._downgrades[domain] = pins.downgrade_reason(
+                mail_from, pinned=pins.is_pinned(domain), local=bool(domain) and accounts.is_local_domain(domain)
+            )
+        return self._downgrades[domain]
 
 
 @dataclass
@@ -410,6 +420,11 @@ class _Prepared:
 
 def _prepare(envelope: Envelope, content: bytes, spam: SpamVerdict | None, lookups: Lookups) -> _Prepared:
     queue_id = new_queue_id()
+    if envelope.transport == Transport.DATA and envelope.verification == Verification.UNVERIFIED:
+        downgrade = lookups.downgrade(envelope.mail_from)
+        if downgrade is not None:
+            # Spec §5.8: not merely unverified but failed; never delivered to an inbox (`_deliveries`).
+            envelope = replace(envelope, verification=Verification.FAILED, auth_result="fail", auth_comment=downgrade)
     unverified = envelope.verification != Verification.VERIFIED
     routes = []
     rejected: list[str] = []
@@ -509,6 +524,8 @@ def _deliveries(prepared: _Prepared, lookups: Lookups) -> tuple[Receipt, list[tu
         # unscored) quarantines no one: spare normalizing the address for it.
         if spam.actions and spam.quarantines(r.address):
             quarantine, reason = True, "spam"
+        if envelope.verification == Verification.FAILED:
+            quarantine, reason = True, "downgrade"  # spec §5.8: held whatever the policy and the score
         for mailbox in r.mailboxes:
             if mailbox.pk in seen:
                 continue
