@@ -214,3 +214,47 @@ def test_data_claiming_a_domain_that_delivers_by_source_is_a_downgrade(start_ins
     assert send_by_data(b, "alice@a.test", "bob@b.test", "after forget", forger)[0] == 250
     *_, after = b.wait_for_messages("bob@b.test", 3)
     assert b"Subject: after forget" in after and b"x-source=none smtp.mailfrom=alice@a.test\r\n" in after
+
+
+def test_alias_forwards_held_mail_only_on_release_and_a_forged_own_from_goes_on_by_data(start_instances):
+    pair = start_instances(env={"MAIL_SMTP_RECIPIENT_CACHE": "0"})
+    a, b = pair
+    assert b.manage("domain", "set", "b.test", "--unverified", "quarantine").returncode == 0
+    assert b.manage("alias", "add", "team@b.test", "bob@b.test", "alice@a.test").returncode == 0
+
+    # A forger's DATA to the alias, with a From: in b.test, the forwarder's own domain.
+    forged = b"From: Bob <bob@b.test>\r\nTo: team@b.test\r\nSubject: forged\r\n\r\nPay the invoice.\r\n"
+    with smtplib.SMTP(b.address, b.smtp_port, timeout=10, source_address=(pair.peer_address, 0)) as client:
+        client.ehlo("forger.test")
+        assert client.sendmail("x@elsewhere.test", ["team@b.test"], forged) == {}
+    [held] = b.wait_for_messages("bob@b.test", state="quarantined")
+    # Held for Bob, and the copy for the remote target waits with it: nothing leaves B.
+    [row] = b.wait_for_queue(lambda rows: len(rows) == 1)
+    assert (row["recipient"], row["state"], row["mail_from"]) == ("alice@a.test", "held", "postmaster@b.test")
+    time.sleep(3)
+    assert a.messages("alice@a.test") == [] and b.queue()[0]["state"] == "held"
+    assert a.query("SELECT count(*) FROM mailcore_message") == [(0,)]
+
+    # Released by the administrator: forwarded now, by DATA (B cannot vouch for a From: of its
+    # own domain that came from outside), so A sees it as unverified, not as verified mail of b.test.
+    [(delivery_id,)] = b.query("SELECT id FROM mailcore_delivery WHERE state = 'quarantined'")
+    released = b.manage("quarantine", "release", str(delivery_id))
+    assert released.returncode == 0, released.stderr
+    [arrived] = a.wait_for_messages("alice@a.test")
+    assert arrived.endswith(forged)
+    assert b"Authentication-Results: mx.a.test; x-source=none smtp.mailfrom=postmaster@b.test\r\n" in arrived
+    rows = b.wait_for_queue(lambda rows: rows[0]["state"] != "held" and rows[0]["state"] != "queued")
+    assert rows[0]["state"] == "sent", rows
+    assert a.query("SELECT count(*) FROM mailcore_announcement") == [(0,)]
+    assert b.query("SELECT count(*) FROM mailcore_sourcedmessage") == [(0,)]
+
+    # Deleted instead of released: the held copy for the remote target is dropped, never sent.
+    with smtplib.SMTP(b.address, b.smtp_port, timeout=10, source_address=(pair.peer_address, 0)) as client:
+        client.ehlo("forger.test")
+        client.sendmail("x@elsewhere.test", ["team@b.test"], forged.replace(b"Subject: forged", b"Subject: deleted"))
+    b.wait_for_messages("bob@b.test", state="quarantined")
+    b.wait_for_queue(lambda rows: len(rows) == 2 and rows[1]["state"] == "held")
+    [(second_id,)] = b.query("SELECT id FROM mailcore_delivery WHERE state = 'quarantined'")
+    assert b.manage("quarantine", "delete", str(second_id)).returncode == 0
+    assert len(b.queue()) == 1
+    assert len(a.messages("alice@a.test")) == 1

@@ -475,15 +475,15 @@ def _record_many(batch: list[tuple[_Prepared, StoredBody]], lookups: Lookups) ->
         Delivery,
         [
             {"message_id": message_id, "mailbox_id": mailbox_id, "state": state, "reason": reason}
-            for message_id, (_receipt, deliveries, _remote) in zip(message_ids, routed, strict=True)
+            for message_id, (_receipt, deliveries, _remote, _held) in zip(message_ids, routed, strict=True)
             for mailbox_id, state, reason in deliveries
         ],
         now=now,
     )
     receipts = []
-    for message_id, row, (receipt, _mailboxes, remote) in zip(message_ids, messages, routed, strict=True):
+    for message_id, row, (receipt, _mailboxes, remote, held) in zip(message_ids, messages, routed, strict=True):
         receipt.message_id, receipt._row = message_id, row
-        receipts.append(_forward(receipt, remote))
+        receipts.append(_forward(receipt, remote, held))
     return receipts
 
 
@@ -508,14 +508,16 @@ def _message_row(prepared: _Prepared, body: StoredBody) -> dict:
     }
 
 
-def _deliveries(prepared: _Prepared, lookups: Lookups) -> tuple[Receipt, list[tuple[int, str, str]], list[str]]:
-    """(receipt so far, (mailbox id, state, reason) of each Delivery row, remote forwarding targets) of one message."""
+def _deliveries(prepared: _Prepared, lookups: Lookups) -> tuple[Receipt, list[tuple[int, str, str]], list[str], list[str]]:
+    """(receipt so far, (mailbox id, state, reason) of each Delivery row, remote forwarding targets,
+    those of them held with the message) of one message."""
     envelope, spam = prepared.envelope, prepared.spam
     unverified = envelope.verification != Verification.VERIFIED
     receipt = Receipt(queue_id=prepared.queue_id, rejected=list(prepared.rejected))
     deliveries: list[tuple[int, str, str]] = []
     seen: set[int] = set()
     remote: list[str] = []
+    held: list[str] = []
     for r in prepared.routes:
         policy = lookups.policy(r.address)
         quarantine = unverified and policy == UnverifiedPolicy.QUARANTINE
@@ -532,16 +534,23 @@ def _deliveries(prepared: _Prepared, lookups: Lookups) -> tuple[Receipt, list[tu
             seen.add(mailbox.pk)
             deliveries.append((mailbox.pk, DeliveryState.QUARANTINED if quarantine else DeliveryState.INBOX, reason))
             (receipt.quarantined if quarantine else receipt.delivered).append(mailbox.address)
-        remote.extend(t for t in r.remote if t not in remote)
-    return receipt, deliveries, remote
+        # Reverse delivery §6, Forwarding: a remote target gets what is accepted for delivery;
+        # what is held for it waits with the message (sent on release, never if deleted).
+        targets = held if quarantine else remote
+        targets.extend(t for t in r.remote if t not in remote and t not in held)
+    return receipt, deliveries, remote, held
 
 
-def _forward(receipt: Receipt, remote: list[str]) -> Receipt:
-    if remote:
+def _forward(receipt: Receipt, remote: list[str], held: list[str]) -> Receipt:
+    if remote or held:
         from mailcore.services import outbound
 
-        outbound.forward(receipt.message, remote)
-        receipt.forwarded.extend(remote)
+        if remote:
+            outbound.forward(receipt.message, remote)
+            receipt.forwarded.extend(remote)
+        if held:
+            outbound.forward(receipt.message, held, held=True)
+            receipt.quarantined.extend(held)
     return receipt
 
 

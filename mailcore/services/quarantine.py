@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from django.db import transaction
 
 from mailcore.models import Delivery, DeliveryState
+from mailcore.services import outbound
 
 
 class QuarantineError(Exception):
@@ -43,6 +44,12 @@ def _move(delivery_id: int, state: str, mailbox=None) -> Delivery:
         delivery = _held_one(delivery_id, mailbox)
         delivery.state = state
         delivery.save(update_fields=["state", "changed_at"])
+        # Reverse delivery §6, Forwarding: the message's copies for remote alias targets waited
+        # for this decision: released, they go; once no copy is held any more, they never will.
+        if state == DeliveryState.INBOX:
+            outbound.release_forwards(delivery.message_id)
+        elif not Delivery.objects.filter(message_id=delivery.message_id, state=DeliveryState.QUARANTINED).exists():
+            outbound.drop_forwards(delivery.message_id)
     return delivery
 
 

@@ -53,6 +53,7 @@ class SourcingClient(OutboundClient):
             and offers_source(session.extensions.get("SOURCE"))
             and bool(message.mail_from)
             and message.message_id is not None
+            and message.may_source
         )
 
     async def transfer(self, conn: Connection, session: Session, message: OutboundMessage, accepted: list[str]) -> tuple[Reply, str]:
