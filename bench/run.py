@@ -28,7 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import clients, peers, project  # noqa: E402
+from bench import clients, peers, project, pull_body  # noqa: E402
 from bench.project import DOMAIN, LOGIN_USERS, PASSWORD, RETR_USER, SMTP_USER, Process  # noqa: E402
 
 HOST = "127.0.0.1"
@@ -576,6 +576,13 @@ def bench_memory(args, workdir: Path, template: project.Template, results: Resul
                 results.note("idle connections", f"{args.many} held at once: {target.name}", str(error)[:120])
 
 
+# --- pulling a large body (reverse-delivery.md §6, "Bounded pulls") ----------------------------------
+
+
+def bench_pull(args, workdir: Path, template: project.Template, results: Results) -> None:
+    pull_body.bench_pull(args.rounds, log, results)
+
+
 # --- main --------------------------------------------------------------------------------------------
 
 
@@ -610,7 +617,7 @@ def main() -> int:
     parser.add_argument("--peers", action="store_true", help="also measure Postfix and Dovecot (installed from Debian)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--scale", type=float, default=1.0, help="multiplies the SMTP message counts")
-    parser.add_argument("--only", default="smtp,pop3,source,memory", help="comma-separated sections")
+    parser.add_argument("--only", default="smtp,pop3,source,pull,memory", help="comma-separated sections")
     parser.add_argument("--sizes", default="", help="SMTP message sizes to run, e.g. 1,10 (KB; default all)")
     parser.add_argument("--sessions", default="", help="SMTP session counts to run, e.g. 1,10 (default all)")
     parser.add_argument("--retr-count", type=int, default=5000)
@@ -639,7 +646,9 @@ def main() -> int:
     template.build()
     results = Results()
     started = datetime.now(UTC)
-    for section, run in (("smtp", bench_smtp), ("pop3", bench_pop3), ("source", bench_source), ("memory", bench_memory)):
+    for section, run in (
+        ("smtp", bench_smtp), ("pop3", bench_pop3), ("source", bench_source), ("pull", bench_pull), ("memory", bench_memory)
+    ):
         if section in sections:
             run(args, workdir, template, results)
     report = (

@@ -134,6 +134,9 @@ MAIL_SMTP_COMMITTERS = env.get_int("MAIL_SMTP_COMMITTERS", 2)
 MAIL_SMTP_RECIPIENT_CACHE = env.get_float("MAIL_SMTP_RECIPIENT_CACHE", 2.0)
 MAIL_SOURCE_MAX_PENDING_PER_CLIENT = env.get_int("MAIL_SOURCE_MAX_PENDING_PER_CLIENT", 500)
 MAIL_SOURCE_MAX_PENDING_PER_DOMAIN = env.get_int("MAIL_SOURCE_MAX_PENDING_PER_DOMAIN", 500)
+# Ids of clients without a good record asked of one origin MX a minute (reverse-delivery.md §6,
+# Fair pulls): below the usual unknown-id limit of an origin (10 a minute).
+MAIL_CALLBACK_UNKNOWN_PACE = env.get_int("MAIL_CALLBACK_UNKNOWN_PACE", 5)
 MAIL_GET_MAX_UNKNOWN_PER_MINUTE = env.get_int("MAIL_GET_MAX_UNKNOWN_PER_MINUTE", 10)
 MAIL_SOURCE_STRICT = env.get_bool("MAIL_SOURCE_STRICT", False)
 # Days a sender domain stays remembered as delivering by SOURCE after its last verified message

@@ -258,3 +258,37 @@ def test_alias_forwards_held_mail_only_on_release_and_a_forged_own_from_goes_on_
     assert b.manage("quarantine", "delete", str(second_id)).returncode == 0
     assert len(b.queue()) == 1
     assert len(a.messages("alice@a.test")) == 1
+
+
+def test_fifty_bogus_announcements_do_not_delay_a_genuine_one(start_instances):
+    pair = start_instances()
+    a, b = pair
+    to_bob = message("genuine").replace(b"mallory@evil.test", b"bob@b.test")
+    # A first genuine message gives A's address a good record at B for a.test.
+    submit(a, to_bob.replace(b"genuine", b"earlier"), ["bob@b.test"])
+    b.wait_for_messages("bob@b.test")
+
+    # A forger announces 50 ids in a.test's name from one address: more than A's unknown-id
+    # limit (10 a minute), enough for A to answer B's GETs with 421 if B asked for them all.
+    with RawSMTP(b.smtp_port, host=b.address, source=pair.peer_address) as c:
+        c.greet("mx.evil.test")
+        for n in range(50):
+            assert announce(c, "alice@a.test", "bob@b.test", f"{n:032d}").startswith(b"250 2.6.0 ")
+    # The genuine announcement that arrives next is verified on its first pull.
+    started = time.monotonic()
+    submit(a, to_bob, ["bob@b.test"])
+    b.wait_for_messages("bob@b.test", 2)
+    elapsed = time.monotonic() - started
+    [(state, attempts)] = b.query(
+        "SELECT n.state, n.attempts FROM mailcore_announcement n JOIN mailcore_message m ON m.id = n.message_id"
+        " WHERE m.subject = 'genuine'"
+    )
+    assert (state, attempts) == ("verified", 1)
+    bogus = b.query("SELECT state, attempts, last_error FROM mailcore_announcement WHERE client_address = %s", (pair.peer_address,))
+    # B asked A for at most its pace of the forger's ids this minute; the rest wait their turn.
+    asked = [row for row in bogus if row[0] == "failed"]
+    assert 1 <= len(asked) <= 5 and all(r[2].startswith("mx.a.test [127.0.0.2] answered GET with 550") for r in asked), asked
+    waiting = [row for row in bogus if row[0] == "pending"]
+    assert len(waiting) == 50 - len(asked) and all(r[1] == 0 and r[2].startswith("waiting its turn") for r in waiting)
+    assert "too many unknown GET ids" not in a.logs()  # A never had to refuse B
+    print(f"\ngenuine SOURCE after 50 bogus ones: in Bob's mailbox after {elapsed:.2f} s, first pull")

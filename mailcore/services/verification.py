@@ -45,6 +45,16 @@ class AnnounceResult(enum.Enum):
     ALREADY_ANNOUNCED = "this id was announced before"
     TOO_MANY_FROM_CLIENT = "too many pending from this client"
     TOO_MANY_FROM_DOMAIN = "too many pending from this sender domain"
+    TOO_MANY_FROM_CLIENT_FOR_DOMAIN = "too many pending from this client for this sender domain"
+
+
+def client_share_of_domain_cap() -> int:
+    """Pending announcements one client may hold for one sender domain: a fifth of the domain's cap.
+
+    Spec §6, Fair pulls: one client address cannot take every slot of a sender domain, so the
+    domain's genuine mail, announced by its own MX, still finds room.
+    """
+    return max(1, settings.MAIL_SOURCE_MAX_PENDING_PER_DOMAIN // 5)
 
 
 def announce(source_id: str, mail_from: str, rcpt_tos: list[str], client_address: str, helo_name: str) -> AnnounceResult:
@@ -65,6 +75,8 @@ def announce(source_id: str, mail_from: str, rcpt_tos: list[str], client_address
         pending = Announcement.objects.filter(state=AnnouncementState.PENDING)
         if pending.filter(client_address=client_address).count() >= settings.MAIL_SOURCE_MAX_PENDING_PER_CLIENT:
             return AnnounceResult.TOO_MANY_FROM_CLIENT
+        if pending.filter(client_address=client_address, sender_domain=sender_domain).count() >= client_share_of_domain_cap():
+            return AnnounceResult.TOO_MANY_FROM_CLIENT_FOR_DOMAIN
         if pending.filter(sender_domain=sender_domain).count() >= settings.MAIL_SOURCE_MAX_PENDING_PER_DOMAIN:
             return AnnounceResult.TOO_MANY_FROM_DOMAIN
         Announcement.objects.create(

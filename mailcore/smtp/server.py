@@ -154,7 +154,7 @@ class InboundSMTP(asyncio.BufferedProtocol):
         self.envelope = Transaction()
         self.tls_started = False  # by STARTTLS (implicit TLS shows in the transport)
         self.bad_commands = 0
-        self.asked_for_ids = False  # a GET was made in this session (the handler's guessing check)
+        self.asked_for_ids = False  # an unknown id was asked for in this session (the handler's guessing check)
         self.inbox = bytearray()  # what the client sent that no command has taken yet
         self.discarding = False  # inside an overlong line, dropping it up to its end
         self.receiver: DataReceiver | None = None  # between 354 and the final dot

@@ -76,6 +76,7 @@ class HostReport:
     unsettled: list[str] = field(default_factory=list)
     error: str = ""
     usable: bool = False  # the host listed SOURCE and answered at least the EHLO
+    rate_limited: str | None = None  # the id the origin answered 421 (too many unknown ids), closing
 
 
 class ProtocolError(Exception):
@@ -293,6 +294,7 @@ async def _pipelined_gets(connection: OriginConnection, report: HostReport, on_p
             elif reply.code == 421:
                 # The origin is closing the connection (spec §4, too many unknown ids); the rest wait.
                 report.error = f"{connection.host} answered GET with {reply}"
+                report.rate_limited = source_id
                 return
             else:
                 # 451 and anything unexpected: temporary for this id; the connection is still good.
