@@ -468,7 +468,17 @@ class SourcePinAdmin(ReadOnlyAdmin):
         days = settings.MAIL_SOURCE_PIN_DAYS
         return obj.last_verified_at + timedelta(days=days) if days > 0 else "memory off"
 
-    @admin.action(description="Forget the selected domains (their DATA mail is plain unverified again)")
+    def has_delete_permission(self, request, obj=None):
+        # Forgetting is deleting the row: staff with the delete permission (and superusers) may.
+        return admin.ModelAdmin.has_delete_permission(self, request, obj)
+
+    def get_actions(self, request):
+        actions = super().get_actions(request)
+        actions.pop("delete_selected", None)  # "forget" says what it does
+        return actions
+
+    @admin.action(description="Forget the selected domains (their DATA mail is plain unverified again)",
+                  permissions=["delete"])
     def forget_selected(self, request, queryset):
         names = sorted(queryset.values_list("domain", flat=True))
         forgotten = [name for name in names if pins.forget(name)]
