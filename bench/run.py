@@ -315,7 +315,9 @@ def _percentile(values: list[float], fraction: float) -> float:
 
 def announce(port: int, source_id: str) -> float:
     """SOURCE to B as A's outbound client would; the time of the 250."""
-    with smtplib.SMTP("127.0.0.3", port, local_hostname="mx.a.test", timeout=30) as client:
+    # From a.test's MX address, as A's own client would: an origin's own ids are pulled at once
+    # (reverse-delivery.md §6, Fair pulls), where a stranger's are paced.
+    with smtplib.SMTP("127.0.0.3", port, local_hostname="mx.a.test", timeout=30, source_address=("127.0.0.2", 0)) as client:
         client.ehlo("mx.a.test")
         client.mail("alice@a.test")
         client.rcpt("bob@b.test")
@@ -408,7 +410,7 @@ def verify_round(args, workdir: Path, template, dns_address: str, redis_url: str
     limits = {"MAIL_SOURCE_MAX_PENDING_PER_CLIENT": str(args.pending * 2), "MAIL_SOURCE_MAX_PENDING_PER_DOMAIN": str(args.pending * 2)}
     with InstancePair(workdir, template, dns_address, redis_url, label, **limits) as pair:
         ids = pair.source_on_a(args.pending, content)
-        with smtplib.SMTP("127.0.0.3", pair.port, local_hostname="mx.a.test", timeout=30) as client:
+        with smtplib.SMTP("127.0.0.3", pair.port, local_hostname="mx.a.test", timeout=30, source_address=("127.0.0.2", 0)) as client:
             client.ehlo("mx.a.test")
             for source_id in ids:
                 client.mail("alice@a.test")
