@@ -172,13 +172,21 @@ def plan_pull(domain: str, claims: list[Claim], origin_addresses: set[str], orig
     turns = [c for batch in _in_turn(list(by_client.values())) for c in batch]
     counter = _paced_gets()
     paced: list[Claim] = []
+    here = 0  # this pull's own count, the limit when the shared cache cannot be reached
     for claim in turns:
         if claim.source_id in asked:
             continue
-        if counter.blocked(origin):
+        try:
+            blocked = counter.blocked(origin)
+            if not blocked:
+                counter.record(origin)
+        except OSError as exc:  # CounterUnavailable: the pace is kept within this pull alone
+            log.warning("pacing pulls from %s without the shared cache: %s", origin, exc)
+            blocked = here >= counter.limit
+        if blocked:
             paced.append(claim)
             continue
-        counter.record(origin)
+        here += 1
         asked.append(claim.source_id)
     paced = [c for c in paced if c.source_id not in asked]
     until = now + timedelta(seconds=60)
