@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 from django.db import IntegrityError, transaction
 
 from mailcore.addresses import AddressError, domain_of, normalize_address, normalize_domain
-from mailcore.models import Alias, Domain, Mailbox, UnverifiedPolicy
-from mailcore.services import credentials
+from mailcore.models import Alias, AuditAction, Domain, Mailbox, UnverifiedPolicy
+from mailcore.services import audit, credentials
 
 MAX_ALIAS_DEPTH = 10
 
@@ -32,12 +32,20 @@ def add_domain(name: str, unverified_policy: str = UnverifiedPolicy.ACCEPT) -> D
 
 def set_domain(name: str, *, unverified_policy: str | None = None, active: bool | None = None) -> Domain:
     domain = get_domain(name)
+    changes = []
     if unverified_policy is not None:
         _check_policy(unverified_policy)
+        if unverified_policy != domain.unverified_policy:
+            changes.append(f"unverified mail: {domain.unverified_policy} -> {unverified_policy}")
         domain.unverified_policy = unverified_policy
     if active is not None:
+        if active != domain.active:
+            changes.append(f"active: {domain.active} -> {active}")
         domain.active = active
-    domain.save()
+    with transaction.atomic():
+        domain.save()
+        if changes:
+            audit.record(AuditAction.POLICY, f"domain {domain.name}", detail="; ".join(changes))
     return domain
 
 
@@ -102,7 +110,9 @@ def set_password(address: str, password: str) -> Mailbox:
     _check_password(password)
     mailbox = get_mailbox(address)
     mailbox.set_password(password)
-    mailbox.save(update_fields=["password"])
+    with transaction.atomic():
+        mailbox.save(update_fields=["password"])
+        audit.record(AuditAction.PASSWORD, f"mailbox {mailbox.address}", mailbox=mailbox.address)
     return mailbox
 
 

@@ -21,7 +21,7 @@ from django.utils import timezone
 from mailcore.addresses import AddressError, domain_of, normalize_domain
 from mailcore.models import Delivery, DeliveryState, Message, Transport, UnverifiedPolicy, Verification
 from mailcore.models.message import new_queue_id
-from mailcore.services import accounts, pins
+from mailcore.services import accounts, pins, senders
 from mailcore.store import StoredBody, message_store
 from mailcore.store.bodies import PendingBodies
 
@@ -84,6 +84,10 @@ class PolicyRejection(Exception):
     """Every recipient's domain rejects unverified mail (reverse-delivery.md §5)."""
 
 
+class SenderBlocked(PolicyRejection):
+    """Every recipient blocks this sender (a sender list entry for the From header): 550 5.7.1 to DATA."""
+
+
 def rejects_unverified(address: str) -> bool:
     """True when the local domain of `address` takes only verified mail."""
     from mailcore.models import Domain
@@ -99,6 +103,7 @@ class RecipientCheck:
     local_domain: bool
     exists: bool  # a mailbox or an alias (catch-all included) takes it
     policy: str  # the recipient domain's policy for unverified mail
+    senders: senders.Rules = senders.NO_RULES  # the sender list entries that concern this recipient
 
 
 def check_recipient(address: str) -> RecipientCheck:
@@ -115,7 +120,8 @@ def check_recipient(address: str) -> RecipientCheck:
         return RecipientCheck(valid=True, local_domain=local, exists=False, policy=UnverifiedPolicy.ACCEPT)
     if not r.local_domain:
         return RecipientCheck(valid=True, local_domain=False, exists=False, policy=UnverifiedPolicy.ACCEPT)
-    return RecipientCheck(valid=True, local_domain=True, exists=r.exists, policy=_policy_for(r.address))
+    rules = senders.rules_for(r.address) if r.exists else senders.NO_RULES
+    return RecipientCheck(valid=True, local_domain=True, exists=r.exists, policy=_policy_for(r.address), senders=rules)
 
 
 def authentication_results(envelope: Envelope) -> str:
@@ -243,12 +249,24 @@ def spam_verdict(envelope: Envelope, content: bytes) -> SpamVerdict:
     """
     from mailcore.spam import check as spam_check
 
-    unverified = envelope.verification != Verification.VERIFIED
-    recipients = [
-        r for r in envelope.rcpt_tos if not (unverified and envelope.reject_policy_applies and rejects_unverified(r))
-    ]
+    recipients = spam_recipients(envelope, content)
     queue_id = new_queue_id()
     return spam_check.check(envelope, trace_headers(envelope, queue_id) + content, recipients, queue_id)
+
+
+def spam_recipients(envelope: Envelope, content: bytes) -> list[str]:
+    """The recipients whose spam thresholds apply: not those whose domain refuses the message
+    anyway, nor those whose sender list allows or blocks its sender. Raises SenderBlocked when
+    every recipient blocks it: there is nothing to score it for."""
+    unverified = envelope.verification != Verification.VERIFIED
+    listed = _sender_lists(envelope, summary_headers(content)[1], Lookups())
+    if listed and all(decision == senders.BLOCK for decision in listed.values()):
+        raise SenderBlocked(", ".join(listed))
+    return [
+        r
+        for r in envelope.rcpt_tos
+        if listed.get(r) is None and not (unverified and envelope.reject_policy_applies and rejects_unverified(r))
+    ]
 
 
 def receive_many(
@@ -366,6 +384,7 @@ class Lookups:
         self._rejects: dict[str, bool] = {}
         self._policies: dict[str, str] = {}
         self._downgrades: dict[str, str | None] = {}
+        self._senders: dict[str, senders.Rules] = {}
 
     def route(self, address: str) -> accounts.Route:
         if address not in self._routes:
@@ -397,6 +416,27 @@ class Lookups:
             )
         return self._downgrades[domain]
 
+    def senders(self, address: str) -> senders.Rules:
+        if address not in self._senders:
+            self._senders[address] = senders.rules_for(address)
+        return self._senders[address]
+
+
+def _sender_lists(envelope: Envelope, header_from: str, lookups: Lookups) -> dict[str, str | None]:
+    """The sender lists' word for each envelope recipient (as given): ALLOW, BLOCK or None.
+
+    Mail that failed verification is never allowed through (operations.md): it gets no ALLOW.
+    """
+    if not senders.applies_to(envelope):
+        return {}
+    listed: dict[str, str | None] = {}
+    for rcpt in envelope.rcpt_tos:
+        decision = lookups.senders(rcpt).decide(envelope.mail_from, envelope.client_address, header_from)
+        if decision == senders.ALLOW and envelope.verification == Verification.FAILED:
+            decision = None
+        listed[rcpt] = decision
+    return listed
+
 
 @dataclass
 class _Prepared:
@@ -411,6 +451,8 @@ class _Prepared:
     content: bytes
     subject: str
     header_from: str
+    allowed: frozenset[str] = frozenset()  # recipients (normalized) whose sender list allows this sender
+    blocked: frozenset[str] = frozenset()  # recipients whose sender list blocks it: held, since others take it
 
     @property
     def chunks(self) -> tuple[bytes, bytes]:
@@ -426,20 +468,33 @@ def _prepare(envelope: Envelope, content: bytes, spam: SpamVerdict | None, looku
             # Spec §5.8: not merely unverified but failed; never delivered to an inbox (`_deliveries`).
             envelope = replace(envelope, verification=Verification.FAILED, auth_result="fail", auth_comment=downgrade)
     unverified = envelope.verification != Verification.VERIFIED
+    # Our own headers name neither Subject nor From, so the message's header block alone says
+    # what the stored one would, without a copy of the whole message to parse.
+    subject, header_from = summary_headers(content)
+    listed = _sender_lists(envelope, header_from, lookups)
     routes = []
     rejected: list[str] = []
+    allowed: set[str] = set()
+    blocked: set[str] = set()
     for rcpt in envelope.rcpt_tos:
         try:
             r = lookups.route(rcpt)
         except AddressError:
             rejected.append(rcpt)
             continue
-        if unverified and envelope.reject_policy_applies and lookups.rejects_unverified(rcpt):
+        decision = listed.get(rcpt)
+        if decision == senders.ALLOW:
+            allowed.add(r.address)  # whatever its domain's policy for unverified mail
+        elif unverified and envelope.reject_policy_applies and lookups.rejects_unverified(rcpt):
             rejected.append(rcpt)
             continue
+        elif decision == senders.BLOCK:
+            blocked.add(r.address)
         routes.append(r)
     if not routes:
         raise PolicyRejection(", ".join(rejected))
+    if len(blocked) == len(routes):
+        raise SenderBlocked(", ".join(blocked))
 
     # spamd's verdict before anything is stored, so that a refusal is still a 550 to DATA;
     # raises SpamRejection (a PolicyRejection) when every recipient's domain refuses it.
@@ -449,15 +504,14 @@ def _prepare(envelope: Envelope, content: bytes, spam: SpamVerdict | None, looku
     if spam is None:
         # The check reads the content only with a spamd configured: spare making the copy it would score.
         scored = trace_headers(envelope, queue_id, received) + content if settings.MAIL_SPAMD else content
-        spam = spam_check.check(envelope, scored, [r.address for r in routes], queue_id)
+        spam = spam_check.check(envelope, scored, [r.address for r in routes if r.address not in allowed], queue_id)
     spam_result = spam.auth_result()
     if spam_result != envelope.spam_result:  # no copy of the envelope when the check adds nothing (it is off)
         envelope = replace(envelope, spam_result=spam_result)
     headers = trace_headers(envelope, queue_id, received) + spam.headers()
-    # Our own headers name neither Subject nor From, so the message's header block alone says
-    # what the stored one would, without a copy of the whole message to parse.
-    subject, header_from = summary_headers(content)
-    return _Prepared(envelope, queue_id, routes, rejected, spam, headers, content, subject, header_from)
+    return _Prepared(
+        envelope, queue_id, routes, rejected, spam, headers, content, subject, header_from, frozenset(allowed), frozenset(blocked)
+    )
 
 
 def _record(prepared: _Prepared, body: StoredBody, lookups: Lookups) -> Receipt:
@@ -526,6 +580,13 @@ def _deliveries(prepared: _Prepared, lookups: Lookups) -> tuple[Receipt, list[tu
         # unscored) quarantines no one: spare normalizing the address for it.
         if spam.actions and spam.quarantines(r.address):
             quarantine, reason = True, "spam"
+        # An allow entry lifts the unverified policy and the spam threshold (never a failed
+        # verification); a block entry for some recipients holds what the others accept: the
+        # one reply to DATA has acknowledged it (RFC 5321 §4.1.1.4).
+        if r.address in prepared.allowed and reason in ("unverified", "spam"):
+            quarantine, reason = False, ""
+        if r.address in prepared.blocked:
+            quarantine, reason = True, "blocked sender"
         if envelope.verification == Verification.FAILED:
             quarantine, reason = True, "downgrade"  # spec §5.8: held whatever the policy and the score
         for mailbox in r.mailboxes:
