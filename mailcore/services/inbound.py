@@ -587,8 +587,8 @@ def _deliveries(prepared: _Prepared, lookups: Lookups) -> tuple[Receipt, list[tu
             quarantine, reason = False, ""
         if r.address in prepared.blocked:
             quarantine, reason = True, "blocked sender"
-        if envelope.verification == Verification.FAILED:
-            quarantine, reason = True, "downgrade"  # spec §5.8: held whatever the policy and the score
+        if envelope.verification == Verification.FAILED and envelope.auth_result == "fail":
+            quarantine, reason = True, "downgrade"  # spec §5.8 (`_prepare`): held whatever the policy and the score
         for mailbox in r.mailboxes:
             if mailbox.pk in seen:
                 continue
