@@ -28,7 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import clients, peers, project  # noqa: E402
+from bench import clients, peers, project, pull_body  # noqa: E402
 from bench.project import DOMAIN, LOGIN_USERS, PASSWORD, RETR_USER, SMTP_USER, Process  # noqa: E402
 
 HOST = "127.0.0.1"
@@ -342,7 +342,9 @@ def _percentile(values: list[float], fraction: float) -> float:
 
 def announce(port: int, source_id: str) -> float:
     """SOURCE to B as A's outbound client would; the time of the 250."""
-    with smtplib.SMTP("127.0.0.3", port, local_hostname="mx.a.test", timeout=30) as client:
+    # From a.test's MX address, as A's own client would: an origin's own ids are pulled at once
+    # (reverse-delivery.md §6, Fair pulls), where a stranger's are paced.
+    with smtplib.SMTP("127.0.0.3", port, local_hostname="mx.a.test", timeout=30, source_address=("127.0.0.2", 0)) as client:
         client.ehlo("mx.a.test")
         client.mail("alice@a.test")
         client.rcpt("bob@b.test")
@@ -435,7 +437,7 @@ def verify_round(args, workdir: Path, template, dns_address: str, redis_url: str
     limits = {"MAIL_SOURCE_MAX_PENDING_PER_CLIENT": str(args.pending * 2), "MAIL_SOURCE_MAX_PENDING_PER_DOMAIN": str(args.pending * 2)}
     with InstancePair(workdir, template, dns_address, redis_url, label, **limits) as pair:
         ids = pair.source_on_a(args.pending, content)
-        with smtplib.SMTP("127.0.0.3", pair.port, local_hostname="mx.a.test", timeout=30) as client:
+        with smtplib.SMTP("127.0.0.3", pair.port, local_hostname="mx.a.test", timeout=30, source_address=("127.0.0.2", 0)) as client:
             client.ehlo("mx.a.test")
             for source_id in ids:
                 client.mail("alice@a.test")
@@ -603,6 +605,13 @@ def bench_memory(args, workdir: Path, template: project.Template, results: Resul
                 results.note("idle connections", f"{args.many} held at once: {target.name}", str(error)[:120])
 
 
+# --- pulling a large body (reverse-delivery.md §6, "Bounded pulls") ----------------------------------
+
+
+def bench_pull(args, workdir: Path, template: project.Template, results: Results) -> None:
+    pull_body.bench_pull(args.rounds, log, results)
+
+
 # --- main --------------------------------------------------------------------------------------------
 
 
@@ -642,7 +651,7 @@ def main() -> int:
     parser.add_argument("--shape", choices=("runmail", "runsmtp"), default="runmail",
                         help="SMTP: the MX as `make run` starts it (with qcluster and the other roles), or alone")
     parser.add_argument("--scale", type=float, default=1.0, help="multiplies the SMTP message counts")
-    parser.add_argument("--only", default="smtp,pop3,source,memory", help="comma-separated sections")
+    parser.add_argument("--only", default="smtp,pop3,source,pull,memory", help="comma-separated sections")
     parser.add_argument("--sizes", default="", help="SMTP message sizes to run, e.g. 1,10 (KB; default all)")
     parser.add_argument("--sessions", default="", help="SMTP session counts to run, e.g. 1,10 (default all)")
     parser.add_argument("--retr-count", type=int, default=5000)
@@ -671,7 +680,9 @@ def main() -> int:
     template.build()
     results = Results()
     started = datetime.now(UTC)
-    for section, run in (("smtp", bench_smtp), ("pop3", bench_pop3), ("source", bench_source), ("memory", bench_memory)):
+    for section, run in (
+        ("smtp", bench_smtp), ("pop3", bench_pop3), ("source", bench_source), ("pull", bench_pull), ("memory", bench_memory)
+    ):
         if section in sections:
             run(args, workdir, template, results)
     report = (

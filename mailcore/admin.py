@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
+from django.conf import settings
 from django.contrib import admin, messages
 from django.contrib.admin.utils import unquote
 from django.core.exceptions import PermissionDenied
@@ -17,7 +20,7 @@ from django.views.decorators.http import require_POST
 
 from mailcore import models
 from mailcore.quarantine import admin as quarantine_admin
-from mailcore.services import accounts, quarantine, queue_control
+from mailcore.services import accounts, pins, quarantine, queue_control
 from mailcore.services.trace import trace
 from mailcore.web import dashboard, message_pages
 from mailcore.web.forms import AliasForm, DomainForm, MailboxChangeForm, MailboxCreationForm, MailboxPasswordForm
@@ -464,6 +467,36 @@ class AnnouncementAdmin(ReadOnlyAdmin):
         if not obj.message_id:
             return ""
         return format_html('<a href="{}">view</a>', reverse("admin:mailcore_message_change", args=[obj.message_id]))
+
+
+@admin.register(models.SourcePin, site=site)
+class SourcePinAdmin(ReadOnlyAdmin):
+    """The downgrade memory (reverse-delivery.md §5.8): DATA mail claiming these domains is held as "downgrade"."""
+
+    list_display = ["domain", "last_verified_at", "remembered_until", "verified_count", "first_verified_at"]
+    search_fields = ["domain"]
+    actions = ["forget_selected"]
+
+    @admin.display(description="remembered until")
+    def remembered_until(self, obj):
+        days = settings.MAIL_SOURCE_PIN_DAYS
+        return obj.last_verified_at + timedelta(days=days) if days > 0 else "memory off"
+
+    def has_delete_permission(self, request, obj=None):
+        # Forgetting is deleting the row: staff with the delete permission (and superusers) may.
+        return admin.ModelAdmin.has_delete_permission(self, request, obj)
+
+    def get_actions(self, request):
+        actions = super().get_actions(request)
+        actions.pop("delete_selected", None)  # "forget" says what it does
+        return actions
+
+    @admin.action(description="Forget the selected domains (their DATA mail is plain unverified again)",
+                  permissions=["delete"])
+    def forget_selected(self, request, queryset):
+        names = sorted(queryset.values_list("domain", flat=True))
+        forgotten = [name for name in names if pins.forget(name)]
+        self.message_user(request, f"Forgot {len(forgotten)} domain(s): {', '.join(forgotten) or 'none'}.", messages.SUCCESS)
 
 
 @admin.register(models.QueueItem, site=site)

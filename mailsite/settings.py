@@ -139,8 +139,14 @@ MAIL_SMTP_COMMITTERS = env.get_int("MAIL_SMTP_COMMITTERS", 2)
 MAIL_SMTP_RECIPIENT_CACHE = env.get_float("MAIL_SMTP_RECIPIENT_CACHE", 2.0)
 MAIL_SOURCE_MAX_PENDING_PER_CLIENT = env.get_int("MAIL_SOURCE_MAX_PENDING_PER_CLIENT", 500)
 MAIL_SOURCE_MAX_PENDING_PER_DOMAIN = env.get_int("MAIL_SOURCE_MAX_PENDING_PER_DOMAIN", 500)
+# Ids of clients without a good record asked of one origin MX a minute (reverse-delivery.md §6,
+# Fair pulls): below the usual unknown-id limit of an origin (10 a minute).
+MAIL_CALLBACK_UNKNOWN_PACE = env.get_int("MAIL_CALLBACK_UNKNOWN_PACE", 5)
 MAIL_GET_MAX_UNKNOWN_PER_MINUTE = env.get_int("MAIL_GET_MAX_UNKNOWN_PER_MINUTE", 10)
 MAIL_SOURCE_STRICT = env.get_bool("MAIL_SOURCE_STRICT", False)
+# Days a sender domain stays remembered as delivering by SOURCE after its last verified message
+# (reverse-delivery.md §5.8: its DATA mail is then a downgrade); 0 turns the memory off.
+MAIL_SOURCE_PIN_DAYS = env.get_int("MAIL_SOURCE_PIN_DAYS", 30)
 # Outbound queue: retry delays in seconds, the last one repeating (RFC 5321 §4.5.4.1
 # asks for at least 30 minutes between retries eventually, and gives up after 4-5 days).
 MAIL_QUEUE_RETRY_DELAYS = [int(d) for d in env.get("MAIL_QUEUE_RETRY_DELAYS", "60,300,900,1800,3600").split(",") if d.strip()]

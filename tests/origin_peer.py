@@ -14,15 +14,25 @@ def stuffed(content: bytes) -> bytes:
     return b"".join((b"." + line if line.startswith(b".") else line) + b"\r\n" for line in lines) + b".\r\n"
 
 
-def body_reply(source_id: str, content: bytes) -> bytes:
-    return f"250 2.0.0 {source_id} message follows\r\n".encode() + stuffed(content)
+def body_reply(
+    source_id: str, content: bytes, mail_from: str | None = "alice@a.test", rcpt_tos: tuple[str, ...] = ("bob@b.test",)
+) -> bytes:
+    """A version 2 answer to GET (spec §4): the status line, FROM and TO lines, the message.
+
+    `mail_from=None` leaves the envelope out, as a version 1 origin does.
+    """
+    lines = [f"2.0.0 {source_id} message follows"]
+    if mail_from is not None:
+        lines += [f"FROM <{mail_from}>", *(f"TO <{r}>" for r in rcpt_tos)]
+    head = "".join(f"250{'-' if i < len(lines) - 1 else ' '}{line}\r\n" for i, line in enumerate(lines))
+    return head.encode() + stuffed(content)
 
 
 class ScriptedOrigin:
     """An asyncio server in its own thread. `answers[id]` are the bytes sent for `GET id` (default
     550); an id in `hang_after` keeps the connection open, silent, after its answer."""
 
-    def __init__(self, answers: dict[str, bytes] | None = None, keywords=("PIPELINING", "SOURCE"), host="127.0.0.1",
+    def __init__(self, answers: dict[str, bytes] | None = None, keywords=("PIPELINING", "SOURCE 2"), host="127.0.0.1",
                  name="mx.origin.test", hang_after=(), pipeline_wait: float = 0.0, tls=None, answer_delay: float = 0.0):
         self.answers = answers or {}
         self.keywords = list(keywords)

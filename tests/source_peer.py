@@ -1,12 +1,16 @@
-"""A scripted receiver that lists SOURCE and answers it as told, for tests of the sending role of reverse delivery.
+"""A scripted peer that lists SOURCE 2: a receiver that answers SOURCE as told, and an origin that serves any GET.
 
     peer = SourcePeer(source_replies=["451 4.3.0 later", "250 2.6.0 {id} accepted for retrieval"]).start(host, port)
     peer.announced     # [(mail_from, [rcpts], id, reply)] of every SOURCE
     peer.transactions  # [(mail_from, [rcpts], body)] of every DATA
+    peer.serves[id] = tests.origin_peer.body_reply(id, b"...", ...)   # the bytes GET id answers (else 550)
+    peer.gets          # the ids asked for, in order
     peer.stop()
 
 It never GETs: a test that wants a fetch makes it itself. Reply lists are consumed one per use,
-the last entry repeating. After any reply to SOURCE the transaction is over (spec §3).
+the last entry repeating. After any reply to SOURCE the transaction is over (spec §3). As the
+attacker of a test, it records the ids that a real server sources to it and serves whatever
+body the test tells it to.
 """
 
 from __future__ import annotations
@@ -20,10 +24,12 @@ from tests.smtppeer import ThreadedPeer
 @dataclass
 class SourcePeer(ThreadedPeer):
     hostname: str = "mx.c.test"
-    extensions: list[str] = field(default_factory=lambda: ["PIPELINING", "SIZE 10000000", "SOURCE"])
+    extensions: list[str] = field(default_factory=lambda: ["PIPELINING", "SIZE 10000000", "SOURCE 2"])
     source_replies: list[str] = field(default_factory=lambda: ["250 2.6.0 {id} accepted for retrieval"])
 
     def __post_init__(self):
+        self.serves: dict[str, bytes] = {}
+        self.gets: list[str] = []
         self.announced: list[tuple[str, list[str], str, str]] = []
         self.transactions: list[tuple[str, list[str], bytes]] = []
         self.commands: list[str] = []
@@ -70,6 +76,10 @@ class SourcePeer(ThreadedPeer):
                     self.transactions.append((mail_from, rcpts, b"".join(body)))
                     mail_from, rcpts = None, []
                     await say("250 2.0.0 queued")
+                elif verb == "GET":
+                    self.gets.append(arg)
+                    writer.write(self.serves.get(arg, f"550 5.1.0 {arg} unknown\r\n".encode()))
+                    await writer.drain()
                 elif verb in ("RSET", "NOOP"):
                     if verb == "RSET":
                         mail_from, rcpts = None, []

@@ -183,7 +183,7 @@ def test_per_host_concurrency_limit_across_sender_domains(receiver, limit):
     receiver.MAIL_CALLBACK_HOST_CONCURRENCY = limit
     announce(ID1)
     announce(ID2, mail_from="carol@c.test")
-    answers = {ID1: body_reply(ID1, ALIGNED), ID2: body_reply(ID2, ALIGNED.replace(b"alice@a.test", b"carol@c.test"))}
+    answers = {ID1: body_reply(ID1, ALIGNED), ID2: body_reply(ID2, ALIGNED.replace(b"alice@a.test", b"carol@c.test"), "carol@c.test")}
     with origin_for(receiver, answers, answer_delay=0.3) as origin:
         report = run_sweep()
     assert report.tally() == {"verified": 2}

@@ -65,7 +65,7 @@ def stored_body(a, subject: str) -> bytes:
 
 
 def get(a, source_id: str) -> tuple[bytes, bytes]:
-    """A raw GET to A's MX, as a receiver would pull: (reply line, un-stuffed body)."""
+    """A raw GET to A's MX, as a receiver would pull: (the reply's lines, un-stuffed body)."""
     with socket.create_connection((a.address, a.smtp_port), timeout=10) as sock:
         f = sock.makefile("rb")
         assert f.readline().startswith(b"220")
@@ -73,7 +73,10 @@ def get(a, source_id: str) -> tuple[bytes, bytes]:
         while not f.readline().startswith(b"250 "):
             pass
         sock.sendall(f"GET {source_id}\r\n".encode())
-        reply = f.readline()
+        reply = line = f.readline()
+        while line[3:4] == b"-":  # the envelope lines of a 250 (spec §4)
+            line = f.readline()
+            reply += line
         body = []
         if reply.startswith(b"250"):
             while (line := f.readline()) != b".\r\n":
@@ -109,7 +112,8 @@ def test_sourced_with_a_fresh_id_recorded_before_source_and_get_serves_what_data
     assert accepted["mail_from"] == "alice@a.test" and "dave@c.test" in accepted["rcpt_tos"]
     # GET serves exactly the octets DATA would have sent: A's trace header, then the submission.
     reply, body = get(a, second_id)
-    assert reply == f"250 2.0.0 {second_id} message follows\r\n".encode()
+    # The status line, then exactly the envelope of that one SOURCE transaction (spec §4).
+    assert reply == f"250-2.0.0 {second_id} message follows\r\n250-FROM <alice@a.test>\r\n250 TO <dave@c.test>\r\n".encode()
     assert body == stored_body(a, "sourced")
     assert body.startswith(b"Received: from laptop.a.test") and body.endswith(message("sourced"))
     assert b"Return-Path" not in body
@@ -126,7 +130,7 @@ def test_receiver_answering_source_with_502_gets_data_in_the_same_transaction(st
     a = pair.a
     route_c_test(pair)
     # Lists SOURCE, then does not know it (the scripted peer answers unknown verbs with 502).
-    peer = ScriptedPeer(hostname="mx.c.test", extensions=["PIPELINING", "SIZE 10000000", "SOURCE"])
+    peer = ScriptedPeer(hostname="mx.c.test", extensions=["PIPELINING", "SIZE 10000000", "SOURCE 2"])
     peer.start(pair.peer_address, pair.smtp_port)
     try:
         submit(a, message("fallback"))
@@ -173,7 +177,7 @@ def test_retention_expiry_notifies_alice_of_unfetched_messages_only_and_releases
     finally:
         peer.stop()
     unfetched, fetched = sourced_rows(a)
-    assert get(a, fetched["source_id"])[0].startswith(b"250 ")
+    assert get(a, fetched["source_id"])[0].startswith(b"250-2.0.0 ")
     time.sleep(max(0.0, 3.2 - 0.5))
     deadline = time.monotonic() + 10
     while True:

@@ -137,3 +137,19 @@ def test_end_and_unstuffing_agree_with_the_plain_reading_for_any_input_and_chunk
         assert (receiver.leftover + wire[at:]) == after, wire
         outcome = receiver.outcome().content
         assert (outcome if outcome is None or isinstance(outcome, bytes) else b"".join(outcome)) == content, wire
+
+
+def test_line_length_check_agrees_with_counting_each_line():
+    # The check looks at one LF per block of 500 octets, never at each line: random bodies of
+    # lines around the limit (with and without a stuffing dot), compared with a line-by-line count.
+    from mailcore.smtp.data import MAX_LINE_OCTETS, has_long_line
+
+    rng = random.Random(1000)
+    for _ in range(400):
+        lines = []
+        for _ in range(rng.randint(1, 12)):
+            length = rng.choice([0, 1, 2, 499, 500, 501, 997, 998, 999, 1000, 1500, 2500, rng.randint(0, 1200)])
+            lines.append(rng.choice([b"", b"."]) + b"x" * length)
+        raw = b"".join(line + b"\r\n" for line in lines)
+        plain = any(len(line) - line.startswith(b".") > MAX_LINE_OCTETS for line in lines)
+        assert has_long_line(raw) == plain, [len(line) for line in lines]

@@ -84,20 +84,26 @@ def test_source_replies_of_the_table(mx, b_test):
 
 
 def test_pending_caps_per_client_and_per_sender_domain(mx, b_test):
-    for n in range(3):
+    for n in range(15):
         Announcement.objects.create(source_id=f"{n:032d}", mail_from="x@busy.test", sender_domain="busy.test",
-                                    rcpt_tos=["bob@b.test"], client_address="192.0.2.9", helo_name="elsewhere")
-    server = mx(MAIL_SOURCE_MAX_PENDING_PER_CLIENT="3", MAIL_SOURCE_MAX_PENDING_PER_DOMAIN="3")
+                                    rcpt_tos=["bob@b.test"], client_address=f"192.0.2.{n}", helo_name="elsewhere")
+    # One client's share of a sender domain's 15 slots is 3 (a fifth): it cannot take them all.
+    server = mx(MAIL_SOURCE_MAX_PENDING_PER_CLIENT="5", MAIL_SOURCE_MAX_PENDING_PER_DOMAIN="15")
     with RawSMTP(server.port) as c:
         c.greet("mx.a.test")
         assert starts(announce(c, "b" * 32, sender="x@busy.test"), replies.SOURCE_TOO_MANY_PENDING)
         for n in range(3):
             assert starts(announce(c, f"c{n}" * 16), replies.SOURCE_ACCEPTED)
         refusal = announce(c, "d" * 32)
-        assert starts(refusal, replies.SOURCE_TOO_MANY_PENDING) and b"your address" in refusal
-        # The same announcement again is not a new one (a client retrying after a lost reply).
-        assert starts(announce(c, "c0" * 16), replies.SOURCE_ACCEPTED)
-    assert Announcement.objects.filter(client_address="127.0.0.1").count() == 3
+        assert starts(refusal, replies.SOURCE_TOO_MANY_PENDING) and b"your address for the domain a.test" in refusal
+        # Another sender domain still has room for this client, up to the client's own cap (5).
+        for n in range(2):
+            assert starts(announce(c, f"e{n}" * 16, sender="carol@c.test"), replies.SOURCE_ACCEPTED)
+        refusal = announce(c, "f" * 32, sender="dave@d.test")
+        assert starts(refusal, replies.SOURCE_TOO_MANY_PENDING) and refusal.endswith(b"from your address, try again later")
+        # An id is never reused (spec §3 rule 2): the same one again is a replay, refused before any cap.
+        assert announce(c, "c0" * 16) == b"554 5.7.1 " + b"c0" * 16 + b" already announced"
+    assert Announcement.objects.filter(client_address="127.0.0.1").count() == 5
 
 
 def sourced(content: bytes, source_id: str = ID, **fields) -> SourcedMessage:
@@ -126,7 +132,8 @@ def test_get_streams_the_body_in_data_form_and_records_fetches(mx):
         c.greet("mx.c.test")
         c.send(f"GET {ID}\r\nGET {ID}\r\n".encode())  # pipelined
         for _ in range(2):
-            assert c.last() == f"250 2.0.0 {ID} message follows".encode()
+            # Spec §4: the status line, the envelope of the id's transaction, then the message.
+            assert c.reply() == [f"250-2.0.0 {ID} message follows".encode(), b"250-FROM <alice@b.test>", b"250 TO <carol@c.test>"]
             wire = read_data_form(c)
             assert wire.startswith(b"Subject: x\r\n\r\n..dot\r\n...two\r\n")
             assert wire.endswith(b"..\r\nend\r\n")  # a CRLF is added before the final dot
@@ -167,10 +174,14 @@ def test_eleven_unknown_gets_in_a_minute_get_421(mx):
             assert starts(c.cmd(f"GET {n:032d}"), replies.GET_UNKNOWN)
         assert starts(c.cmd(f"GET {10:032d}"), replies.GET_TOO_MANY_UNKNOWN)
         assert c.closed()
-    # The count is per client address, not per connection: even a real id is refused this minute.
+    # The count is per client address, not per connection; but a later connection still gets the
+    # ids that exist (spec §6, Fair pulls), and only the next unknown one gets 421 again.
     with RawSMTP(server.port) as c:
         c.greet("guesser.test")
-        assert starts(c.cmd(f"GET {ID}"), replies.GET_TOO_MANY_UNKNOWN)
+        c.send(f"GET {ID}\r\n".encode())
+        assert c.reply()[0] == f"250-2.0.0 {ID} message follows".encode()
+        assert read_data_form(c) == b"Subject: real\r\n\r\nx\r\n"
+        assert starts(c.cmd(f"GET {11:032d}"), replies.GET_TOO_MANY_UNKNOWN)
         assert c.closed()
 
 

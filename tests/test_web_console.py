@@ -457,3 +457,23 @@ def test_spam_score_and_rules_in_the_quarantine_and_the_message_view(world):
     assert "7.5 (GTUBE, RCVD_ILLEGAL_IP)" in listing
     page = client.get(f"/admin/mailcore/message/{held.message_id}/change/").content.decode()
     assert "score 7.5; rules GTUBE, RCVD_ILLEGAL_IP" in page
+
+
+def test_sender_domains_delivering_by_source_are_listed_and_forgotten(world):
+    from mailcore.models import SourcePin
+    from mailcore.services import pins
+
+    pins.remember("a.test")
+    pins.remember("c.test")
+    page = as_user(world, "viewer").get("/admin/mailcore/sourcepin/")
+    assert page.status_code == 200 and "a.test" in page.content.decode()
+    assert 'href="/admin/mailcore/sourcepin/">Domains by SOURCE</a>' in page.content.decode()  # in the console's bar
+    assert "forget_selected" not in page.content.decode()  # seeing is not forgetting
+    admin_client = as_user(world, "superuser")
+    page = admin_client.get("/admin/mailcore/sourcepin/")
+    assert "forget_selected" in page.content.decode() and "c.test" in page.content.decode()
+    pin = SourcePin.objects.get(domain="a.test")
+    done = admin_client.post("/admin/mailcore/sourcepin/", {"action": "forget_selected", "_selected_action": [pin.pk]})
+    assert done.status_code == 302
+    assert list(SourcePin.objects.values_list("domain", flat=True)) == ["c.test"]
+    assert not pins.is_pinned("a.test") and pins.is_pinned("c.test")

@@ -66,6 +66,8 @@ class OutboundMessage:
     recipients: list[str]
     content: bytes
     message_id: int | None = None  # the stored Message, for a transfer that must refer to it (SOURCE)
+    # False: we cannot vouch for its origin, so it goes by DATA (reverse-delivery.md §6, Forwarding).
+    may_source: bool = True
 
     @property
     def eight_bit(self) -> bool:

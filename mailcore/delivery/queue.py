@@ -119,7 +119,11 @@ class DomainRun:
             for start in range(0, len(group), MAX_RECIPIENTS_PER_TRANSACTION):
                 chunk = group[start : start + MAX_RECIPIENTS_PER_TRANSACTION]
                 key = f"{message.queue_id}/{start}"
-                messages.append(OutboundMessage(key, message.mail_from, [i.recipient for i in chunk], content, message.pk))
+                messages.append(
+                    OutboundMessage(
+                        key, message.mail_from, [i.recipient for i in chunk], content, message.pk, outbound.may_source(message)
+                    )
+                )
                 owners[key] = [(i.recipient, i) for i in chunk]
         return messages, owners, outcomes
 

@@ -7,7 +7,7 @@ from mailcore.models.limits import FailureCount
 from mailcore.models.message import Delivery, DeliveryState, Message, SpamStatus, Transport, Verification
 from mailcore.models.outbound import QueueItem, QueueState
 from mailcore.models.senders import SenderAction, SenderRule, SenderScope
-from mailcore.models.verification import Announcement, AnnouncementState, SourcedMessage
+from mailcore.models.verification import Announcement, AnnouncementState, SourcedMessage, SourcePin
 
 __all__ = [
     "ActorKind",
@@ -30,6 +30,7 @@ __all__ = [
     "QueueItem",
     "QueueState",
     "SourcedMessage",
+    "SourcePin",
     "SpamStatus",
     "Transport",
     "UnverifiedPolicy",

@@ -70,6 +70,14 @@ class Message(models.Model):
     )
     spam_score = models.FloatField(null=True, blank=True, help_text="The SpamAssassin score, when scored.")
     spam_rules = models.JSONField(default=list, blank=True, help_text="The SpamAssassin rules that hit, when scored.")
+    forwarded_from = models.ForeignKey(
+        "self",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="forwarded_copies",
+        help_text="For the copy an alias sends on to remote targets: the message as received.",
+    )
 
     class Meta:
         ordering = ["-received_at"]

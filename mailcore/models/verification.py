@@ -65,3 +65,24 @@ class SourcedMessage(models.Model):
 
     def __str__(self) -> str:
         return f"{self.source_id} to {self.destination_host}"
+
+
+class SourcePin(models.Model):
+    """A sender domain that we verified a message from by SOURCE (spec §5.8, the downgrade memory).
+
+    While it is remembered (MAIL_SOURCE_PIN_DAYS after `last_verified_at`), plain DATA mail with
+    a reverse-path in it is a likely forgery by downgrade: quarantined, or refused under `reject`.
+    """
+
+    domain = models.CharField(max_length=253, unique=True, help_text="The reverse-path domain, lower-case.")
+    first_verified_at = models.DateTimeField(auto_now_add=True)
+    last_verified_at = models.DateTimeField(db_index=True)
+    verified_count = models.PositiveIntegerField(default=0, help_text="Messages verified from it since first seen.")
+
+    class Meta:
+        ordering = ["domain"]
+        verbose_name = "sender domain delivering by SOURCE"
+        verbose_name_plural = "sender domains delivering by SOURCE"
+
+    def __str__(self) -> str:
+        return self.domain

@@ -12,7 +12,8 @@ from django.db.models import Count, F
 from django.utils import timezone
 
 from mailcore.models import Announcement, AnnouncementState, Transport, Verification
-from mailcore.services import inbound
+from mailcore.services import inbound, pins
+from mailcore.services.login_failures import AddressCounter
 from mailcore.spam import check as spam_check
 from mailcore.verification.alignment import from_aligned
 
@@ -130,6 +131,83 @@ def claim_due(domain: str, now: datetime | None = None, limit: int = CLAIM_LIMIT
     return claimed
 
 
+# Ids from clients without a good record, asked of one origin per minute (spec §6, Fair pulls):
+# under its unknown-id limit (10 a minute by default), so that bogus ids never make it refuse us.
+def _paced_gets() -> AddressCounter:
+    return AddressCounter("paced-gets", settings.MAIL_CALLBACK_UNKNOWN_PACE, 60.0)
+
+
+@dataclass
+class PullPlan:
+    """Which claimed ids a pull asks for now, in order, and which wait for their turn (spec §6, Fair pulls)."""
+
+    asked: list[str]
+    paced: list[Claim]
+
+
+def plan_pull(domain: str, claims: list[Claim], origin_addresses: set[str], origin: str, now: datetime | None = None) -> PullPlan:
+    """Order a domain's claimed ids: first those of clients with a good record, then a paced few.
+
+    A client has a good record for `domain` when an earlier announcement of it from that domain
+    was pulled back (verified or not aligned), or when it is one of the origin's own MX
+    addresses. The others' ids are asked at most MAIL_CALLBACK_UNKNOWN_PACE a minute per
+    origin (`origin`, counted across workers in the shared cache), taken in turn from each
+    client so that one client's flood does not delay another's; the rest are put back, their
+    attempt not counted, for the next minute.
+    """
+    now = now or timezone.now()
+    clients = {c.client_address for c in claims}
+    good = set(
+        Announcement.objects.filter(
+            sender_domain=domain,
+            client_address__in=clients,
+            state__in=[AnnouncementState.VERIFIED, AnnouncementState.UNVERIFIED],
+        ).values_list("client_address", flat=True)
+    ) | (clients & origin_addresses)
+    asked = list(dict.fromkeys(c.source_id for c in claims if c.client_address in good))
+    by_client: dict[str, list[Claim]] = {}
+    for c in claims:
+        if c.client_address not in good and c.source_id not in asked:
+            by_client.setdefault(c.client_address, []).append(c)
+    turns = [c for batch in _in_turn(list(by_client.values())) for c in batch]
+    counter = _paced_gets()
+    paced: list[Claim] = []
+    here = 0  # this pull's own count, the limit when the shared cache cannot be reached
+    for claim in turns:
+        if claim.source_id in asked:
+            continue
+        try:
+            blocked = counter.blocked(origin)
+            if not blocked:
+                counter.record(origin)
+        except OSError as exc:  # CounterUnavailable: the pace is kept within this pull alone
+            log.warning("pacing pulls from %s without the shared cache: %s", origin, exc)
+            blocked = here >= counter.limit
+        if blocked:
+            paced.append(claim)
+            continue
+        here += 1
+        asked.append(claim.source_id)
+    paced = [c for c in paced if c.source_id not in asked]
+    until = now + timedelta(seconds=60)
+    for claim in paced:
+        Announcement.objects.filter(pk=claim.pk, state=AnnouncementState.PENDING, attempts=claim.attempt).update(
+            attempts=claim.attempt - 1,
+            next_attempt_at=until,
+            last_error=f"waiting its turn: ids of clients without a good record are asked of {origin}"
+            f" at most {settings.MAIL_CALLBACK_UNKNOWN_PACE} a minute",
+        )
+    return PullPlan(asked, paced)
+
+
+def _in_turn(queues: list[list[Claim]]):
+    """One claim from each client in turn (round robin), each client's in the order received."""
+    index = 0
+    while any(index < len(q) for q in queues):
+        yield [q[index] for q in queues if index < len(q)]
+        index += 1
+
+
 def _held(claim: Claim):
     """The announcement row, locked, if this claim still holds it; None if another worker took over."""
     return (
@@ -185,6 +263,9 @@ def deliver_pulled(claim: Claim, content: bytes, origin_host: str, origin_addres
             return Outcome(claim.source_id, "lost", "another worker settled it first")
         announcement.origin_host = origin
         announcement.completed_at = now
+        # Spec §5.8: the origin MX of this domain handed back the body of this very envelope,
+        # so the domain delivers by SOURCE; its DATA mail is a downgrade from now on.
+        pins.remember(claim.sender_domain, now)
         try:
             if refused is not None:
                 raise refused

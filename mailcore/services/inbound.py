@@ -21,7 +21,7 @@ from django.utils import timezone
 from mailcore.addresses import AddressError, domain_of, normalize_domain
 from mailcore.models import Delivery, DeliveryState, Message, Transport, UnverifiedPolicy, Verification
 from mailcore.models.message import new_queue_id
-from mailcore.services import accounts, quota, senders
+from mailcore.services import accounts, pins, quota, senders
 from mailcore.store import StoredBody, message_store
 from mailcore.store.bodies import PendingBodies
 
@@ -407,6 +407,7 @@ class Lookups:
         self._routes: dict[str, accounts.Route | AddressError] = {}
         self._rejects: dict[str, bool] = {}
         self._policies: dict[str, str] = {}
+        self._downgrades: dict[str, str | None] = {}
         self._senders: dict[str, senders.Rules] = {}
 
     def route(self, address: str) -> accounts.Route:
@@ -429,6 +430,15 @@ class Lookups:
         if address not in self._policies:
             self._policies[address] = _policy_for(address)
         return self._policies[address]
+
+    def downgrade(self, mail_from: str) -> str | None:
+        """Why DATA mail from `mail_from` is a downgrade (reverse-delivery.md §5.8, §6); None if it is not."""
+        domain = domain_of(mail_from) if mail_from else ""
+        if domain not in self._downgrades:
+            self._downgrades[domain] = pins.downgrade_reason(
+                mail_from, pinned=pins.is_pinned(domain), local=bool(domain) and accounts.is_local_domain(domain)
+            )
+        return self._downgrades[domain]
 
     def senders(self, address: str) -> senders.Rules:
         if address not in self._senders:
@@ -532,6 +542,11 @@ def without_forged_headers(content: bytes) -> bytes:
 def _prepare(envelope: Envelope, content: bytes | list[bytes], spam: SpamVerdict | None, lookups: Lookups) -> _Prepared:
     queue_id = new_queue_id()
     content = without_forged_verdicts(content)
+    if envelope.transport == Transport.DATA and envelope.verification == Verification.UNVERIFIED:
+        downgrade = lookups.downgrade(envelope.mail_from)
+        if downgrade is not None:
+            # Spec §5.8: not merely unverified but failed; never delivered to an inbox (`_deliveries`).
+            envelope = replace(envelope, verification=Verification.FAILED, auth_result="fail", auth_comment=downgrade)
     unverified = envelope.verification != Verification.VERIFIED
     # Our own headers name neither Subject nor From, so the message's header block alone says
     # what the stored one would, without a copy of the whole message to parse.
@@ -631,20 +646,20 @@ def _record_many(batch: list[tuple[_Prepared, StoredBody]], lookups: Lookups) ->
         Delivery,
         [
             {"message_id": message_id, "mailbox_id": mailbox_id, "state": state, "reason": reason}
-            for message_id, (_receipt, deliveries, _remote) in zip(message_ids, routed, strict=True)
+            for message_id, (_receipt, deliveries, _remote, _held) in zip(message_ids, routed, strict=True)
             for mailbox_id, state, reason in deliveries
         ],
         now=now,
     )
     quota.charge(
         (mailbox_id, body.size)
-        for (_prepared, body), (_receipt, deliveries, _remote) in zip(batch, routed, strict=True)
+        for (_prepared, body), (_receipt, deliveries, _remote, _held) in zip(batch, routed, strict=True)
         for mailbox_id, _state, _reason in deliveries
     )
     receipts = []
-    for message_id, row, (receipt, _mailboxes, remote) in zip(message_ids, messages, routed, strict=True):
+    for message_id, row, (receipt, _mailboxes, remote, held) in zip(message_ids, messages, routed, strict=True):
         receipt.message_id, receipt._row = message_id, row
-        receipts.append(_forward(receipt, remote))
+        receipts.append(_forward(receipt, remote, held))
     return receipts
 
 
@@ -671,14 +686,16 @@ def _message_row(prepared: _Prepared, body: StoredBody) -> dict:
 
 def _deliveries(
     prepared: _Prepared, lookups: Lookups
-) -> tuple[Receipt, list[tuple[int, str, str]], list[tuple[str, str]]]:
-    """(receipt so far, (mailbox id, state, reason) of each Delivery row, (alias, remote target) of each forward)."""
+) -> tuple[Receipt, list[tuple[int, str, str]], list[tuple[str, str]], list[tuple[str, str]]]:
+    """(receipt so far, (mailbox id, state, reason) of each Delivery row, (alias, remote target) of
+    each forward, and of each forward held with the message) of one message."""
     envelope, spam = prepared.envelope, prepared.spam
     unverified = envelope.verification != Verification.VERIFIED
     receipt = Receipt(queue_id=prepared.queue_id, rejected=list(prepared.rejected))
     deliveries: list[tuple[int, str, str]] = []
     seen: set[int] = set()
     remote: list[tuple[str, str]] = []
+    held: list[tuple[str, str]] = []
     for r in prepared.routes:
         policy = lookups.policy(r.address)
         quarantine = unverified and policy == UnverifiedPolicy.QUARANTINE
@@ -694,25 +711,32 @@ def _deliveries(
             quarantine, reason = False, ""
         if r.address in prepared.blocked:
             quarantine, reason = True, "blocked sender"
+        if envelope.verification == Verification.FAILED and envelope.auth_result == "fail":
+            quarantine, reason = True, "downgrade"  # spec §5.8 (`_prepare`): held whatever the policy and the score
         for mailbox in r.mailboxes:
             if mailbox.pk in seen:
                 continue
             seen.add(mailbox.pk)
             deliveries.append((mailbox.pk, DeliveryState.QUARANTINED if quarantine else DeliveryState.INBOX, reason))
             (receipt.quarantined if quarantine else receipt.delivered).append(mailbox.address)
-        remote.extend((r.address, t) for t in r.remote if t not in {target for _alias, target in remote})
-    return receipt, deliveries, remote
+        # Reverse delivery §6, Forwarding: a remote target gets what is accepted for delivery;
+        # what is held for it waits with the message (sent on release, never if deleted).
+        forwarded = {target for _alias, target in remote + held}
+        (held if quarantine else remote).extend((r.address, t) for t in r.remote if t not in forwarded)
+    return receipt, deliveries, remote, held
 
 
-def _forward(receipt: Receipt, remote: list[tuple[str, str]]) -> Receipt:
-    """One forwarded copy per alias, each with its Delivered-To (the loop check of the next hop)."""
-    if remote:
+def _forward(receipt: Receipt, remote: list[tuple[str, str]], held: list[tuple[str, str]]) -> Receipt:
+    """One forwarded copy per alias, each with its Delivered-To (the loop check of the next hop);
+    the copies for held targets wait, held, with the message."""
+    if remote or held:
         from mailcore.services import outbound
 
-        for alias in dict.fromkeys(alias for alias, _target in remote):
-            targets = [target for a, target in remote if a == alias]
-            outbound.forward(receipt.message, targets, delivered_to=alias)
-            receipt.forwarded.extend(targets)
+        for targets_of, is_held in ((remote, False), (held, True)):
+            for alias in dict.fromkeys(alias for alias, _target in targets_of):
+                targets = [target for a, target in targets_of if a == alias]
+                outbound.forward(receipt.message, targets, delivered_to=alias, held=is_held)
+                (receipt.quarantined if is_held else receipt.forwarded).extend(targets)
     return receipt
 
 

@@ -47,7 +47,11 @@ def enqueue(message: Message, recipients: list[str]) -> list[QueueItem]:
     return items
 
 
-def forward(message: Message, recipients: list[str], delivered_to: str = "") -> list[QueueItem]:
+# Why a forwarded copy waits in the queue: the message it copies is held (`release_forwards`).
+HELD_WITH_MESSAGE = "held: forwarded once the message it copies is released from the quarantine"
+
+
+def forward(message: Message, recipients: list[str], delivered_to: str = "", *, held: bool = False) -> list[QueueItem]:
     """An alias that points at a remote address: the message leaves again through the queue.
 
     Reverse delivery §6 "Forwarding": we source it again from our own store under our own domain
@@ -58,6 +62,10 @@ def forward(message: Message, recipients: list[str], delivered_to: str = "") -> 
     stays one: it is forwarded from <> and by DATA, so it can never cause another bounce.
     `delivered_to`, the alias that forwards it, goes on top as `Delivered-To:`: a copy that comes
     back for that address is a loop (inbound.MailLoop).
+
+    `held`: the message is held (quarantined by policy or as spam) for the alias: the copy waits
+    in the queue, held, until the message is released (`release_forwards`), and is never sent if
+    it is not (spec §6, Forwarding: only mail accepted for delivery is forwarded).
     """
     from mailcore.delivery.queue import strip_return_path
 
@@ -81,13 +89,61 @@ def forward(message: Message, recipients: list[str], delivered_to: str = "") -> 
             auth_results=message.auth_results,
             subject=message.subject,
             header_from=message.header_from,
+            forwarded_from=message,
         )
-        items = enqueue(copy, recipients)
+        items = hold_items(copy, recipients) if held else enqueue(copy, recipients)
     except BaseException:
         store.delete(body.ref)
         raise
     log.info("%s forwarded as %s from <%s> to %s", message.queue_id, copy.queue_id, copy.mail_from, ", ".join(recipients))
     return items
+
+
+def hold_items(message: Message, recipients: list[str]) -> list[QueueItem]:
+    """Queue `message` for each recipient, held until `release_forwards` (no delivery is kicked)."""
+    return QueueItem.objects.bulk_create(
+        QueueItem(message=message, recipient=rcpt, domain=domain_of(rcpt), state=QueueState.HELD, last_reply=HELD_WITH_MESSAGE)
+        for rcpt in recipients
+    )
+
+
+def _held_forwards(message_id: int):
+    return QueueItem.objects.filter(
+        message__forwarded_from_id=message_id, state=QueueState.HELD, last_reply=HELD_WITH_MESSAGE
+    )
+
+
+def release_forwards(message_id: int) -> int:
+    """The message was released from the quarantine: its held forwarded copies go now (in the caller's transaction)."""
+    items = list(_held_forwards(message_id).select_related("message"))
+    now = timezone.now()
+    for item in items:
+        QueueItem.objects.filter(pk=item.pk, state=QueueState.HELD).update(
+            state=QueueState.QUEUED, next_attempt_at=now, last_reply="", updated_at=now
+        )
+    for domain in {item.domain for item in items}:
+        transaction.on_commit(lambda d=domain: _kick(d))
+    if items:
+        log.info("%s released: forwarded to %s", items[0].message.queue_id, ", ".join(i.recipient for i in items))
+    return len(items)
+
+
+def drop_forwards(message_id: int) -> int:
+    """The message will never be released (its last held copy was deleted): nor are its forwarded copies."""
+    deleted, _ = _held_forwards(message_id).delete()
+    return deleted
+
+
+def may_source(message: Message) -> bool:
+    """Whether we may vouch for `message` by SOURCE (reverse-delivery.md §6, Forwarding).
+
+    Sourcing says "this came from my domain". A forwarded copy whose From: is in one of our
+    domains came from outside unless a local user submitted it with AUTH: it goes by DATA, and
+    the next server sees it as unverified rather than as ours.
+    """
+    if message.forwarded_from_id is None or message.transport == Transport.SUBMISSION:
+        return True
+    return not (message.header_from and accounts.is_local_domain(domain_of(message.header_from)))
 
 
 def forwarding_reverse_path(message: Message) -> str:

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from django.db import transaction
 
 from mailcore.models import AuditAction, Delivery, DeliveryState
-from mailcore.services import audit, quota
+from mailcore.services import audit, outbound, quota
 
 
 class QuarantineError(Exception):
@@ -47,6 +47,12 @@ def _move(delivery_id: int, state: str, mailbox=None, action: str = "") -> Deliv
         if state == DeliveryState.DELETED:
             quota.refund([(delivery.mailbox_id, delivery.message.size)])
         audit.record(action, audit.describe_delivery(delivery), mailbox=delivery.mailbox.address, detail=delivery.reason)
+        # Reverse delivery §6, Forwarding: the message's copies for remote alias targets waited
+        # for this decision: released, they go; once no copy is held any more, they never will.
+        if state == DeliveryState.INBOX:
+            outbound.release_forwards(delivery.message_id)
+        elif not Delivery.objects.filter(message_id=delivery.message_id, state=DeliveryState.QUARANTINED).exists():
+            outbound.drop_forwards(delivery.message_id)
     return delivery
 
 

@@ -20,12 +20,17 @@ from django.utils import timezone
 
 from mailcore.addresses import domain_of
 from mailcore.models import Announcement, AnnouncementState, Message, QueueItem, QueueState, SourcedMessage
-from mailcore.verification.ids import new_source_id
+from mailcore.verification.envelope import envelope_lines
+from mailcore.verification.ids import EHLO_KEYWORD, new_source_id
 
 log = logging.getLogger("mailcore.verification")
 
 # spec §3: id = 32( ALPHA / DIGIT ), case-sensitive.
 SOURCE_ID = re.compile(r"[A-Za-z0-9]{32}\Z")
+
+
+# What the listener lists in its EHLO reply (spec §2).
+SOURCE_KEYWORD = EHLO_KEYWORD
 
 
 def is_source_id(text: str) -> bool:
@@ -37,27 +42,41 @@ def is_source_id(text: str) -> bool:
 
 class AnnounceResult(enum.Enum):
     ACCEPTED = "accepted"
+    ALREADY_ANNOUNCED = "this id was announced before"
     TOO_MANY_FROM_CLIENT = "too many pending from this client"
     TOO_MANY_FROM_DOMAIN = "too many pending from this sender domain"
+    TOO_MANY_FROM_CLIENT_FOR_DOMAIN = "too many pending from this client for this sender domain"
+
+
+def client_share_of_domain_cap() -> int:
+    """Pending announcements one client may hold for one sender domain: a fifth of the domain's cap.
+
+    Spec §6, Fair pulls: one client address cannot take every slot of a sender domain, so the
+    domain's genuine mail, announced by its own MX, still finds room.
+    """
+    return max(1, settings.MAIL_SOURCE_MAX_PENDING_PER_DOMAIN // 5)
 
 
 def announce(source_id: str, mail_from: str, rcpt_tos: list[str], client_address: str, helo_name: str) -> AnnounceResult:
     """Record a pending announcement (spec §5.1) and kick its first pull once it is committed.
 
-    The caps of spec §6 (reflection) are checked in the same transaction. A repeated SOURCE of
-    the same id for the same envelope from the same client is the same announcement: it is
-    acknowledged again without a second row, so the body is never delivered twice.
+    The caps of spec §6 (reflection) are checked in the same transaction. An id we already hold
+    an announcement for is refused (spec §3): a sender never reuses one (rule 2), so a repeat is
+    someone replaying an id it has seen, and nothing is recorded.
     """
     sender_domain = domain_of(mail_from)
     with transaction.atomic():
+        if Announcement.objects.filter(source_id=source_id).exists():
+            log.warning(
+                "SOURCE %s refused: already announced (now from <%s> to %s by [%s] %s)",
+                source_id, mail_from, ", ".join(f"<{r}>" for r in rcpt_tos), client_address, helo_name,
+            )
+            return AnnounceResult.ALREADY_ANNOUNCED
         pending = Announcement.objects.filter(state=AnnouncementState.PENDING)
-        duplicate = pending.filter(
-            source_id=source_id, mail_from=mail_from, client_address=client_address
-        ).values_list("rcpt_tos", flat=True)
-        if any(list(r) == list(rcpt_tos) for r in duplicate):
-            return AnnounceResult.ACCEPTED
         if pending.filter(client_address=client_address).count() >= settings.MAIL_SOURCE_MAX_PENDING_PER_CLIENT:
             return AnnounceResult.TOO_MANY_FROM_CLIENT
+        if pending.filter(client_address=client_address, sender_domain=sender_domain).count() >= client_share_of_domain_cap():
+            return AnnounceResult.TOO_MANY_FROM_CLIENT_FOR_DOMAIN
         if pending.filter(sender_domain=sender_domain).count() >= settings.MAIL_SOURCE_MAX_PENDING_PER_DOMAIN:
             return AnnounceResult.TOO_MANY_FROM_DOMAIN
         Announcement.objects.create(
@@ -93,6 +112,12 @@ class SourcedBody:
     source_id: str
     body_ref: str
     size: int
+    mail_from: str = ""
+    rcpt_tos: tuple[str, ...] = ()
+
+    def envelope_lines(self) -> list[str]:
+        """The FROM and TO lines of the 250 to GET: the envelope this id names (spec §4)."""
+        return envelope_lines(self.mail_from, list(self.rcpt_tos))
 
 
 def fetch_sourced(source_id: str, client_address: str) -> SourcedBody | None:
@@ -120,7 +145,13 @@ def fetch_sourced(source_id: str, client_address: str) -> SourcedBody | None:
         SourcedMessage.objects.filter(pk=sourced.pk).update(
             last_fetch_at=now, last_fetch_address=client_address, fetch_count=F("fetch_count") + 1
         )
-    return SourcedBody(source_id=source_id, body_ref=sourced.message.body_ref, size=sourced.message.size)
+    return SourcedBody(
+        source_id=source_id,
+        body_ref=sourced.message.body_ref,
+        size=sourced.message.size,
+        mail_from=sourced.mail_from,
+        rcpt_tos=tuple(sourced.rcpt_tos),
+    )
 
 
 def client_serves_domains(client_address: str, domains: set[str]) -> bool:

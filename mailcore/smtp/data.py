@@ -26,6 +26,10 @@ class DataOutcome:
     problem: Reply | None
     received: int  # octets read off the wire for this message
 
+    def joined(self) -> bytes | None:
+        """The message as one bytes object, for a reader that takes no parts."""
+        return b"".join(self.content) if isinstance(self.content, list) else self.content
+
 
 # A message larger than this is kept as a list of parts of about this size, not one bytes object.
 PART_SIZE = 1024 * 1024
@@ -93,22 +97,17 @@ class DataReceiver:
         if b"\x00" in segment:
             self._refuse(replies.DATA_NUL)
             return
-        # One split serves both checks of the lines: CRLF-only, and their length (at most one
-        # chunk's worth of lines exists at a time).
-        lines = segment.split(b"\r\n")
-        between = b"".join(lines)
-        if b"\n" in between or b"\r" in between:
+        # Counts and a search per block of the line limit, all in C: a chunk of many short lines
+        # costs what the same octets in long lines cost (reverse-delivery.md §6, "Bounded pulls").
+        line_ends = segment.count(b"\r\n")
+        if segment.count(b"\n") != line_ends or segment.count(b"\r") != line_ends:
             # Refused rather than repaired: a receiver that reads them as line ends where another
             # does not is how SMTP smuggling works.
             self._refuse(replies.DATA_BARE_LF)
             return
-        # RFC 5321 §4.5.3.1.6, counted without the dot that stuffing adds on the wire: a line
-        # one octet over may be a stuffed one, and only then is the count made exactly.
-        if max(map(len, lines)) > MAX_LINE_OCTETS:
-            if max(len(line) - line.startswith(b".") for line in lines) > MAX_LINE_OCTETS:
-                self._refuse(replies.DATA_LINE_TOO_LONG)
-                return
-        del lines, between
+        if has_long_line(segment):
+            self._refuse(replies.DATA_LINE_TOO_LONG)
+            return
         # RFC 5321 §4.5.2: the first "." of every line that starts with one is removed.
         if b"\r\n." in segment:
             segment = segment.replace(b"\r\n.", b"\r\n")
@@ -141,6 +140,34 @@ class DataReceiver:
         content = [*self._parts, last] if self._parts else last
         self._drop()
         return DataOutcome(content, None, self.received)
+
+
+# A line over MAX_LINE_OCTETS is a run of at least MAX_LINE_OCTETS + 1 octets without a LF (its
+# CR included), and any run of 2 * B - 1 octets holds a whole one of the consecutive blocks of B
+# octets: so one LF search per block finds every candidate, however short or long the lines are.
+_LINE_BLOCK = (MAX_LINE_OCTETS + 2) // 2
+
+
+def has_long_line(raw: bytes, limit: int = MAX_LINE_OCTETS) -> bool:
+    """Whether a line of `raw` (CRLF lines, dot-stuffed) is over `limit` octets.
+
+    RFC 5321 §4.5.3.1.6, counted without its CRLF and without the dot that stuffing adds on the
+    wire (a line one octet over may be a stuffed one).
+    """
+    find, size, start = raw.find, len(raw), 0
+    while start + _LINE_BLOCK <= size:
+        if find(b"\n", start, start + _LINE_BLOCK) >= 0:
+            start += _LINE_BLOCK
+            continue
+        line_start = raw.rfind(b"\n", 0, start) + 1
+        line_end = find(b"\n", start + _LINE_BLOCK)
+        if line_end < 0:
+            line_end = size
+        length = line_end - line_start - (raw[line_end - 1] == 0x0D) - (raw[line_start] == 0x2E)
+        if length > limit:
+            return True
+        start = line_end + 1
+    return False
 
 
 _LINE_END = re.compile(rb"\r?\n")

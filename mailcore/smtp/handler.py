@@ -316,8 +316,12 @@ class InboundHandler:
             )
         except TemporaryFault:
             return replies.TEMPORARY_FAILURE
+        if result is verification.AnnounceResult.ALREADY_ANNOUNCED:
+            return replies.SOURCE_ALREADY_ANNOUNCED(id=source_id)
         if result is verification.AnnounceResult.TOO_MANY_FROM_CLIENT:
             return replies.SOURCE_TOO_MANY_PENDING(what="your address")
+        if result is verification.AnnounceResult.TOO_MANY_FROM_CLIENT_FOR_DOMAIN:
+            return replies.SOURCE_TOO_MANY_PENDING(what=f"your address for the domain {domain_of(envelope.mail_from)}")
         if result is verification.AnnounceResult.TOO_MANY_FROM_DOMAIN:
             return replies.SOURCE_TOO_MANY_PENDING(what=f"the domain {domain_of(envelope.mail_from)}")
         return replies.SOURCE_ACCEPTED(id=source_id)
@@ -328,8 +332,8 @@ class InboundHandler:
         """The reply to `GET <id>` and the body to send; GET_TOO_MANY_UNKNOWN means: close now."""
         try:
             first = not server.asked_for_ids
-            server.asked_for_ids = True
             body = await self.call(self.fetch_unless_guessing, source_id, server.client_address, first)
+            server.asked_for_ids = server.asked_for_ids or body is None
         except TooManyUnknownIds:
             return replies.GET_TOO_MANY_UNKNOWN, None
         except verification.FetchRefused:
@@ -351,21 +355,25 @@ class InboundHandler:
         reverse-delivery.md §6 "Guessing ids": unknown-id GETs are counted per client address in
         the database, so every listener process and node of this origin meets one count.
         """
-        # The shared count is read at a session's first GET, and then only while this address
-        # has asked this process for unknown ids lately: an origin's pull pipelines many GETs on
-        # one connection and pays for one cache query, and a guesser meets the count whichever
-        # process or node it connects to.
+        # Spec §6, Fair pulls: an id we know is served whatever the count, so that a receiver
+        # whose address reached the limit (bogus ids announced to it in our name) still gets
+        # genuine mail on its next connection; only the next unknown id gets 421 again.
+        body = verification.fetch_sourced(source_id, client_address)
+        if body is not None:
+            return body
+        # The shared count is read at a session's first unknown id, and then only while this
+        # address has asked this process for unknown ids lately: an origin's pull pipelines many
+        # GETs on one connection and pays for one cache query, and a guesser meets the count
+        # whichever process or node it connects to.
         now = time.monotonic()
         suspect = first_of_session or self._guessers.get(client_address, 0.0) > now
         if suspect and self.unknown_ids.blocked(client_address):
             raise TooManyUnknownIds
-        body = verification.fetch_sourced(source_id, client_address)
-        if body is None:
-            self.unknown_ids.record(client_address)
-            if len(self._guessers) >= 10000:
-                self._guessers = {a: t for a, t in self._guessers.items() if t > now}
-            self._guessers[client_address] = now + 2 * self.unknown_ids.window
-        return body
+        self.unknown_ids.record(client_address)
+        if len(self._guessers) >= 10000:
+            self._guessers = {a: t for a, t in self._guessers.items() if t > now}
+        self._guessers[client_address] = now + 2 * self.unknown_ids.window
+        return None
 
     async def open_body(self, body_ref: str) -> BinaryIO:
         return await self.call(message_store().open, body_ref)

@@ -96,6 +96,16 @@ ONLY_VERIFIED = Reply(
 )
 SPAM_REFUSED = Reply(550, "5.7.1", "Message refused as spam (score {score})")
 
+def multiline(reply: Reply, more: list[str]) -> str:
+    """`reply` as the first line of a multi-line reply whose further lines are `more` (RFC 5321 §4.2.1).
+
+    Without the last line's CRLF, as a single-line reply is pushed.
+    """
+    texts = [f"{reply.status} {reply.text}" if reply.status else reply.text, *more]
+    last = len(texts) - 1
+    return "\r\n".join(f"{reply.code}{'-' if i < last else ' '}{text}" for i, text in enumerate(texts))
+
+
 # --- SOURCE: reverse-delivery.md §3 ----------------------------------------------------------
 SOURCE_ACCEPTED = Reply(250, "2.6.0", "{id} accepted for retrieval")
 SOURCE_BAD_ID = Reply(501, "5.5.4", "SOURCE needs an id of exactly 32 letters and digits")
@@ -104,6 +114,7 @@ SOURCE_NEED_MAIL = Reply(503, "5.5.1", "Need MAIL before SOURCE")
 SOURCE_NEED_RCPT = Reply(503, "5.5.1", "Need RCPT before SOURCE")
 SOURCE_NULL_SENDER = Reply(550, "5.7.1", "A null reverse-path has no domain to call back: use DATA")
 SOURCE_TOO_MANY_PENDING = Reply(452, "4.3.1", "Too many unverified announcements from {what}, try again later")
+SOURCE_ALREADY_ANNOUNCED = Reply(554, "5.7.1", "{id} already announced")
 
 # --- GET: reverse-delivery.md §4 -------------------------------------------------------------
 GET_MESSAGE_FOLLOWS = Reply(250, "2.0.0", "{id} message follows")

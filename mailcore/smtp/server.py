@@ -26,7 +26,7 @@ from django.conf import settings
 
 from mailcore.models import Transport, Verification
 from mailcore.services import inbound
-from mailcore.services.verification import is_source_id
+from mailcore.services.verification import SOURCE_KEYWORD, is_source_id
 from mailcore.smtp import replies
 from mailcore.smtp.data import DataReceiver, DotStuffer
 from mailcore.smtp.replies import Reply
@@ -233,7 +233,7 @@ class InboundSMTP(SMTP):
         self.awaiting_command = False
         self.in_data = False
         self.refused = False
-        self.asked_for_ids = False  # a GET was made in this session (the handler's guessing check)
+        self.asked_for_ids = False  # an unknown id was asked for in this session (the handler's guessing check)
         self._corked = b""  # the lines of a multi-line reply so far
         if not self.offers_auth:
             self._smtp_methods.pop("AUTH", None)
@@ -447,7 +447,7 @@ class InboundSMTP(SMTP):
         if self.tls_context and not self.tls_active():
             keywords.append("STARTTLS")  # RFC 3207
         if self.offers_source:
-            keywords.append("SOURCE")  # reverse-delivery.md §2
+            keywords.append(SOURCE_KEYWORD)  # reverse-delivery.md §2: "SOURCE 2"
         return keywords
 
     async def smtp_EXPN(self, arg: str | None) -> None:
@@ -706,7 +706,9 @@ class InboundSMTP(SMTP):
             log.exception("GET %s: the stored body cannot be read", arg)
             await self.reply(replies.TEMPORARY_FAILURE)
             return
-        await self.reply(reply)
+        # Spec §4: the status line, then the envelope the id names, then the message.
+        for line in replies.multiline(reply, body.envelope_lines()).split("\r\n"):
+            await self.push(line)  # the continuation lines are held and written with the last one
         stuffer = DotStuffer()
         try:
             async for chunk in self.event_handler.body_chunks(stream):

@@ -8,16 +8,24 @@ import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+from mailcore.smtp import replies
+from mailcore.smtp.data import DataOutcome, DataReceiver
+from mailcore.verification.envelope import GetEnvelope, parse_envelope_lines
+from mailcore.verification.ids import offers_source
 from mailcore.verification.origins import OriginHost
 
 log = logging.getLogger("mailcore.verification")
 
-# RFC 5321 §4.5.3.1.6: a text line is at most 1000 octets with its CRLF; like aiosmtpd's DATA we
-# allow one octet of slack, so the limits on a GET body are the ones our own DATA applies.
+# RFC 5321 §4.5.3.1.5: a reply line is at most 512 octets; one octet of slack for a careless
+# peer, as for text lines (RFC 5321 §4.5.3.1.6).
 LINE_LIMIT = 1001
-# RFC 5321 §4.5.3.1.5: a reply line is at most 512 octets; a multi-line reply of more lines than
-# this is not an SMTP server talking.
-MAX_REPLY_LINES = 100
+# A multi-line reply of more lines than this is not an SMTP server talking. The 250 to GET
+# carries a TO line per recipient of the transaction (spec §4), and RFC 5321 §4.5.3.1.8 asks a
+# server to take at least 100 of them: room for ten times that.
+MAX_REPLY_LINES = 1002
+# Octets asked of the socket at once, for replies and bodies alike: a body is taken in chunks
+# whatever its line lengths (spec §6, "Bounded pulls").
+READ_CHUNK = 256 * 1024
 # GETs in flight at once: enough to fill a round trip, few enough that neither side's socket
 # buffers fill up with commands while the other waits on its replies (RFC 2920 §3.1).
 PIPELINE_WINDOW = 32
@@ -37,7 +45,15 @@ class Reply:
 
     def lists(self, keyword: str) -> bool:
         """True when an EHLO reply lists `keyword` (RFC 5321 §4.1.1.1: one keyword a line)."""
-        return any(line.split(" ", 1)[0].upper() == keyword for line in self.lines[1:])
+        return self.keyword(keyword) is not None
+
+    def keyword(self, keyword: str) -> str | None:
+        """The parameters an EHLO reply lists with `keyword` ("" for none); None if not listed."""
+        for line in self.lines[1:]:
+            name, _, params = line.partition(" ")
+            if name.upper() == keyword:
+                return params.strip()
+        return None
 
 
 @dataclass
@@ -48,6 +64,9 @@ class Pulled:
     host: OriginHost
     body: bytes | None = None
     refusal: str | None = None
+    # The envelope in the 250 reply (spec §4); None when the origin sent none (version 1) or a
+    # malformed one: either way it cannot match (spec §5.4).
+    envelope: GetEnvelope | None = None
 
 
 @dataclass
@@ -57,6 +76,7 @@ class HostReport:
     unsettled: list[str] = field(default_factory=list)
     error: str = ""
     usable: bool = False  # the host listed SOURCE and answered at least the EHLO
+    rate_limited: str | None = None  # the id the origin answered 421 (too many unknown ids), closing
 
 
 class ProtocolError(Exception):
@@ -68,7 +88,7 @@ class BodyTooLarge(ProtocolError):
 
 
 class LineTooLong(ProtocolError):
-    pass
+    """A reply line past LINE_LIMIT (a body's lines are judged as DATA's are, by DataReceiver)."""
 
 
 def tls_context() -> ssl.SSLContext:
@@ -89,19 +109,31 @@ class OriginConnection:
         self.writer = writer
         self.host = host
         self.timeout = timeout
+        self.inbox = bytearray()  # what the origin sent that no reply or body has taken yet
 
     @classmethod
     async def open(cls, host: OriginHost, port: int, timeout: float) -> OriginConnection:
-        reader, writer = await asyncio.wait_for(asyncio.open_connection(host.address, port, limit=LINE_LIMIT), timeout)
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(host.address, port, limit=READ_CHUNK), timeout)
         return cls(reader, writer, host, timeout)
 
+    async def _receive(self) -> bytes:
+        """The next octets from the origin, as many as have arrived (up to READ_CHUNK)."""
+        data = await asyncio.wait_for(self.reader.read(READ_CHUNK), self.timeout)
+        if not data:
+            raise ConnectionError("connection closed by the origin")
+        return data
+
     async def read_line(self) -> bytes:
-        try:
-            line = await asyncio.wait_for(self.reader.readuntil(b"\r\n"), self.timeout)
-        except asyncio.LimitOverrunError:
-            raise LineTooLong(f"line longer than {LINE_LIMIT} octets (RFC 5321 §4.5.3.1.6)") from None
-        except asyncio.IncompleteReadError:
-            raise ConnectionError("connection closed by the origin") from None
+        searched = 0
+        while (end := self.inbox.find(b"\r\n", searched)) < 0:
+            if len(self.inbox) > LINE_LIMIT:
+                raise LineTooLong(f"reply line longer than {LINE_LIMIT} octets (RFC 5321 §4.5.3.1.5)")
+            searched = max(0, len(self.inbox) - 1)
+            self.inbox += await self._receive()
+        if end + 2 > LINE_LIMIT:
+            raise LineTooLong(f"reply line longer than {LINE_LIMIT} octets (RFC 5321 §4.5.3.1.5)")
+        line = bytes(self.inbox[: end + 2])
+        del self.inbox[: end + 2]
         return line
 
     async def read_reply(self) -> Reply:
@@ -132,6 +164,7 @@ class OriginConnection:
         if ehlo.lists("STARTTLS"):
             reply = await self.command("STARTTLS")
             if reply.code == 220:
+                self.inbox.clear()  # RFC 3207 §4.2: nothing said before TLS counts after it
                 await asyncio.wait_for(self.writer.start_tls(tls_context(), server_hostname=self.host.name), self.timeout)
                 ehlo = await self.command(f"EHLO {helo_name}")
                 if ehlo.code != 250:
@@ -140,28 +173,35 @@ class OriginConnection:
                 log.info("origin %s offered STARTTLS but answered %s; continuing without TLS", self.host, reply)
         return ehlo
 
-    async def read_body(self, max_size: int) -> bytes:
-        """The message after a 250 to GET, in DATA form (RFC 5321 §4.5.2): un-stuffed, CRLF kept.
+    async def read_body(self, max_size: int) -> DataOutcome:
+        """The message after a 250 to GET, in DATA form (RFC 5321 §4.5.2), read as our DATA reads it.
 
-        Raises BodyTooLarge as soon as the octets exceed `max_size`, without reading further.
+        The same reader and the same checks as DATA (spec §5.4): the outcome holds the message,
+        un-stuffed with its CRLFs, or the reply DATA would have given it (bare CR or LF, NUL, a
+        line over 1,000 octets). Raises BodyTooLarge as soon as the octets exceed `max_size`,
+        without reading further (spec §5.7).
         """
-        lines: list[bytes] = []
-        size = 0
-        while True:
-            line = await self.read_line()
-            if line == b".\r\n":
-                return b"".join(lines)
-            size += len(line)
-            if size > max_size:
+        receiver = DataReceiver(max_size, abandon_after=max_size)
+        if self.inbox:
+            receiver.feed(self.inbox)
+            self.inbox.clear()
+        while not receiver.done:
+            if receiver.too_big:
                 raise BodyTooLarge(f"message exceeds the size limit of {max_size} octets")
-            lines.append(line[1:] if line.startswith(b".") else line)
+            receiver.feed(await self._receive())
+        # What follows the final dot is the next pipelined reply.
+        self.inbox += receiver.leftover
+        outcome = receiver.outcome()
+        if outcome.problem is replies.DATA_TOO_BIG:
+            raise BodyTooLarge(f"message exceeds the size limit of {max_size} octets")
+        return outcome
 
     async def quit(self) -> None:
         """QUIT politely, briefly; whatever happens, close."""
         try:
             self.writer.write(b"QUIT\r\n")
-            await asyncio.wait_for(self.reader.readuntil(b"\r\n"), min(self.timeout, 2.0))
-        except (TimeoutError, OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError) as exc:
+            await asyncio.wait_for(self.reader.read(READ_CHUNK), min(self.timeout, 2.0))
+        except (TimeoutError, OSError) as exc:
             # The origin may already have closed; QUIT is a courtesy (RFC 5321 §4.1.1.10).
             log.debug("QUIT to %s: %s", self.host, exc or type(exc).__name__)
         self.abort()
@@ -197,8 +237,8 @@ async def pull_from_host(
         return report
     try:
         ehlo = await connection.greet(helo_name)
-        if not ehlo.lists("SOURCE"):
-            report.error = f"{host} does not list SOURCE in its EHLO reply"
+        if not offers_source(ehlo.keyword("SOURCE")):
+            report.error = f"{host} does not list SOURCE 2 in its EHLO reply"
             await connection.quit()
             return report
         report.usable = True
@@ -206,12 +246,6 @@ async def pull_from_host(
         await connection.quit()
     except BodyTooLarge as exc:
         # Spec §5.7: refused as DATA would be; stop reading and close, the id is failed.
-        connection.abort()
-        source_id = report.unsettled.pop(0)
-        report.error = f"{host}: {exc}"
-        await on_pulled(Pulled(source_id, host, refusal=str(exc)))
-    except LineTooLong as exc:
-        # What our DATA answers with a permanent 500: the same body pulled is refused the same way.
         connection.abort()
         source_id = report.unsettled.pop(0)
         report.error = f"{host}: {exc}"
@@ -243,9 +277,15 @@ async def _pipelined_gets(connection: OriginConnection, report: HostReport, on_p
                 # under the wrong announcement.
                 if source_id not in reply.lines[0].split():
                     raise ProtocolError(f"answered GET {source_id} with {reply}")
-                body = await connection.read_body(max_size)
+                envelope = parse_envelope_lines(reply.lines[1:])
+                outcome = await connection.read_body(max_size)
                 report.unsettled.pop(0)
-                await on_pulled(Pulled(source_id, connection.host, body=body))
+                if outcome.problem is not None:
+                    # Spec §5.4: what DATA would refuse is refused pulled, and the announcement fails.
+                    refusal = f"body refused as DATA would refuse it: {outcome.problem}"
+                    await on_pulled(Pulled(source_id, connection.host, refusal=refusal, envelope=envelope))
+                else:
+                    await on_pulled(Pulled(source_id, connection.host, body=outcome.joined(), envelope=envelope))
             elif reply.code in (550, 554, 501):
                 # 550: never sourced there, or expired; 554: the origin refuses us; 501: it says the
                 # id is malformed. All permanent (spec §4): the announcement is a forgery attempt.
@@ -254,6 +294,7 @@ async def _pipelined_gets(connection: OriginConnection, report: HostReport, on_p
             elif reply.code == 421:
                 # The origin is closing the connection (spec §4, too many unknown ids); the rest wait.
                 report.error = f"{connection.host} answered GET with {reply}"
+                report.rate_limited = source_id
                 return
             else:
                 # 451 and anything unexpected: temporary for this id; the connection is still good.

@@ -10,6 +10,7 @@ from django.db import DatabaseError
 
 from mailcore.delivery.client import Connection, OutboundClient, OutboundMessage, Reply, Session, SMTPFailure
 from mailcore.services import verification
+from mailcore.verification.ids import offers_source
 
 log = logging.getLogger("mailcore.delivery")
 
@@ -44,9 +45,16 @@ class SourcingClient(OutboundClient):
             log.warning("SOURCE %s could not be withdrawn: %s", source_id, exc)
 
     def may_source(self, session: Session, message: OutboundMessage) -> bool:
-        # Spec §3: only to a peer that listed SOURCE after EHLO, and never for a null reverse-path
+        # Spec §3: only to a peer that listed SOURCE 2 after EHLO, and never for a null reverse-path
         # (a bounce has no domain for the receiver to call back).
-        return session.esmtp and session.offers("SOURCE") and bool(message.mail_from) and message.message_id is not None
+        # Spec §2: a peer that lists SOURCE without version 2 gets DATA.
+        return (
+            session.esmtp
+            and offers_source(session.extensions.get("SOURCE"))
+            and bool(message.mail_from)
+            and message.message_id is not None
+            and message.may_source
+        )
 
     async def transfer(self, conn: Connection, session: Session, message: OutboundMessage, accepted: list[str]) -> tuple[Reply, str]:
         if not self.may_source(session, message):

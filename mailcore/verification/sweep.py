@@ -14,6 +14,7 @@ from django.db import close_old_connections, connection
 from mailcore.services import callbacks
 from mailcore.services.callbacks import Claim, Outcome
 from mailcore.verification import origins
+from mailcore.verification.envelope import envelope_mismatch
 from mailcore.verification.origins import OriginHost, OriginLookupError
 from mailcore.verification.pull import Pulled, pull_from_host
 
@@ -47,6 +48,7 @@ class _Services:
         self.deliver_pulled = self._wrap(callbacks.deliver_pulled)
         self.record_failed = self._wrap(callbacks.record_failed)
         self.record_retry = self._wrap(callbacks.record_retry)
+        self.plan_pull = self._wrap(callbacks.plan_pull)
 
     @staticmethod
     def _wrap(function):
@@ -114,21 +116,26 @@ class Sweep:
             for claim in waiting.pop(pulled.source_id, []):
                 await self._settle(claim, pulled)
 
+        # Spec §6, Fair pulls: ids of clients with a good record first; the others paced.
+        claims = [claim for same_id in waiting.values() for claim in same_id]
+        origin = hosts[0].address if hosts else domain
+        plan = await self.services.plan_pull(domain, claims, {h.address for h in hosts}, origin)
+        for claim in plan.paced:
+            waiting.pop(claim.source_id, None)
+            self.report.outcomes.append(Outcome(claim.source_id, "paced", f"asked of {origin} in a later minute"))
+
+        def in_order() -> list[str]:
+            return [source_id for source_id in plan.asked if source_id in waiting]
+
         last_error = f"no origin host of {domain} answered"
         for host in hosts:
             if not waiting:
                 break
-            async with self.slot(host):
-                self.report.connections.append(f"{domain} -> {host}")
-                host_report = await pull_from_host(
-                    host,
-                    list(waiting),
-                    on_pulled,
-                    port=settings.MAIL_REMOTE_SMTP_PORT,
-                    helo_name=settings.MAIL_HOSTNAME,
-                    timeout=timeout,
-                    max_size=settings.MAIL_MAX_MESSAGE_SIZE,
-                )
+            host_report = await self._pull_host(domain, host, in_order(), on_pulled, timeout)
+            if host_report.rate_limited is not None and (rest := [i for i in in_order() if i != host_report.rate_limited]):
+                # Spec §6: after a 421 the origin still serves the ids it knows on a new
+                # connection: ask at once for those not yet asked, rather than at the next sweep.
+                host_report = await self._pull_host(domain, host, rest, on_pulled, timeout)
             if host_report.error:
                 last_error = host_report.error
                 log.info("pull of %s from %s: %s", domain, host, host_report.error)
@@ -136,10 +143,29 @@ class Sweep:
         for source_id in list(waiting):
             await self._settle_retry(waiting.pop(source_id), last_error)
 
+    async def _pull_host(self, domain: str, host: OriginHost, source_ids: list[str], on_pulled, timeout: float):
+        async with self.slot(host):
+            self.report.connections.append(f"{domain} -> {host}")
+            return await pull_from_host(
+                host,
+                source_ids,
+                on_pulled,
+                port=settings.MAIL_REMOTE_SMTP_PORT,
+                helo_name=settings.MAIL_HOSTNAME,
+                timeout=timeout,
+                max_size=settings.MAIL_MAX_MESSAGE_SIZE,
+            )
+
     async def _settle(self, claim: Claim, pulled: Pulled) -> None:
         host = str(pulled.host)
+        # Spec §5.4: a body is only this announcement's if the origin recorded this envelope for
+        # the id; otherwise the id was replayed to us, and the announcement is a forgery.
+        mismatch = envelope_mismatch(claim.mail_from, claim.rcpt_tos, pulled.envelope) if pulled.body is not None else None
         try:
-            if pulled.body is not None:
+            if mismatch is not None:
+                reason = f"{mismatch}; id {claim.source_id} announced by [{claim.client_address}]"
+                outcome = await self.services.record_failed(claim, reason, host)
+            elif pulled.body is not None:
                 outcome = await self.services.deliver_pulled(claim, pulled.body, pulled.host.name, pulled.host.address)
             else:
                 outcome = await self.services.record_failed(claim, pulled.refusal or "refused", host)
