@@ -145,7 +145,7 @@ def test_alice_to_bob_by_source_pulled_and_read_by_pop3_and_a_plain_peer_gets_da
     assert trace.startswith(b"Return-Path: <alice@a.test>\r\n")
     assert (
         b"Authentication-Results: mx.b.test; x-source=pass smtp.mailfrom=alice@a.test"
-        b" (retrieved from mx.a.test [127.0.0.2])\r\n" in trace
+        b" (retrieved from mx.a.test [127.0.0.2]);\r\n\tspf=" in trace
     )
     assert b"Received: from mx.a.test (" in trace and b"by mx.b.test with ESMTP" in trace
     found = announcement_of(b, "hello")
@@ -175,7 +175,7 @@ def test_data_mail_is_unverified_under_each_policy_of_b(start_instances):
 
     submit(a, original("accepted"), ["bob@b.test"])
     [accepted] = b.wait_for_messages("bob@b.test")
-    assert b"Authentication-Results: mx.b.test; x-source=none smtp.mailfrom=alice@a.test\r\n" in accepted
+    assert b"Authentication-Results: mx.b.test; x-source=none smtp.mailfrom=alice@a.test;\r\n\tspf=" in accepted
     a.wait_for_queue(lambda rows: [r["state"] for r in rows] == ["sent"])
 
     assert b.manage("domain", "set", "b.test", "--unverified", "quarantine").returncode == 0

@@ -19,7 +19,7 @@ from django.db import DEFAULT_DB_ALIAS, DatabaseError, connections, models, tran
 from django.utils import timezone
 
 from mailcore.addresses import AddressError, domain_of, normalize_domain
-from mailcore.models import Delivery, DeliveryState, Message, Transport, UnverifiedPolicy, Verification
+from mailcore.models import AuthenticatedPolicy, Delivery, DeliveryState, Message, Transport, UnverifiedPolicy, Verification
 from mailcore.models.message import new_queue_id
 from mailcore.services import accounts
 from mailcore.store import StoredBody, message_store
@@ -28,6 +28,7 @@ from mailcore.store.bodies import PendingBodies
 if TYPE_CHECKING:
     from django.db.backends.base.base import BaseDatabaseWrapper
 
+    from mailcore.authentication.results import Authentication
     from mailcore.spam.check import SpamVerdict
 
 log = logging.getLogger("mailcore.inbound")
@@ -52,6 +53,8 @@ class Envelope:
     auth_comment: str = ""
     reject_policy_applies: bool = True
     spam_result: str = ""  # the x-spam resinfo for Authentication-Results (issue 9), set by receive
+    # SPF, DKIM, DMARC and ARC results (`authenticate`); None when not checked (local mail, checks off).
+    authentication: Authentication | None = None
 
 
 @dataclass
@@ -82,6 +85,33 @@ class Receipt:
 
 class PolicyRejection(Exception):
     """Every recipient's domain rejects unverified mail (reverse-delivery.md §5)."""
+
+
+class DMARCRejection(PolicyRejection):
+    """The From: domain publishes p=reject and the message failed DMARC (RFC 7489 §6.6.4)."""
+
+    def __init__(self, domain: str):
+        super().__init__(domain)
+        self.domain = domain
+
+
+def authenticate(envelope: Envelope, content: bytes) -> Envelope:
+    """SPF, DKIM, DMARC and ARC for a message that came from elsewhere, and its verdict class.
+
+    Blocking (DNS within MAIL_AUTH_DNS_TIMEOUT in all): call it from a worker thread. A resolver
+    that fails or times out gives temperror results and the message goes on as unverified.
+    """
+    from mailcore.authentication import checks, results
+    from mailcore.authentication.resolver import TXTResolver
+
+    if not settings.MAIL_AUTH_CHECKS:
+        return envelope
+    try:
+        auth = checks.check(TXTResolver(), content, envelope.client_address, envelope.mail_from, envelope.helo_name)
+    except Exception:  # a library's bug on hostile input must not cost the message
+        log.exception("authentication checks failed for a message from <%s>", envelope.mail_from)
+        return envelope
+    return replace(envelope, authentication=auth, verification=results.verdict(envelope.verification, auth))
 
 
 def rejects_unverified(address: str) -> bool:
@@ -119,12 +149,15 @@ def check_recipient(address: str) -> RecipientCheck:
 
 
 def authentication_results(envelope: Envelope) -> str:
-    """The value of our Authentication-Results header (RFC 8601), method x-source."""
+    """The value of our Authentication-Results header (RFC 8601): x-source, then spf, dkim, dmarc, arc."""
     value = f"{settings.MAIL_HOSTNAME}; x-source={envelope.auth_result}"
     if envelope.mail_from:
         value += f" smtp.mailfrom={envelope.mail_from}"
     if envelope.auth_comment:
         value += f" ({envelope.auth_comment})"
+    if envelope.authentication is not None:
+        for resinfo in envelope.authentication.resinfo():
+            value += f";\r\n\t{resinfo}"
     if envelope.spam_result:
         value += f"; {envelope.spam_result}"
     return value
@@ -243,9 +276,11 @@ def spam_verdict(envelope: Envelope, content: bytes) -> SpamVerdict:
     """
     from mailcore.spam import check as spam_check
 
-    unverified = envelope.verification != Verification.VERIFIED
+    lookups = Lookups()
     recipients = [
-        r for r in envelope.rcpt_tos if not (unverified and envelope.reject_policy_applies and rejects_unverified(r))
+        r
+        for r in envelope.rcpt_tos
+        if not (envelope.reject_policy_applies and _unverified_for(envelope, r, lookups) and rejects_unverified(r))
     ]
     queue_id = new_queue_id()
     return spam_check.check(envelope, trace_headers(envelope, queue_id) + content, recipients, queue_id)
@@ -365,6 +400,7 @@ class Lookups:
         self._routes: dict[str, accounts.Route | AddressError] = {}
         self._rejects: dict[str, bool] = {}
         self._policies: dict[str, str] = {}
+        self._authenticated: dict[str, str] = {}
 
     def route(self, address: str) -> accounts.Route:
         if address not in self._routes:
@@ -386,6 +422,23 @@ class Lookups:
         if address not in self._policies:
             self._policies[address] = _policy_for(address)
         return self._policies[address]
+
+    def authenticated_policy(self, address: str) -> str:
+        if address not in self._authenticated:
+            self._authenticated[address] = _authenticated_policy_for(address)
+        return self._authenticated[address]
+
+
+def _unverified_for(envelope: Envelope, address: str, lookups: Lookups) -> bool:
+    """Whether the unverified-mail policy applies to this message for this recipient.
+
+    Authenticated mail (DMARC pass) counts as verified unless the recipient's domain says otherwise.
+    """
+    if envelope.verification == Verification.VERIFIED:
+        return False
+    if envelope.verification == Verification.AUTHENTICATED:
+        return lookups.authenticated_policy(address) == AuthenticatedPolicy.UNVERIFIED
+    return True
 
 
 @dataclass
@@ -410,7 +463,11 @@ class _Prepared:
 
 def _prepare(envelope: Envelope, content: bytes, spam: SpamVerdict | None, lookups: Lookups) -> _Prepared:
     queue_id = new_queue_id()
-    unverified = envelope.verification != Verification.VERIFIED
+    # RFC 7489 §6.6.4: the From domain's owner asks that mail failing DMARC be refused. A message
+    # that reverse delivery verified (aligned) proved its domain in a stronger way: it stays.
+    auth = envelope.authentication
+    if auth is not None and auth.dmarc_disposition == "reject" and envelope.verification != Verification.VERIFIED:
+        raise DMARCRejection(auth.dmarc.header_from)
     routes = []
     rejected: list[str] = []
     for rcpt in envelope.rcpt_tos:
@@ -419,7 +476,7 @@ def _prepare(envelope: Envelope, content: bytes, spam: SpamVerdict | None, looku
         except AddressError:
             rejected.append(rcpt)
             continue
-        if unverified and envelope.reject_policy_applies and lookups.rejects_unverified(rcpt):
+        if envelope.reject_policy_applies and _unverified_for(envelope, rcpt, lookups) and lookups.rejects_unverified(rcpt):
             rejected.append(rcpt)
             continue
         routes.append(r)
@@ -487,6 +544,7 @@ def _message_row(prepared: _Prepared, body: StoredBody) -> dict:
         "transport": envelope.transport,
         "verification": envelope.verification,
         "auth_results": authentication_results(envelope),
+        "auth_methods": envelope.authentication.methods() if envelope.authentication is not None else {},
         "subject": prepared.subject,
         "header_from": prepared.header_from,
         **prepared.spam.message_fields(),
@@ -496,15 +554,22 @@ def _message_row(prepared: _Prepared, body: StoredBody) -> dict:
 def _deliveries(prepared: _Prepared, lookups: Lookups) -> tuple[Receipt, list[tuple[int, str, str]], list[str]]:
     """(receipt so far, (mailbox id, state, reason) of each Delivery row, remote forwarding targets) of one message."""
     envelope, spam = prepared.envelope, prepared.spam
-    unverified = envelope.verification != Verification.VERIFIED
+    # RFC 7489 §6.6.4: the From domain's owner asks that mail failing DMARC be held.
+    dmarc_quarantine = (
+        envelope.authentication is not None
+        and envelope.authentication.dmarc_disposition == "quarantine"
+        and envelope.verification != Verification.VERIFIED
+    )
     receipt = Receipt(queue_id=prepared.queue_id, rejected=list(prepared.rejected))
     deliveries: list[tuple[int, str, str]] = []
     seen: set[int] = set()
     remote: list[str] = []
     for r in prepared.routes:
         policy = lookups.policy(r.address)
-        quarantine = unverified and policy == UnverifiedPolicy.QUARANTINE
+        quarantine = policy == UnverifiedPolicy.QUARANTINE and _unverified_for(envelope, r.address, lookups)
         reason = "unverified" if quarantine else ""
+        if dmarc_quarantine:
+            quarantine, reason = True, "DMARC policy quarantine"
         # issue 9: "spam" says more than "unverified". A verdict without actions (the check off,
         # unscored) quarantines no one: spare normalizing the address for it.
         if spam.actions and spam.quarantines(r.address):
@@ -635,6 +700,13 @@ def _insert_rows(model: type[models.Model], rows: list[dict], key: str | None = 
     if insert is None:
         insert = _INSERTS[db.vendor, model] = _Insert(model, db)
     return insert.execute(db, rows, key, now or timezone.now())
+
+
+def _authenticated_policy_for(address: str) -> str:
+    from mailcore.models import Domain
+
+    domain = Domain.objects.filter(name=domain_of(address)).values_list("authenticated_policy", flat=True).first()
+    return domain or AuthenticatedPolicy.VERIFIED
 
 
 def _policy_for(address: str) -> str:
