@@ -154,6 +154,9 @@ MAIL_AUTH_DNS_TIMEOUT = env.get_float("MAIL_AUTH_DNS_TIMEOUT", 5.0)
 MAIL_AUTH_WORKER_THREADS = env.get_int("MAIL_AUTH_WORKER_THREADS", 16)
 # Outbound DKIM signing of mail whose From: domain is ours (0 turns it off).
 MAIL_DKIM_SIGN = env.get_bool("MAIL_DKIM_SIGN", True)
+# The local address that outbound SMTP connects from (unset: the system chooses); `domain dns`
+# names it in the SPF record beside the MX.
+MAIL_SMTP_SOURCE_ADDRESS = env.get("MAIL_SMTP_SOURCE_ADDRESS", "") or ""
 # Submission (issue 5).
 MAIL_SUBMISSION_TLS_BIND = env.parse_binds(env.get("MAIL_SUBMISSION_TLS_BIND", ""))
 # Where AUTH may come before TLS: loopback (default) | always | never, as MAIL_POP3_PLAINTEXT.
