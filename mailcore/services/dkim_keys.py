@@ -9,6 +9,7 @@ that mail signed just before the rotation still verifies, until the operator wit
 from __future__ import annotations
 
 import logging
+import re
 import time
 
 from django.conf import settings
@@ -183,3 +184,44 @@ def seal(content: bytes, domain_name: str) -> bytes:
     except Exception:
         log.exception("ARC seal for %s failed; the message is forwarded unsealed", domain_name)
         return content
+
+
+def _txt_value(zone_value: str) -> str:
+    """The TXT value that `keys.zone_txt` wrote, joined again."""
+    return "".join(s.replace('\\"', '"').replace("\\\\", "\\") for s in re.findall(r'"((?:[^"\\]|\\.)*)"', zone_value))
+
+
+def check_published(name: str, resolver=None) -> list[dict]:
+    """Each record of `dns_records` with what live DNS says: published, missing, different (or unknown on a DNS error).
+
+    For a TXT record "different" means a record of the same kind (v=spf1, v=DKIM1, v=DMARC1) is
+    there with another value; the value found is returned for the operator to compare.
+    """
+    from mailcore.authentication.resolver import DNSTemporaryError, TXTResolver
+
+    resolver = resolver or TXTResolver()
+    checked = []
+    for owner, rtype, value in dns_records(name):
+        host = owner.rstrip(".")
+        row = {"name": owner, "type": rtype, "value": value, "status": "missing", "found": ""}
+        try:
+            if rtype == "MX":
+                found = [f"{r.preference} {r.exchange.to_text()}" for r in resolver.query(host, "MX")]
+                wanted_host = value.split()[1].lower()
+                if any(f.split()[1].lower() == wanted_host for f in found):
+                    row["status"] = "published"
+                elif found:
+                    row["status"], row["found"] = "different", "; ".join(found)
+            else:
+                wanted = _txt_value(value)
+                kind = wanted.split(";")[0].split(" ")[0].lower()  # v=spf1, v=DKIM1, v=DMARC1
+                found = [t.decode("utf-8", "replace") for t in resolver.txt(host)]
+                same_kind = [t for t in found if t.split(";")[0].split(" ")[0].strip().lower() == kind]
+                if wanted in found:
+                    row["status"] = "published"
+                elif same_kind:
+                    row["status"], row["found"] = "different", "; ".join(same_kind)
+        except DNSTemporaryError as exc:
+            row["status"], row["found"] = "unknown", str(exc)
+        checked.append(row)
+    return checked

@@ -19,7 +19,7 @@ def _password_user(address: str) -> User:
 class DomainForm(forms.ModelForm):
     class Meta:
         model = Domain
-        fields = ["name", "unverified_policy", "active"]
+        fields = ["name", "unverified_policy", "authenticated_policy", "active"]
 
     def clean_name(self) -> str:
         try:
