@@ -17,7 +17,10 @@ $(STAMP): requirements.txt
 run: $(STAMP)
 	$(PY) manage.py runmail
 
+# The outside programs some tests drive (tests/programs.txt) are installed first where that can be
+# done (Debian or Ubuntu, as root); elsewhere those tests are skipped and the summary names them.
 test: $(STAMP)
+	tests/install-programs.sh
 	$(PY) -m pytest -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
 
 lint: $(STAMP)

@@ -384,7 +384,7 @@ class DeliveryAdmin(admin.ModelAdmin):
 
     @admin.display(description="spam score", ordering="message__spam_score")
     def spam(self, obj):
-        """Score and the rules that hit (issue 9), so a held message's reason is plain in the list."""
+        """Score and the rules that hit, so a held message's reason is plain in the list."""
         message = obj.message
         if message.spam_score is None:
             return message.get_spam_status_display()

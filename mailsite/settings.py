@@ -81,7 +81,7 @@ MAIL_HOSTNAME = env.get("MAIL_HOSTNAME") or env.fqdn()
 MAIL_SMTP_BIND = env.parse_binds(env.get("MAIL_SMTP_BIND", "127.0.0.1:2525"))
 MAIL_SUBMISSION_BIND = env.parse_binds(env.get("MAIL_SUBMISSION_BIND", "127.0.0.1:2587"))
 MAIL_POP3_BIND = env.parse_binds(env.get("MAIL_POP3_BIND", "127.0.0.1:2110"))
-# POP3 (issue 4): implicit-TLS listeners (the port-995 role), where USER/PASS and AUTH PLAIN work
+# POP3: implicit-TLS listeners (the port-995 role), where USER/PASS and AUTH PLAIN work
 # before TLS (loopback | always | never), the RFC 1939 §3 autologout timer, and limits.
 MAIL_POP3_TLS_BIND = env.parse_binds(env.get("MAIL_POP3_TLS_BIND", ""))
 MAIL_POP3_PLAINTEXT = env.get("MAIL_POP3_PLAINTEXT", "loopback")
@@ -110,12 +110,12 @@ MAIL_USE_SOURCE = env.get_bool("MAIL_USE_SOURCE", True)
 # Minutes between runs of the task that ends sourced messages' retention (spec §3 rule 5); a
 # notice is sent at most this late after MAIL_SOURCE_RETENTION.
 MAIL_SOURCE_EXPIRY_MINUTES = env.get_int("MAIL_SOURCE_EXPIRY_MINUTES", 10)
-# Spam check (issue 9): spamd's HOST:PORT (unset: no spam check), how long to wait for a score,
+# Spam check: spamd's HOST:PORT (unset: no spam check), how long to wait for a score,
 # and the size above which a message is not scored (spamc's own default limit is 500 KiB).
 MAIL_SPAMD = (env.parse_binds(env.get("MAIL_SPAMD", "")) or [None])[0]
 MAIL_SPAMD_TIMEOUT = env.get_float("MAIL_SPAMD_TIMEOUT", 5.0)
 MAIL_SPAMD_MAX_SIZE = env.get_int("MAIL_SPAMD_MAX_SIZE", 512000)
-# Inbound SMTP listener (issue 3) and the SOURCE/GET verbs (reverse-delivery.md §3, §4, §6).
+# Inbound SMTP listener and the SOURCE/GET verbs (reverse-delivery.md §3, §4, §6).
 MAIL_SMTP_MAX_CONNECTIONS = env.get_int("MAIL_SMTP_MAX_CONNECTIONS", 1000)
 MAIL_SMTP_MAX_CONNECTIONS_PER_CLIENT = env.get_int("MAIL_SMTP_MAX_CONNECTIONS_PER_CLIENT", 50)
 MAIL_SMTP_COMMAND_TIMEOUT = env.get_float("MAIL_SMTP_COMMAND_TIMEOUT", 300.0)  # RFC 5321 §4.5.3.2.7
@@ -126,7 +126,7 @@ MAIL_SMTP_SHUTDOWN_GRACE = env.get_float("MAIL_SMTP_SHUTDOWN_GRACE", 30.0)
 MAIL_SMTP_WORKER_THREADS = env.get_int("MAIL_SMTP_WORKER_THREADS", 8)
 # runsmtp's processes (processes.py): one Python process uses one core, so one per core.
 MAIL_SMTP_PROCESSES = env.get_int("MAIL_SMTP_PROCESSES", os.cpu_count() or 1)
-# Group commit on the MX (issue 8): at most this many messages per batch, this many batches at
+# Group commit on the MX: at most this many messages per batch, this many batches at
 # once (on SQLite they store bodies in parallel and take turns to commit).
 MAIL_SMTP_COMMIT_BATCH = env.get_int("MAIL_SMTP_COMMIT_BATCH", 64)
 MAIL_SMTP_COMMITTERS = env.get_int("MAIL_SMTP_COMMITTERS", 2)
@@ -136,7 +136,7 @@ MAIL_SOURCE_MAX_PENDING_PER_CLIENT = env.get_int("MAIL_SOURCE_MAX_PENDING_PER_CL
 MAIL_SOURCE_MAX_PENDING_PER_DOMAIN = env.get_int("MAIL_SOURCE_MAX_PENDING_PER_DOMAIN", 500)
 MAIL_GET_MAX_UNKNOWN_PER_MINUTE = env.get_int("MAIL_GET_MAX_UNKNOWN_PER_MINUTE", 10)
 MAIL_SOURCE_STRICT = env.get_bool("MAIL_SOURCE_STRICT", False)
-# Outbound queue (issue 5): retry delays in seconds, the last one repeating (RFC 5321 §4.5.4.1
+# Outbound queue: retry delays in seconds, the last one repeating (RFC 5321 §4.5.4.1
 # asks for at least 30 minutes between retries eventually, and gives up after 4-5 days).
 MAIL_QUEUE_RETRY_DELAYS = [int(d) for d in env.get("MAIL_QUEUE_RETRY_DELAYS", "60,300,900,1800,3600").split(",") if d.strip()]
 MAIL_QUEUE_LIFETIME = env.get_int("MAIL_QUEUE_LIFETIME", 432000)
@@ -157,7 +157,7 @@ MAIL_DKIM_SIGN = env.get_bool("MAIL_DKIM_SIGN", True)
 # The local address that outbound SMTP connects from (unset: the system chooses); `domain dns`
 # names it in the SPF record beside the MX.
 MAIL_SMTP_SOURCE_ADDRESS = env.get("MAIL_SMTP_SOURCE_ADDRESS", "") or ""
-# Submission (issue 5).
+# Submission.
 MAIL_SUBMISSION_TLS_BIND = env.parse_binds(env.get("MAIL_SUBMISSION_TLS_BIND", ""))
 # Where AUTH may come before TLS: loopback (default) | always | never, as MAIL_POP3_PLAINTEXT.
 MAIL_SUBMISSION_PLAINTEXT_AUTH = env.get("MAIL_SUBMISSION_PLAINTEXT_AUTH", "loopback")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -40,14 +42,63 @@ def mail_store(settings, tmp_path):
     return data_dir
 
 
-def require_program(program: str, package: str) -> None:
-    """Skip where a Debian client is not installed, but never in CI: .ci/run installs it there."""
-    import shutil
+PROGRAMS_FILE = ROOT / "tests" / "programs.txt"
+# Debian puts daemons such as spamd in /usr/sbin, which a user's PATH may not hold.
+PROGRAM_PATH = os.pathsep.join([os.environ.get("PATH", os.defpath), "/usr/sbin", "/sbin"])
+MISSING_PROGRAM = re.compile(r"is not installed \(apt-get install (\S+)\)")
 
-    if shutil.which(program) is None:
+
+def program_packages() -> dict[str, str]:
+    """tests/programs.txt: each outside program the tests drive, and the Debian package that has it."""
+    lines = PROGRAMS_FILE.read_text().splitlines()
+    return dict(line.split() for line in lines if line.strip() and not line.startswith("#"))
+
+
+def require_program(program: str) -> str:
+    """The path of `program`; skipped where it is not installed, but failed under CI, where
+    tests/install-programs.sh has installed every package of tests/programs.txt."""
+    package = program_packages()[program]
+    path = shutil.which(program, path=PROGRAM_PATH)
+    if path is None:
         if os.environ.get("CI"):
-            pytest.fail(f"{program} is missing in CI: .ci/run must install the {package} package")
+            pytest.fail(f"{program} is missing under CI: tests/install-programs.sh must install {package}")
         pytest.skip(f"{program} is not installed (apt-get install {package})")
+    return path
+
+
+def self_signed_cert(directory: Path, common_name: str = "localhost") -> tuple[Path, Path]:
+    """A throwaway certificate and key for a TLS listener of the tests (openssl req, P-256)."""
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    subprocess.run(
+        [
+            require_program("openssl"), "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+            "-nodes", "-days", "2", "-subj", f"/CN={common_name}",
+            "-addext", f"subjectAltName=DNS:{common_name},DNS:localhost,IP:127.0.0.1",
+            "-keyout", str(key), "-out", str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return cert, key
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """One line naming the packages whose absence skipped tests, so a newcomer knows what to install."""
+    packages: set[str] = set()
+    skipped = 0
+    for report in terminalreporter.stats.get("skipped", []):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        match = MISSING_PROGRAM.search(reason)
+        if match:
+            skipped += 1
+            packages.add(match.group(1))
+    if skipped:
+        names = " ".join(sorted(packages))
+        terminalreporter.write_line(
+            f"{skipped} tests skipped because programs are not installed: apt-get install {names} "
+            "(as root, `make test` installs them)",
+            yellow=True,
+        )
 
 
 def database_url() -> str:

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import socket
-import subprocess
 import time
-from pathlib import Path
 
 from mailcore.models import Delivery
 from mailcore.services import accounts, inbound
-from tests.conftest import free_port
+from tests.conftest import free_port, self_signed_cert  # noqa: F401  (re-exported)
 
 ADDRESS = "alice@a.test"
 PASSWORD = "correct horse battery"
@@ -109,17 +107,3 @@ class RawPop3:
 
     def close(self) -> None:
         self.sock.close()
-
-
-def self_signed_cert(directory: Path) -> tuple[Path, Path]:
-    cert, key = directory / "cert.pem", directory / "key.pem"
-    subprocess.run(
-        [
-            "openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-            "-days", "2", "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
-            "-keyout", str(key), "-out", str(cert),
-        ],
-        check=True,
-        capture_output=True,
-    )
-    return cert, key

@@ -11,7 +11,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from tests.conftest import free_port
+from tests.conftest import free_port, require_program
 
 GTUBE = "XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X"
 
@@ -20,8 +20,7 @@ class Spamd:
     """One spamd child process; SpamAssassin loads its rules for a few seconds before it answers."""
 
     def __init__(self) -> None:
-        if shutil.which("spamd") is None:
-            raise RuntimeError("spamd is not installed: apt-get install spamassassin spamd spamc (see .ci/run)")
+        self.program = require_program("spamd")
         # A directory of our own, not pytest's 0700 tmp: spamd drops to `nobody`, which must reach its home.
         self.dir = Path(tempfile.mkdtemp(prefix="spamd-"))
         self.dir.chmod(0o755)
@@ -40,7 +39,7 @@ class Spamd:
 
     def start(self, timeout: float = 60.0) -> Spamd:
         args = [
-            "spamd",
+            self.program,
             "--local",  # no DNS blocklists, no network tests: the same score offline and online
             "--nouser-config",
             f"--listen={self.host}:{self.port}",

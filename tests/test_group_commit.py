@@ -1,4 +1,4 @@
-"""Group commit (issue 8): many bodies made durable in one round, many messages in one transaction."""
+"""Group commit: many bodies made durable in one round, many messages in one transaction."""
 
 from __future__ import annotations
 

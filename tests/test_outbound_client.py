@@ -8,7 +8,7 @@ import pytest
 
 from mailcore.delivery.client import OutboundClient, OutboundMessage, dot_stuffed
 from mailcore.delivery.mx import MailHost
-from tests.conftest import free_port
+from tests.conftest import free_port, self_signed_cert
 from tests.smtppeer import ScriptedPeer
 
 BODY = b"From: alice@a.test\r\nTo: bob@b.test\r\nSubject: hi\r\n\r\nHello\r\n.leading dot\r\n"
@@ -138,7 +138,6 @@ def test_dot_stuffing():
 @pytest.mark.django_db(transaction=True)
 def test_opportunistic_starttls_against_the_real_mx(server_factory, tmp_path):
     """STARTTLS when offered (RFC 3207), EHLO again, then the message; B's trace says ESMTPS."""
-    import subprocess
 
     from mailcore.models import Delivery
     from mailcore.services import accounts
@@ -146,12 +145,7 @@ def test_opportunistic_starttls_against_the_real_mx(server_factory, tmp_path):
 
     accounts.add_domain("b.test")
     accounts.add_mailbox("bob@b.test", "pw")
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=mx.b.test",
-         "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True,
-    )
+    cert, key = self_signed_cert(tmp_path, "mx.b.test")
     port = free_port()
     server_factory("runsmtp", "--bind", f"127.0.0.1:{port}", wait=("127.0.0.1", port), MAIL_TLS_CERT=str(cert), MAIL_TLS_KEY=str(key))
     [result] = deliver(port, [message("bob@b.test")], timeout=10)["Q1"]

@@ -29,7 +29,7 @@ def curl(port: int, path: str = "", *args: str, password: str = PASSWORD) -> sub
 
 
 def test_curl_lists_retrieves_and_deletes(mailbox, server_factory):
-    require_program("curl", "curl")
+    require_program("curl")
     first = deliver(b"Subject: one\r\n\r\n.dot first\r\nbody one\r\n")
     second = deliver(b"Subject: two\r\n\r\nbody two\r\n")
     port = start_pop3(server_factory)
@@ -54,14 +54,14 @@ def test_curl_lists_retrieves_and_deletes(mailbox, server_factory):
 
 
 def test_curl_wrong_password_exits_67(mailbox, server_factory):
-    require_program("curl", "curl")
+    require_program("curl")
     port = start_pop3(server_factory)
     result = curl(port, password="wrong")
     assert result.returncode == 67  # CURLE_LOGIN_DENIED
 
 
 def test_fetchmail_downloads_several_messages_and_deletes_them(mailbox, server_factory, tmp_path):
-    require_program("fetchmail", "fetchmail")
+    require_program("fetchmail")
     contents = [b"Subject: fetch %d\r\n\r\n.line with a dot\r\nmessage %d\r\n" % (i, i) for i in range(4)]
     refs = [deliver(c).message.body_ref for c in contents]
     port = start_pop3(server_factory)

@@ -1,4 +1,4 @@
-"""runpop3 over real sockets: RFC 1939 sessions with poplib, and every bad input of issue 4 with raw bytes."""
+"""runpop3 over real sockets: RFC 1939 sessions with poplib, and every bad input with raw bytes."""
 
 from __future__ import annotations
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-import subprocess
 import time
 
 from mailcore.verification.ids import is_valid_id, new_source_id
 from mailcore.verification.origins import OriginHost
 from mailcore.verification.pull import LINE_LIMIT, pull_from_host
+from tests.conftest import self_signed_cert
 from tests.origin_peer import ScriptedOrigin, body_reply
 
 ID1, ID2, ID3 = "a" * 32, "b" * 32, "c" * 32
@@ -126,12 +126,7 @@ async def _ignore(pulled):
 
 def test_starttls_is_used_when_offered_whatever_the_certificate(tmp_path):
     # A self-signed certificate for another name: opportunistic TLS still encrypts (RFC 7435).
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=elsewhere.example",
-         "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True,
-    )
+    cert, key = self_signed_cert(tmp_path, "elsewhere.example")
     server_tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     server_tls.load_cert_chain(cert, key)
     with ScriptedOrigin({ID1: body_reply(ID1, MESSAGE)}, tls=server_tls) as origin:

@@ -1,4 +1,4 @@
-"""Bad input to the inbound MX (issue 3, "Bad input gets"): exact replies, nothing stored, still serving."""
+"""Bad input to the inbound MX ("Bad input gets"): exact replies, nothing stored, still serving."""
 
 from __future__ import annotations
 

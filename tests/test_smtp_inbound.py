@@ -1,4 +1,4 @@
-"""The inbound MX over real sockets: what it accepts, what it stores, and the replies of issue 3."""
+"""The inbound MX over real sockets: what it accepts, what it stores, and its replies."""
 
 from __future__ import annotations
 
@@ -82,7 +82,7 @@ def test_smtplib_message_is_stored_byte_for_byte_with_our_headers(mx, b_test):
 
 
 def test_curl_smtp_upload(mx, b_test, tmp_path):
-    require_program("curl", "curl")
+    require_program("curl")
     server = mx()
     eml = tmp_path / "m.eml"
     eml.write_bytes(MESSAGE)
@@ -162,7 +162,7 @@ def segments_received(sock) -> int:
 
 def test_the_ehlo_reply_is_one_segment(mx, b_test):
     # Each line written on its own was a send(2) and a segment of its own (TCP_NODELAY): six
-    # more wake-ups of the client per message than one write (issue 8).
+    # more wake-ups of the client per message than one write.
     server = mx()
     with RawSMTP(server.port) as c:
         assert c.last().startswith(b"220 ")

@@ -1,4 +1,4 @@
-"""`runsmtp --processes N`: several processes on one socket, caps shared, supervised (issue 8)."""
+"""`runsmtp --processes N`: several processes on one socket, caps shared, supervised."""
 
 from __future__ import annotations
 

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import signal
 import smtplib
 import socket
 import ssl
-import subprocess
 import threading
 import time
 
@@ -20,7 +18,7 @@ from mailcore.services.accounts import add_domain, add_mailbox
 from mailcore.smtp import replies
 from mailcore.store import message_store
 from tests import smtp_wire
-from tests.conftest import wait_for_port
+from tests.conftest import self_signed_cert, wait_for_port
 from tests.smtp_wire import RawSMTP, starts
 
 mx = smtp_wire.mx  # the fixture that starts `runsmtp`
@@ -187,14 +185,7 @@ def test_command_and_data_timeouts(mx, b_test):
 
 @pytest.fixture
 def certificate(tmp_path):
-    if shutil.which("openssl") is None:
-        pytest.fail("openssl is needed for the TLS tests")
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=mx.test.example",
-         "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True,
-    )
+    cert, key = self_signed_cert(tmp_path, "mx.test.example")
     return str(cert), str(key)
 
 

@@ -1,4 +1,4 @@
-"""Issue 9 end to end, two instances: GTUBE pulled from a verified sender is delivered, by DATA held, over a reject score refused."""
+"""Spam checks end to end, two instances: GTUBE pulled from a verified sender is delivered, by DATA held, over a reject score refused."""
 
 from __future__ import annotations
 

@@ -7,7 +7,6 @@ import email
 import smtplib
 import socket
 import ssl
-import subprocess
 import time
 
 import pytest
@@ -15,7 +14,7 @@ import pytest
 from mailcore.models import Delivery, QueueItem, QueueState
 from mailcore.services import accounts
 from mailcore.store import message_store
-from tests.conftest import free_port
+from tests.conftest import free_port, self_signed_cert
 from tests.dkim_support import unsigned
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -180,12 +179,7 @@ def test_auth_before_tls_off_loopback_gets_538(submission):
 
 
 def test_auth_after_starttls_and_on_implicit_tls(server_factory, accounts_a, tmp_path):
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=mx.a.test",
-         "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True,
-    )
+    cert, key = self_signed_cert(tmp_path, "mx.a.test")
     port, tls_port = free_port(), free_port()
     server_factory(
         "runsubmission", "--bind", f"127.0.0.1:{port}", "--tls-bind", f"127.0.0.1:{tls_port}", wait=("127.0.0.1", port),

@@ -12,7 +12,6 @@ from mailcore.models import Delivery, DeliveryState
 from tests import web_data as w
 from tests.conftest import free_port, require_program
 
-CHROMIUM = "/usr/bin/chromium"
 # Flags that keep Chromium quiet and offline in a container: no sandbox (root), no GPU, no
 # update checks or sync that would try the network.
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -21,8 +20,7 @@ TIMEOUT_MS = 15_000
 
 
 def launch_chromium(playwright):
-    require_program(CHROMIUM, "chromium")
-    return playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+    return playwright.chromium.launch(executable_path=require_program("chromium"), args=CHROMIUM_ARGS)
 
 
 def pop3_subjects(port: int, address: str, password: str) -> list[str]:

@@ -36,7 +36,7 @@ class Domain(models.Model):
         default=AuthenticatedPolicy.VERIFIED,
         help_text="What to do with mail that passes DMARC (SPF or DKIM aligned with From) but was not verified by SOURCE.",
     )
-    # Spam scores (issue 9): mail from a verified sender gets a lenient threshold, the rest a
+    # Spam scores: mail from a verified sender gets a lenient threshold, the rest a
     # strict one; at or above its threshold a message is quarantined with reason "spam".
     spam_threshold_verified = models.FloatField(
         default=8.0, help_text="SpamAssassin score at which verified mail is quarantined as spam."

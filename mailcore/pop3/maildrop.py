@@ -197,7 +197,7 @@ class ReadAhead:
     holds the maildrop's lock (RFC 1939 §8), so a body read ahead is the body.
     """
 
-    # Every POP3 session has one, idle ones too (issue 8 counts memory per idle connection).
+    # Every POP3 session has one, idle ones too.
     __slots__ = ("cold", "expected", "held", "maildrop", "reading", "reading_numbers", "window")
 
     def __init__(self, maildrop: Maildrop):

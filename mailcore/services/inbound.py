@@ -52,7 +52,7 @@ class Envelope:
     auth_result: str = "none"
     auth_comment: str = ""
     reject_policy_applies: bool = True
-    spam_result: str = ""  # the x-spam resinfo for Authentication-Results (issue 9), set by receive
+    spam_result: str = ""  # the x-spam resinfo for Authentication-Results, set by receive
     # SPF, DKIM, DMARC and ARC results (`authenticate`); None when not checked (local mail, checks off).
     authentication: Authentication | None = None
 
@@ -483,7 +483,7 @@ def _prepare(envelope: Envelope, content: bytes, spam: SpamVerdict | None, looku
     if not routes:
         raise PolicyRejection(", ".join(rejected))
 
-    # Issue 9: spamd's verdict before anything is stored, so that a refusal is still a 550 to DATA;
+    # spamd's verdict before anything is stored, so that a refusal is still a 550 to DATA;
     # raises SpamRejection (a PolicyRejection) when every recipient's domain refuses it.
     from mailcore.spam import check as spam_check
 
@@ -570,7 +570,7 @@ def _deliveries(prepared: _Prepared, lookups: Lookups) -> tuple[Receipt, list[tu
         reason = "unverified" if quarantine else ""
         if dmarc_quarantine:
             quarantine, reason = True, "DMARC policy quarantine"
-        # issue 9: "spam" says more than "unverified". A verdict without actions (the check off,
+        # "spam" says more than "unverified". A verdict without actions (the check off,
         # unscored) quarantines no one: spare normalizing the address for it.
         if spam.actions and spam.quarantines(r.address):
             quarantine, reason = True, "spam"
@@ -602,7 +602,7 @@ def _forward(receipt: Receipt, remote: list[str]) -> Receipt:
 # The statements go to the driver's own cursor, in its own placeholder style, not through
 # Django's CursorWrapper: its layers (async_unsafe, the connection proxy's thread-local lookups,
 # the debug-cursor check, SQLite's rewriting of every %s into ?) cost a quarter of the worker's
-# CPU time per message besides the commit (issue 8). Errors are still wrapped into Django's
+# CPU time per message besides the commit. Errors are still wrapped into Django's
 # DatabaseError, which `commit_staged` relies on; these two statements do not appear in
 # `connection.queries`.
 

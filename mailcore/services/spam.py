@@ -1,4 +1,4 @@
-"""Per-domain spam thresholds: reading and changing them for the operator (issue 9)."""
+"""Per-domain spam thresholds: reading and changing them for the operator."""
 
 from __future__ import annotations
 

@@ -128,7 +128,7 @@ class InboundHandler:
         """The one boundary between the event loop and the (blocking) service layer."""
         # Plain run_in_executor, not asgiref's sync_to_async: these calls need neither a thread
         # shared with other sync code nor the caller's context variables, and asgiref's wrapping
-        # cost as much as the trip itself (issue 8).
+        # cost as much as the trip itself.
         with _faults_as_temporary():
             return await asyncio.get_running_loop().run_in_executor(
                 self.executor, functools.partial(_unit_of_work(fn), *args, **kwargs)
@@ -140,7 +140,7 @@ class InboundHandler:
         Only for a lone message of a lone session (GroupCommit.deliver): the loop has nothing
         else to do meanwhile, and the worker thread that would have done it instead sleeps
         between messages and wakes up slow. The same stage and commit of a 1 KB message took
-        1.3 ms back to back and 2.3 ms after 2 ms asleep, twice the CPU time (issue 8). Django
+        1.3 ms back to back and 2.3 ms after 2 ms asleep, twice the CPU time. Django
         refuses the ORM in a thread whose event loop runs (async_unsafe), rightly in general:
         the running loop is hidden from it for the length of the call.
         """

@@ -134,10 +134,10 @@ class InboundSMTP(asyncio.BufferedProtocol):
     This replaced a subclass of aiosmtpd's protocol class (a stream reader, a writer and a task
     per connection, a future per line): with the delivery left out, this one serves Postfix's
     smtp-source, one message per connection, at 800-1,200 messages a second on two cores where
-    the bare aiosmtpd serves 400-600 (issue 8).
+    the bare aiosmtpd serves 400-600.
     """
 
-    offers_auth = False  # AUTH belongs to the submission port, never to the MX (issue 3)
+    offers_auth = False  # AUTH belongs to the submission port, never to the MX
     offers_source = True  # SOURCE and GET of reverse-delivery.md
     _verbs: dict[str, Callable[..., Awaitable[None]]]  # by verb, per class (`verbs`)
 
@@ -510,8 +510,8 @@ class InboundSMTP(asyncio.BufferedProtocol):
         self.session.extended_smtp = True
         self.session.host_name = arg.split()[0]
         lines = [self.hostname, *self.ehlo_keywords()]
-        # One write: one TCP segment and one wake-up of the client, not one per line (issue 8:
-        # with TCP_NODELAY each line was a send(2) and a segment of its own, 6 of 13 a message).
+        # One write: one TCP segment and one wake-up of the client, not one per line
+        # (with TCP_NODELAY each line was a send(2) and a segment of its own, 6 of 13 a message).
         await self.push("".join(f"250-{text}\r\n" for text in lines[:-1]) + f"250 {lines[-1]}")
 
     async def smtp_HELO(self, arg: str | None) -> None:
