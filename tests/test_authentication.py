@@ -144,6 +144,7 @@ def test_authentication_results_and_verdicts(dns):
     auth = checks.check(r, signed, "192.0.2.7", "alice@a.test", "mx.a.test")
     line = "; ".join(auth.resinfo())
     assert line.startswith("spf=pass smtp.mailfrom=alice@a.test")
+    assert "; spf=none smtp.helo=mx.a.test" in line  # the HELO identity too, on its own
     assert "dkim=pass header.d=a.test header.s=rsa1 header.a=rsa-sha256 header.b=" in line
     assert "dmarc=pass header.from=a.test (p=REJECT dis=NONE)" in line
     assert "arc=none" in line

@@ -33,6 +33,8 @@ def check(resolver: TXTResolver, content: bytes, client_address: str, mail_from:
     """The results of every method; DNS trouble gives temperror results, never an exception."""
     auth = Authentication()
     auth.spf = spf.check_host(resolver, client_address, mail_from, helo)
+    if mail_from and spf.is_domain(helo.lower()):
+        auth.helo = spf.check_helo(resolver, client_address, helo)  # RFC 7208 §2.3: recommended too
     auth.dkim = dkim.verify(resolver, content)
     auth.dmarc = dmarc.evaluate(resolver, from_domain(content), auth.spf, auth.dkim)
     auth.arc = arc.verify(resolver, content)

@@ -65,7 +65,7 @@ def check_host(resolver: TXTResolver, client_address: str, mail_from: str, helo:
     identity = "mailfrom" if mail_from else "helo"
     sender = mail_from or helo
     domain = (mail_from.rpartition("@")[2] if mail_from else helo).lower().rstrip(".")
-    if not domain or not _is_domain(domain):
+    if not domain or not is_domain(domain):
         return SPFResult("none", identity, domain, "no domain to check", sender)
     try:
         ipaddress.ip_address(client_address)
@@ -85,7 +85,7 @@ def check_helo(resolver: TXTResolver, client_address: str, helo: str) -> SPFResu
     return check_host(resolver, client_address, "", helo)
 
 
-def _is_domain(name: str) -> bool:
+def is_domain(name: str) -> bool:
     """A dotted name, not an address literal: HELO may be either (RFC 5321 §4.1.1.1)."""
     if name.startswith("[") or "." not in name:
         return False
