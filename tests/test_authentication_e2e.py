@@ -8,11 +8,13 @@ import shutil
 import smtplib
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 from mailcore.authentication import keys
 from mailcore.authentication.signing import SigningKey, dkim_signatures
-from tests.conftest import ROOT
+from tests.conftest import ROOT, require_program
 
 pytest_plugins = ["tests.instances"]
 
@@ -169,3 +171,43 @@ def test_forwarded_mail_carries_a_valid_arc_set(instances):
     assert "arc=pass" in results and "as.d=b.test" in results, results
     assert b"ARC-Seal: i=1; " in raw and b"ARC-Message-Signature: i=1; " in raw
     assert "dkim=pass header.d=a.test" in results
+
+
+def test_mail_to_postfix_carries_a_signature_that_dkimverify_accepts(instances):
+    """Interop: A delivers to a private Postfix (the benchmark's peer) on 127.0.0.4; the Maildir copy verifies."""
+    require_program("postfix")
+    from bench.peers import Postfix
+
+    class LoopbackPostfix(Postfix):
+        """Postfix on 127.0.0.4, which is no interface's own address: it accepts that only with
+        inet_interfaces = all (master.cf still binds the one address and port)."""
+
+        def configure(self) -> None:
+            super().configure()
+            main = self.config / "main.cf"
+            main.write_text(re.sub(r"(?m)^inet_interfaces = .*$", "inet_interfaces = all", main.read_text()))
+
+    a = instances.a
+    publish_zone(instances.dns, a.manage("domain", "dns", "a.test").stdout)
+    instances.dns.records["c.test"] = {"MX": [(10, "mx.c.test")]}
+    instances.dns.records["mx.c.test"] = {"A": [instances.peer_address]}
+    # Postfix's virtual(8) delivers as nobody: its directories must be reachable by it.
+    workdir = Path(tempfile.mkdtemp(prefix="postfix-interop-"))
+    workdir.chmod(0o755)
+    postfix = LoopbackPostfix(workdir, instances.peer_address, instances.smtp_port, "c.test", "carol")
+    try:
+        postfix.start()
+        sent = submit(a, "alice@a.test", "alice-password", "carol@c.test", "to postfix")
+        deadline = time.monotonic() + 40
+        while postfix.delivered() < 1 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert postfix.delivered() == 1, f"{a.queue()}\n{a.logs()[-3000:]}"
+        [path] = [p for sub in ("new", "cur") for p in (postfix.maildir / sub).iterdir()]
+        raw = path.read_bytes()
+    finally:
+        postfix.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+    assert b"DKIM-Signature: v=1; a=rsa-sha256;" in raw and b"DKIM-Signature: v=1; a=ed25519-sha256;" in raw
+    assert raw.replace(b"\n", b"\r\n").endswith(sent)  # Postfix stores LF line ends
+    verified = dkimverify(raw, instances.dns.address)
+    assert verified.returncode == 0 and b"signature ok" in verified.stdout + verified.stderr, verified
