@@ -169,3 +169,22 @@ def test_zone_txt_splits_long_values():
     pieces = text.split('" "')
     assert len(pieces) >= 2 and all(len(p.strip('"')) <= 255 for p in pieces)
     assert "".join(p.strip('"') for p in pieces) == value
+
+
+def test_hostile_messages_cost_little_and_never_raise(dns):
+    """Many signatures, garbage tags, a broken ARC set: bounded work, results, no exception."""
+    r = resolver(dns)
+    key = published(dns, "a.test", "rsa1", RSA_KEY)
+    one = dkim_signatures(MESSAGE, "a.test", [key])
+    garbage = b"DKIM-Signature: v=1; a=rsa-sha256; d=; s=; b=!!!; bh=???\r\n"
+    arc_junk = b"ARC-Seal: i=1; a=rsa-sha256; cv=none; d=x.test; s=s; b=AAAA\r\nARC-Seal: i=zz\r\n"
+    hostile = one * 20 + garbage * 20 + arc_junk + MESSAGE
+    started = time.monotonic()
+    auth = checks.check(r, hostile, "192.0.2.7", "alice@a.test", "mx.a.test")
+    assert time.monotonic() - started < 5
+    assert len(auth.dkim) == dkim.MAX_SIGNATURES and all(s.result == "pass" for s in auth.dkim)
+    assert auth.arc.result == "fail"
+    assert auth.dmarc.result == "pass"
+    # No header section at all, and an empty message.
+    assert checks.check(r, b"just a body\r\n", "192.0.2.7", "", "helo.test").dmarc.result == "none"
+    assert checks.check(r, b"", "192.0.2.7", "", "").spf.result == "none"

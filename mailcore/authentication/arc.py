@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import dkim as dkimpy
 
-from mailcore.authentication.dkim import _KeyLookup, _quiet
+from mailcore.authentication.dkim import _KeyLookup, _quiet, has_field
 from mailcore.authentication.resolver import TXTResolver
 
 
@@ -23,6 +23,8 @@ class ARCResult:
 
 
 def verify(resolver: TXTResolver, message: bytes) -> ARCResult:
+    if not has_field(message, b"arc-seal:"):
+        return ARCResult("none", reason="no ARC set")
     lookup = _KeyLookup(resolver)
     try:
         cv, results, reason = dkimpy.arc_verify(message, logger=_quiet, dnsfunc=lookup, timeout=max(resolver.remaining(), 0.1))

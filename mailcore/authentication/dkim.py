@@ -55,10 +55,22 @@ class _KeyLookup:
         return records[0]
 
 
+def has_field(message: bytes, name: bytes) -> bool:
+    """Whether the header section may hold a field `name` (lower case): a cheap test before parsing."""
+    end = message.find(b"\r\n\r\n")
+    return name in (message if end < 0 else message[:end]).lower()
+
+
 def signatures(message: bytes) -> list[dict[bytes, bytes]]:
     """The tags of each DKIM-Signature of `message`, topmost first (unparsable ones as {})."""
+    if not has_field(message, b"dkim-signature:"):
+        return []
+    try:
+        headers = dkimpy.DKIM(message).headers
+    except dkimpy.DKIMException:  # no header section dkimpy can read: nothing to verify
+        return []
     parsed = []
-    for name, value in dkimpy.DKIM(message).headers:
+    for name, value in headers:
         if name.lower() == b"dkim-signature":
             try:
                 parsed.append(parse_tag_value(value))
