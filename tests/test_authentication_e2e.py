@@ -43,7 +43,7 @@ def submit(instance, sender: str, password: str, rcpt: str, subject: str, body: 
         f"From: Alice <{sender}>\r\nTo: <{rcpt}>\r\nSubject: {subject}\r\n"
         f"Message-ID: <{subject.replace(' ', '-')}@a.test>\r\n\r\n{body}"
     ).encode()
-    with smtplib.SMTP(instance.address, instance.submission_port, timeout=10) as client:
+    with smtplib.SMTP(instance.address, instance.submission_port, timeout=60) as client:
         client.login(sender, password)
         client.sendmail(sender, [rcpt], message)
     return message
@@ -66,7 +66,7 @@ def dkimverify(raw: bytes, dns_address: str) -> subprocess.CompletedProcess:
     assert os.path.exists(tool), "dkimpy's dkimverify is installed with requirements.txt"
     site = ROOT / "tests" / "dkimverify_dns"
     env = {**os.environ, "PYTHONPATH": f"{site}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "TEST_DNS_SERVER": dns_address}
-    return subprocess.run([tool], input=raw, capture_output=True, env=env, timeout=30)
+    return subprocess.run([tool], input=raw, capture_output=True, env=env, timeout=60)
 
 
 def test_signed_mail_arrives_with_spf_dkim_dmarc_pass_and_an_independent_verifier_agrees(instances):
@@ -82,7 +82,7 @@ def test_signed_mail_arrives_with_spf_dkim_dmarc_pass_and_an_independent_verifie
     assert any(line.startswith('_dmarc.a.test. 3600 IN TXT "v=DMARC1; p=') and "rua=mailto:postmaster@a.test" in line for line in lines)
 
     sent = submit(a, "alice@a.test", "alice-password", "bob@b.test", "signed hello")
-    [raw] = b.wait_for_messages("bob@b.test", timeout=30)
+    [raw] = b.wait_for_messages("bob@b.test", timeout=60)
     assert raw.endswith(sent)
     results = auth_results(raw)
     assert results.startswith("mx.b.test; x-source=pass smtp.mailfrom=alice@a.test")
@@ -101,8 +101,9 @@ def test_signed_mail_arrives_with_spf_dkim_dmarc_pass_and_an_independent_verifie
     assert dkimverify(altered, instances.dns.address).returncode != 0
 
 
-def test_dmarc_failures_spf_fail_quarantine_reject_and_timeouts(instances):
+def test_dmarc_failures_spf_fail_quarantine_reject_and_timeouts(start_instances):
     """Mail sent straight to B's MX by DATA from 127.0.0.1, claiming c.test."""
+    instances = start_instances(env={"MAIL_AUTH_DNS_TIMEOUT": "2"})
     b = instances.b
     dns = instances.dns
     rsa = keys.generate(keys.RSA)
@@ -117,7 +118,7 @@ def test_dmarc_failures_spf_fail_quarantine_reject_and_timeouts(instances):
         signed = dkim_signatures(content, "c.test", [key]) + content
         if alter:
             signed = signed.replace(b"Body text.", b"Body text!")
-        with smtplib.SMTP(b.address, instances.smtp_port, timeout=30) as client:
+        with smtplib.SMTP(b.address, instances.smtp_port, timeout=60) as client:
             client.ehlo("client.c.test")
             client.mail("carol@c.test")
             client.rcpt("bob@b.test")
@@ -126,7 +127,7 @@ def test_dmarc_failures_spf_fail_quarantine_reject_and_timeouts(instances):
     # An altered body fails DKIM, 127.0.0.1 is outside c.test's SPF: DMARC fails, p=quarantine holds it.
     code, _ = send(b"altered", alter=True)
     assert code == 250
-    [held] = b.wait_for_messages("bob@b.test", state="quarantined", timeout=20)
+    [held] = b.wait_for_messages("bob@b.test", state="quarantined", timeout=60)
     results = auth_results(held)
     assert "spf=fail smtp.mailfrom=carol@c.test" in results
     assert "dkim=fail header.d=c.test header.s=sel" in results
@@ -138,7 +139,7 @@ def test_dmarc_failures_spf_fail_quarantine_reject_and_timeouts(instances):
     # The intact signature passes DKIM: DMARC passes though SPF fails, and it is delivered.
     code, _ = send(b"intact")
     assert code == 250
-    [inbox] = b.wait_for_messages("bob@b.test", timeout=20)
+    [inbox] = b.wait_for_messages("bob@b.test", timeout=60)
     assert "dkim=pass header.d=c.test" in auth_results(inbox) and "dmarc=pass" in auth_results(inbox)
     [(verification,)] = b.query("SELECT verification FROM mailcore_message WHERE subject = 'intact'")
     assert verification == "authenticated"
@@ -153,8 +154,8 @@ def test_dmarc_failures_spf_fail_quarantine_reject_and_timeouts(instances):
     dns.silent.update({"c.test", "sel._domainkey.c.test", "_dmarc.c.test"})
     started = time.monotonic()
     code, _ = send(b"slow dns", alter=True)
-    assert code == 250 and time.monotonic() - started < 15
-    inbox = b.wait_for_messages("bob@b.test", count=2, timeout=20)
+    assert code == 250 and time.monotonic() - started < 20  # the DNS budget (2 s), not a resolver's minutes
+    inbox = b.wait_for_messages("bob@b.test", count=2, timeout=60)
     results = auth_results(inbox[-1])
     assert "spf=temperror" in results and "dkim=temperror" in results and "dmarc=temperror" in results
 
@@ -166,7 +167,7 @@ def test_forwarded_mail_carries_a_valid_arc_set(instances):
     publish_zone(instances.dns, b.manage("domain", "dns", "b.test").stdout)
     assert b.manage("alias", "add", "fwd@b.test", "alice@a.test").returncode == 0
     submit(a, "alice@a.test", "alice-password", "fwd@b.test", "round trip")
-    [raw] = a.wait_for_messages("alice@a.test", timeout=40)
+    [raw] = a.wait_for_messages("alice@a.test", timeout=90)
     results = auth_results(raw)
     assert "arc=pass" in results and "as.d=b.test" in results, results
     assert b"ARC-Seal: i=1; " in raw and b"ARC-Message-Signature: i=1; " in raw
