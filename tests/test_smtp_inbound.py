@@ -69,10 +69,7 @@ def test_smtplib_message_is_stored_byte_for_byte_with_our_headers(mx, b_test):
     trace, rest = split_trace(stored_body(message))
     assert rest == MESSAGE
     assert trace.startswith(b"Return-Path: <alice@remote.test>\r\n")
-    assert (
-        b"Authentication-Results: mx.test.example; x-source=none smtp.mailfrom=alice@remote.test;"
-        b"\r\n\tspf=none smtp.mailfrom=alice@remote.test" in trace
-    )
+    assert b"Authentication-Results: mx.test.example; x-source=none smtp.mailfrom=alice@remote.test\r\n" in trace
     assert b"Received: from client.example (127.0.0.1 [127.0.0.1])\r\n\tby mx.test.example with ESMTP id " + queue_id.encode() in trace
     assert b"\tfor <bob@b.test>;" in trace
     assert [d.mailbox.address for d in Delivery.objects.filter(message=message)] == ["bob@b.test"]
