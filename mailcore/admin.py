@@ -16,6 +16,7 @@ from django.utils.safestring import mark_safe
 from django.views.decorators.http import require_POST
 
 from mailcore import models
+from mailcore.quarantine import admin as quarantine_admin
 from mailcore.services import accounts, dkim_keys, quarantine, queue_control
 from mailcore.services.trace import trace
 from mailcore.web import dashboard, message_pages
@@ -304,8 +305,9 @@ class DeliveryAdmin(admin.ModelAdmin):
     search_fields = ["mailbox__address", "message__queue_id", "message__mail_from", "message__header_from", "message__subject",
                      "message__client_address", "uid"]
     date_hierarchy = "delivered_at"
-    actions = ["release_selected", "delete_selected_held"]
-    list_select_related = ["message", "mailbox"]
+    actions = ["release_selected", "delete_selected_held", quarantine_admin.delete_selected_as_spam,
+               quarantine_admin.allow_senders_for_domain, quarantine_admin.block_senders_for_domain]
+    list_select_related = ["message", "mailbox", "mailbox__domain"]
     list_per_page = 50
     ordering = ["-delivered_at", "-id"]
 
@@ -321,6 +323,7 @@ class DeliveryAdmin(admin.ModelAdmin):
         return [
             path("<int:delivery_id>/release/", view(require_POST(self.release_view)), name="mailcore_delivery_release"),
             path("<int:delivery_id>/delete/", view(require_POST(self.delete_view_held)), name="mailcore_delivery_delete"),
+            path("<int:delivery_id>/sender/<str:action>/", view(require_POST(self.sender_view)), name="mailcore_delivery_sender"),
             *super().get_urls(),
         ]
 
@@ -399,7 +402,11 @@ class DeliveryAdmin(admin.ModelAdmin):
             "{} {}",
             _row_button(reverse("admin:mailcore_delivery_release", args=[obj.pk]), "Release", "mail-release"),
             _row_button(reverse("admin:mailcore_delivery_delete", args=[obj.pk]), "Delete", "mail-delete"),
-        )
+        ) + quarantine_admin.sender_buttons(obj, _row_button)
+
+    def sender_view(self, request, delivery_id, action):
+        self._check_change(request)
+        return quarantine_admin.sender_view(request, get_object_or_404(models.Delivery, pk=delivery_id), action, _back)
 
     def _check_change(self, request):
         if not self.has_change_permission(request):
@@ -563,6 +570,9 @@ class MailboxLockAdmin(ReadOnlyAdmin):
     def has_delete_permission(self, request, obj=None):
         # A lock left by a crashed session can be removed by hand before it lapses.
         return request.user.has_perm("mailcore.delete_mailboxlock")
+
+
+quarantine_admin.register(site)
 
 
 def adopt_default_registrations() -> None:

@@ -14,6 +14,9 @@ QUEUE_SWEEP_SCHEDULE = "mailcore outbound queue sweep"
 SOURCE_EXPIRY_SCHEDULE = "mailcore sourced message expiry"
 # The schedule that removes bodies no message refers to (mailcore.services.bodies).
 STORE_GC_SCHEDULE = "mailcore body store gc"
+# The schedules of the quarantine: digests to mailboxes with newly held mail, and its retention.
+DIGEST_SCHEDULE = "mailcore quarantine digests"
+RETENTION_SCHEDULE = "mailcore quarantine retention"
 
 
 def enqueue_delivery(domain: str) -> None:
@@ -57,6 +60,10 @@ def register_schedules() -> None:
         (QUEUE_SWEEP_SCHEDULE, "mailcore.tasks.deliver_due", settings.MAIL_QUEUE_SWEEP_MINUTES),
         (SOURCE_EXPIRY_SCHEDULE, "mailcore.tasks.expire_sourced", settings.MAIL_SOURCE_EXPIRY_MINUTES),
         (STORE_GC_SCHEDULE, "mailcore.tasks.collect_orphaned_bodies", settings.MAIL_STORE_GC_MINUTES),
+        # Each mailbox's MAIL_DIGEST_INTERVAL is kept by the task; the schedule only looks often
+        # enough for it (every 15 minutes at most: each look scans the held deliveries).
+        (DIGEST_SCHEDULE, "mailcore.tasks.send_digests", min(15, settings.MAIL_DIGEST_INTERVAL // 60) or 15),
+        (RETENTION_SCHEDULE, "mailcore.tasks.expire_quarantine", 60),
     ]
     for name, func, minutes in periodic:
         Schedule.objects.update_or_create(
@@ -104,3 +111,23 @@ def collect_orphaned_bodies() -> str:
 
     close_old_connections()
     return collect_orphans().summary()
+
+
+def send_digests() -> list[str]:
+    """Scheduled task: a quarantine digest to each mailbox with newly held mail, at most every MAIL_DIGEST_INTERVAL."""
+    from django.db import close_old_connections
+
+    from mailcore.quarantine.digest import send_due
+
+    close_old_connections()
+    return send_due()
+
+
+def expire_quarantine() -> int:
+    """Scheduled task: delete held mail older than MAIL_QUARANTINE_RETENTION_DAYS."""
+    from django.db import close_old_connections
+
+    from mailcore.quarantine.retention import expire_held
+
+    close_old_connections()
+    return expire_held()

@@ -32,6 +32,7 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "mailcore.services.audit.AuditMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
@@ -168,6 +169,12 @@ MAIL_AUTH_FAILURE_WINDOW = env.get_int("MAIL_AUTH_FAILURE_WINDOW", 900)
 # cache: seconds an entry lives (0 turns the cache off) and how many entries a process keeps.
 MAIL_AUTH_CACHE_TTL = env.get_float("MAIL_AUTH_CACHE_TTL", 60.0)
 MAIL_AUTH_CACHE_SIZE = env.get_int("MAIL_AUTH_CACHE_SIZE", 10000)
+# The quarantine: the web UI's public base URL for links in mailed digests,
+# seconds between two digests to one mailbox (0: none), days held mail is kept before a schedule
+# deletes it (digest links expire with it).
+MAIL_WEB_URL = env.get("MAIL_WEB_URL", "http://127.0.0.1:8000").rstrip("/")
+MAIL_DIGEST_INTERVAL = env.get_int("MAIL_DIGEST_INTERVAL", 86400)
+MAIL_QUARANTINE_RETENTION_DAYS = env.get_float("MAIL_QUARANTINE_RETENTION_DAYS", 30.0)
 # Body store garbage collection: a body no Message refers to (a crash between its fsync and its
 # row's commit) or a `.tmp-` file is removed once older than the grace period, by a schedule that
 # runs every MAIL_STORE_GC_MINUTES; a body being written now is always younger than the grace.

@@ -19,7 +19,8 @@ GTUBE = "XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X"
 class Spamd:
     """One spamd child process; SpamAssassin loads its rules for a few seconds before it answers."""
 
-    def __init__(self) -> None:
+    def __init__(self, allow_tell: bool = False) -> None:
+        self.allow_tell = allow_tell  # --allow-tell: spamd learns from TELL requests
         self.program = require_program("spamd")
         # A directory of our own, not pytest's 0700 tmp: spamd drops to `nobody`, which must reach its home.
         self.dir = Path(tempfile.mkdtemp(prefix="spamd-"))
@@ -28,6 +29,7 @@ class Spamd:
         self.home.mkdir(mode=0o777)
         self.home.chmod(0o777)
         self.pid_file = self.dir / "spamd.pid"
+        self.bayes_dir = self.home / ".spamassassin"
         self.log_path = self.dir / "spamd.log"
         self.host = "127.0.0.1"
         self.port = free_port()
@@ -50,6 +52,11 @@ class Spamd:
             "--min-children=1",
             "--syslog=stderr",
         ]
+        if self.allow_tell:
+            # The Bayes store in our directory: spamd's user (nobody) has no home of its own to keep it in.
+            self.bayes_dir.mkdir(mode=0o777, exist_ok=True)
+            self.bayes_dir.chmod(0o777)
+            args += ["--allow-tell", f"--cf=bayes_path {self.bayes_dir / 'bayes'}", "--cf=bayes_file_mode 0777"]
         if os.geteuid() == 0:
             args.append("--username=nobody")  # spamd refuses to keep running as root
         self.log = open(self.log_path, "ab")
@@ -84,6 +91,19 @@ class Spamd:
         if hasattr(self, "log"):
             self.log.close()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+    def learned(self) -> dict[str, int]:
+        """The Bayes store's counts of learned messages, as `sa-learn --dump magic` reads them: {"nspam": n, "nham": n}."""
+        result = subprocess.run(
+            [require_program("sa-learn"), "--dump", "magic", f"--dbpath={self.bayes_dir}"],
+            capture_output=True, text=True, timeout=60,
+        )
+        counts = {"nspam": 0, "nham": 0}
+        for line in result.stdout.splitlines():
+            parts = line.split()
+            if len(parts) >= 4 and parts[-1] in counts:
+                counts[parts[-1]] = int(parts[2])
+        return counts
 
     def output(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

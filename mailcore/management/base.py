@@ -10,16 +10,32 @@ from mailcore.addresses import AddressError
 from mailcore.services.accounts import AccountError
 
 
+def _operator() -> str:
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "operator"
+
+
 class MailCommand(BaseCommand):
     """A command whose expected failures print one line and exit 1, never a traceback."""
 
     expected_errors: tuple[type[Exception], ...] = (AccountError, AddressError)
 
     def execute(self, *args, **options):
+        from mailcore.services import audit
+
+        # The audit log names the operator's command line as the actor of what a command changes.
         try:
-            return super().execute(*args, **options)
+            with audit.acting(audit.Actor("cli", f"{_operator()} (manage.py {self._command_name()})")):
+                return super().execute(*args, **options)
         except self.expected_errors as exc:
             raise CommandError(str(exc)) from None
+
+    def _command_name(self) -> str:
+        return type(self).__module__.rpartition(".")[2]
 
     def read_password(self, options) -> str:
         if not options.get("password_stdin"):

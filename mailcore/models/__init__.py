@@ -1,12 +1,21 @@
 """The data of the mail server, one module per concern."""
 
+from mailcore.models.audit import ActorKind, AuditAction, AuditEntry
+from mailcore.models.digest import QuarantineDigest
 from mailcore.models.dkim import DKIMKey, DKIMKeyState
 from mailcore.models.domain import Alias, AuthenticatedPolicy, Domain, Mailbox, MailboxLock, UnverifiedPolicy
 from mailcore.models.message import Delivery, DeliveryState, Message, SpamStatus, Transport, Verification
 from mailcore.models.outbound import QueueItem, QueueState
+from mailcore.models.senders import SenderAction, SenderRule, SenderScope
 from mailcore.models.verification import Announcement, AnnouncementState, SourcedMessage
 
 __all__ = [
+    "ActorKind",
+    "AuditAction",
+    "AuditEntry",
+    "SenderAction",
+    "SenderRule",
+    "SenderScope",
     "Alias",
     "AuthenticatedPolicy",
     "DKIMKey",
@@ -19,6 +28,7 @@ __all__ = [
     "Mailbox",
     "MailboxLock",
     "Message",
+    "QuarantineDigest",
     "QueueItem",
     "QueueState",
     "SourcedMessage",

@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 from django.db import IntegrityError, transaction
 
 from mailcore.addresses import AddressError, domain_of, normalize_address, normalize_domain
-from mailcore.models import Alias, AuthenticatedPolicy, Domain, Mailbox, UnverifiedPolicy
-from mailcore.services import credentials
+from mailcore.models import Alias, AuditAction, AuthenticatedPolicy, Domain, Mailbox, UnverifiedPolicy
+from mailcore.services import audit, credentials
 
 MAX_ALIAS_DEPTH = 10
 
@@ -38,16 +38,26 @@ def set_domain(
     name: str, *, unverified_policy: str | None = None, active: bool | None = None, authenticated_policy: str | None = None
 ) -> Domain:
     domain = get_domain(name)
+    changes = []
     if unverified_policy is not None:
         _check_policy(unverified_policy)
+        if unverified_policy != domain.unverified_policy:
+            changes.append(f"unverified mail: {domain.unverified_policy} -> {unverified_policy}")
         domain.unverified_policy = unverified_policy
     if authenticated_policy is not None:
         if authenticated_policy not in AuthenticatedPolicy.values:
             raise AccountError(f"unknown policy {authenticated_policy!r}: use one of {', '.join(AuthenticatedPolicy.values)}")
+        if authenticated_policy != domain.authenticated_policy:
+            changes.append(f"authenticated mail: {domain.authenticated_policy} -> {authenticated_policy}")
         domain.authenticated_policy = authenticated_policy
     if active is not None:
+        if active != domain.active:
+            changes.append(f"active: {domain.active} -> {active}")
         domain.active = active
-    domain.save()
+    with transaction.atomic():
+        domain.save()
+        if changes:
+            audit.record(AuditAction.POLICY, f"domain {domain.name}", detail="; ".join(changes))
     return domain
 
 
@@ -112,7 +122,9 @@ def set_password(address: str, password: str) -> Mailbox:
     _check_password(password)
     mailbox = get_mailbox(address)
     mailbox.set_password(password)
-    mailbox.save(update_fields=["password"])
+    with transaction.atomic():
+        mailbox.save(update_fields=["password"])
+        audit.record(AuditAction.PASSWORD, f"mailbox {mailbox.address}", mailbox=mailbox.address)
     return mailbox
 
 

@@ -171,14 +171,13 @@ def deliver_pulled(claim: Claim, content: bytes, origin_host: str, origin_addres
     # The spam check waits for spamd (up to MAIL_SPAMD_TIMEOUT): done before the transaction, so
     # the announcement's row lock (on SQLite, the database's one write lock) is not held meanwhile.
     # Scored as `receive` would score it: with our trace headers, for the recipients it would take.
-    unverified = envelope.verification != Verification.VERIFIED
-    recipients = [r for r in envelope.rcpt_tos if not (unverified and inbound.rejects_unverified(r))]
     verdict, refused = None, None
     try:
+        recipients = inbound.spam_recipients(envelope, content)
         verdict = spam_check.check(
             envelope, inbound.trace_headers(envelope, claim.source_id) + content, recipients, f"SOURCE {claim.source_id}"
         )
-    except inbound.PolicyRejection as exc:  # SpamRejection: every recipient refuses it as spam
+    except inbound.PolicyRejection as exc:  # SpamRejection or SenderBlocked: every recipient refuses it
         refused = exc
     now = timezone.now()
     with transaction.atomic():

@@ -21,7 +21,7 @@ from django.utils import timezone
 from mailcore.addresses import AddressError, domain_of, normalize_domain
 from mailcore.models import AuthenticatedPolicy, Delivery, DeliveryState, Message, Transport, UnverifiedPolicy, Verification
 from mailcore.models.message import new_queue_id
-from mailcore.services import accounts
+from mailcore.services import accounts, senders
 from mailcore.store import StoredBody, message_store
 from mailcore.store.bodies import PendingBodies
 
@@ -87,6 +87,10 @@ class PolicyRejection(Exception):
     """Every recipient's domain rejects unverified mail (reverse-delivery.md §5)."""
 
 
+class SenderBlocked(PolicyRejection):
+    """Every recipient blocks this sender (a sender list entry for the From header): 550 5.7.1 to DATA."""
+
+
 class DMARCRejection(PolicyRejection):
     """The From: domain publishes p=reject and the message failed DMARC (RFC 7489 §6.6.4)."""
 
@@ -129,6 +133,7 @@ class RecipientCheck:
     local_domain: bool
     exists: bool  # a mailbox or an alias (catch-all included) takes it
     policy: str  # the recipient domain's policy for unverified mail
+    senders: senders.Rules = senders.NO_RULES  # the sender list entries that concern this recipient
 
 
 def check_recipient(address: str) -> RecipientCheck:
@@ -145,11 +150,12 @@ def check_recipient(address: str) -> RecipientCheck:
         return RecipientCheck(valid=True, local_domain=local, exists=False, policy=UnverifiedPolicy.ACCEPT)
     if not r.local_domain:
         return RecipientCheck(valid=True, local_domain=False, exists=False, policy=UnverifiedPolicy.ACCEPT)
-    return RecipientCheck(valid=True, local_domain=True, exists=r.exists, policy=_policy_for(r.address))
+    rules = senders.rules_for(r.address) if r.exists else senders.NO_RULES
+    return RecipientCheck(valid=True, local_domain=True, exists=r.exists, policy=_policy_for(r.address), senders=rules)
 
 
 def authentication_results(envelope: Envelope) -> str:
-    """The value of our Authentication-Results header (RFC 8601): x-source, then spf, dkim, dmarc, arc."""
+    """The value of our Authentication-Results header (RFC 8601), method x-source."""
     value = f"{settings.MAIL_HOSTNAME}; x-source={envelope.auth_result}"
     if envelope.mail_from:
         value += f" smtp.mailfrom={envelope.mail_from}"
@@ -276,14 +282,25 @@ def spam_verdict(envelope: Envelope, content: bytes) -> SpamVerdict:
     """
     from mailcore.spam import check as spam_check
 
-    lookups = Lookups()
-    recipients = [
-        r
-        for r in envelope.rcpt_tos
-        if not (envelope.reject_policy_applies and _unverified_for(envelope, r, lookups) and rejects_unverified(r))
-    ]
+    recipients = spam_recipients(envelope, content)
     queue_id = new_queue_id()
     return spam_check.check(envelope, trace_headers(envelope, queue_id) + content, recipients, queue_id)
+
+
+def spam_recipients(envelope: Envelope, content: bytes) -> list[str]:
+    """The recipients whose spam thresholds apply: not those whose domain refuses the message
+    anyway, nor those whose sender list allows or blocks its sender. Raises SenderBlocked when
+    every recipient blocks it: there is nothing to score it for."""
+    lookups = Lookups()
+    listed = _sender_lists(envelope, summary_headers(content)[1], lookups)
+    if listed and all(decision == senders.BLOCK for decision in listed.values()):
+        raise SenderBlocked(", ".join(listed))
+    return [
+        r
+        for r in envelope.rcpt_tos
+        if listed.get(r) is None
+        and not (envelope.reject_policy_applies and _unverified_for(envelope, r, lookups) and rejects_unverified(r))
+    ]
 
 
 def receive_many(
@@ -400,6 +417,7 @@ class Lookups:
         self._routes: dict[str, accounts.Route | AddressError] = {}
         self._rejects: dict[str, bool] = {}
         self._policies: dict[str, str] = {}
+        self._senders: dict[str, senders.Rules] = {}
         self._authenticated: dict[str, str] = {}
 
     def route(self, address: str) -> accounts.Route:
@@ -428,6 +446,11 @@ class Lookups:
             self._authenticated[address] = _authenticated_policy_for(address)
         return self._authenticated[address]
 
+    def senders(self, address: str) -> senders.Rules:
+        if address not in self._senders:
+            self._senders[address] = senders.rules_for(address)
+        return self._senders[address]
+
 
 def _unverified_for(envelope: Envelope, address: str, lookups: Lookups) -> bool:
     """Whether the unverified-mail policy applies to this message for this recipient.
@@ -439,6 +462,22 @@ def _unverified_for(envelope: Envelope, address: str, lookups: Lookups) -> bool:
     if envelope.verification == Verification.AUTHENTICATED:
         return lookups.authenticated_policy(address) == AuthenticatedPolicy.UNVERIFIED
     return True
+
+
+def _sender_lists(envelope: Envelope, header_from: str, lookups: Lookups) -> dict[str, str | None]:
+    """The sender lists' word for each envelope recipient (as given): ALLOW, BLOCK or None.
+
+    Mail that failed verification is never allowed through (operations.md): it gets no ALLOW.
+    """
+    if not senders.applies_to(envelope):
+        return {}
+    listed: dict[str, str | None] = {}
+    for rcpt in envelope.rcpt_tos:
+        decision = lookups.senders(rcpt).decide(envelope.mail_from, envelope.client_address, header_from)
+        if decision == senders.ALLOW and envelope.verification == Verification.FAILED:
+            decision = None
+        listed[rcpt] = decision
+    return listed
 
 
 @dataclass
@@ -454,6 +493,8 @@ class _Prepared:
     content: bytes
     subject: str
     header_from: str
+    allowed: frozenset[str] = frozenset()  # recipients (normalized) whose sender list allows this sender
+    blocked: frozenset[str] = frozenset()  # recipients whose sender list blocks it: held, since others take it
 
     @property
     def chunks(self) -> tuple[bytes, bytes]:
@@ -468,20 +509,33 @@ def _prepare(envelope: Envelope, content: bytes, spam: SpamVerdict | None, looku
     auth = envelope.authentication
     if auth is not None and auth.dmarc_disposition == "reject" and envelope.verification != Verification.VERIFIED:
         raise DMARCRejection(auth.dmarc.header_from)
+    # Our own headers name neither Subject nor From, so the message's header block alone says
+    # what the stored one would, without a copy of the whole message to parse.
+    subject, header_from = summary_headers(content)
+    listed = _sender_lists(envelope, header_from, lookups)
     routes = []
     rejected: list[str] = []
+    allowed: set[str] = set()
+    blocked: set[str] = set()
     for rcpt in envelope.rcpt_tos:
         try:
             r = lookups.route(rcpt)
         except AddressError:
             rejected.append(rcpt)
             continue
-        if envelope.reject_policy_applies and _unverified_for(envelope, rcpt, lookups) and lookups.rejects_unverified(rcpt):
+        decision = listed.get(rcpt)
+        if decision == senders.ALLOW:
+            allowed.add(r.address)  # whatever its domain's policy for unverified mail
+        elif envelope.reject_policy_applies and _unverified_for(envelope, rcpt, lookups) and lookups.rejects_unverified(rcpt):
             rejected.append(rcpt)
             continue
+        elif decision == senders.BLOCK:
+            blocked.add(r.address)
         routes.append(r)
     if not routes:
         raise PolicyRejection(", ".join(rejected))
+    if len(blocked) == len(routes):
+        raise SenderBlocked(", ".join(blocked))
 
     # spamd's verdict before anything is stored, so that a refusal is still a 550 to DATA;
     # raises SpamRejection (a PolicyRejection) when every recipient's domain refuses it.
@@ -491,15 +545,14 @@ def _prepare(envelope: Envelope, content: bytes, spam: SpamVerdict | None, looku
     if spam is None:
         # The check reads the content only with a spamd configured: spare making the copy it would score.
         scored = trace_headers(envelope, queue_id, received) + content if settings.MAIL_SPAMD else content
-        spam = spam_check.check(envelope, scored, [r.address for r in routes], queue_id)
+        spam = spam_check.check(envelope, scored, [r.address for r in routes if r.address not in allowed], queue_id)
     spam_result = spam.auth_result()
     if spam_result != envelope.spam_result:  # no copy of the envelope when the check adds nothing (it is off)
         envelope = replace(envelope, spam_result=spam_result)
     headers = trace_headers(envelope, queue_id, received) + spam.headers()
-    # Our own headers name neither Subject nor From, so the message's header block alone says
-    # what the stored one would, without a copy of the whole message to parse.
-    subject, header_from = summary_headers(content)
-    return _Prepared(envelope, queue_id, routes, rejected, spam, headers, content, subject, header_from)
+    return _Prepared(
+        envelope, queue_id, routes, rejected, spam, headers, content, subject, header_from, frozenset(allowed), frozenset(blocked)
+    )
 
 
 def _record(prepared: _Prepared, body: StoredBody, lookups: Lookups) -> Receipt:
@@ -568,12 +621,19 @@ def _deliveries(prepared: _Prepared, lookups: Lookups) -> tuple[Receipt, list[tu
         policy = lookups.policy(r.address)
         quarantine = policy == UnverifiedPolicy.QUARANTINE and _unverified_for(envelope, r.address, lookups)
         reason = "unverified" if quarantine else ""
-        if dmarc_quarantine:
-            quarantine, reason = True, "DMARC policy quarantine"
         # "spam" says more than "unverified". A verdict without actions (the check off,
         # unscored) quarantines no one: spare normalizing the address for it.
         if spam.actions and spam.quarantines(r.address):
             quarantine, reason = True, "spam"
+        # An allow entry lifts the unverified policy and the spam threshold (never a failed
+        # verification); a block entry for some recipients holds what the others accept: the
+        # one reply to DATA has acknowledged it (RFC 5321 §4.1.1.4).
+        if r.address in prepared.allowed and reason in ("unverified", "spam"):
+            quarantine, reason = False, ""
+        if dmarc_quarantine:  # the From domain's owner asks for it; an allow entry does not lift it
+            quarantine, reason = True, "DMARC policy quarantine"
+        if r.address in prepared.blocked:
+            quarantine, reason = True, "blocked sender"
         for mailbox in r.mailboxes:
             if mailbox.pk in seen:
                 continue

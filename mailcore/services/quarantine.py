@@ -6,7 +6,8 @@ from dataclasses import dataclass, field
 
 from django.db import transaction
 
-from mailcore.models import Delivery, DeliveryState
+from mailcore.models import AuditAction, Delivery, DeliveryState
+from mailcore.services import audit
 
 
 class QuarantineError(Exception):
@@ -35,25 +36,41 @@ def _held_one(delivery_id: int, mailbox=None) -> Delivery:
         raise QuarantineError(f"no quarantined message {delivery_id}") from None
 
 
-def _move(delivery_id: int, state: str, mailbox=None) -> Delivery:
+def _move(delivery_id: int, state: str, mailbox=None, action: str = "") -> Delivery:
     # select_for_update under the transaction: two concurrent releases (two admins, or an admin
     # and the owner) serialise here, and the second finds nothing held, so the message reaches
-    # the inbox exactly once.
+    # the inbox exactly once. The audit entry commits with the change, or not at all.
     with transaction.atomic():
         delivery = _held_one(delivery_id, mailbox)
         delivery.state = state
         delivery.save(update_fields=["state", "changed_at"])
+        audit.record(action, audit.describe_delivery(delivery), mailbox=delivery.mailbox.address, detail=delivery.reason)
     return delivery
 
 
 def release(delivery_id: int, mailbox=None) -> Delivery:
-    """Move a held delivery to the inbox, exactly once: a second release finds nothing held."""
-    return _move(delivery_id, DeliveryState.INBOX, mailbox)
+    """Move a held delivery to the inbox, exactly once: a second release finds nothing held.
+
+    Mail held as spam is then reported to spamd as ham (when spamd allows it to learn).
+    """
+    from mailcore.spam import learn
+
+    delivery = _move(delivery_id, DeliveryState.INBOX, mailbox, AuditAction.RELEASE)
+    learn.after_release(delivery)
+    return delivery
 
 
-def delete(delivery_id: int, mailbox=None) -> Delivery:
-    """Mark a held delivery deleted; the body stays while other deliveries or the trace need it."""
-    return _move(delivery_id, DeliveryState.DELETED, mailbox)
+def delete(delivery_id: int, mailbox=None, as_spam: bool = False) -> Delivery:
+    """Mark a held delivery deleted; the body stays while other deliveries or the trace need it.
+
+    `as_spam`: the person deleting it says it is spam, and spamd is told so (when it learns).
+    """
+    from mailcore.spam import learn
+
+    delivery = _move(delivery_id, DeliveryState.DELETED, mailbox, AuditAction.DELETE_AS_SPAM if as_spam else AuditAction.DELETE)
+    if as_spam:
+        learn.report(delivery, "spam")
+    return delivery
 
 
 def _bulk(action, delivery_ids, mailbox=None) -> BulkResult:
@@ -73,5 +90,7 @@ def release_many(delivery_ids, mailbox=None) -> BulkResult:
     return _bulk(release, delivery_ids, mailbox)
 
 
-def delete_many(delivery_ids, mailbox=None) -> BulkResult:
+def delete_many(delivery_ids, mailbox=None, as_spam: bool = False) -> BulkResult:
+    if as_spam:
+        return _bulk(lambda delivery_id, mailbox=None: delete(delivery_id, mailbox, as_spam=True), delivery_ids, mailbox)
     return _bulk(delete, delivery_ids, mailbox)

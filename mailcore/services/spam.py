@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import math
 
-from mailcore.models import Domain
+from django.db import transaction
+
+from mailcore.models import AuditAction, Domain
+from mailcore.services import audit
 from mailcore.services.accounts import AccountError, get_domain, list_domains
 
 # `reject=KEEP` leaves the reject score as it is; None switches refusing off.
@@ -25,7 +28,9 @@ def set_thresholds(name: str, *, verified: float | None = None, unverified: floa
         domain.spam_threshold_unverified = _score(unverified, "the unverified threshold")
     if reject is not KEEP:
         domain.spam_reject_score = None if reject is None else _score(reject, "the reject score")
-    domain.save(update_fields=["spam_threshold_verified", "spam_threshold_unverified", "spam_reject_score"])
+    with transaction.atomic():
+        domain.save(update_fields=["spam_threshold_verified", "spam_threshold_unverified", "spam_reject_score"])
+        audit.record(AuditAction.POLICY, f"domain {domain.name}", detail=describe(domain).partition("\t")[2].replace("\t", " "))
     return domain
 
 

@@ -22,7 +22,7 @@ from django.db import DatabaseError, connections
 
 from mailcore.addresses import domain_of
 from mailcore.models import UnverifiedPolicy
-from mailcore.services import inbound, verification
+from mailcore.services import inbound, senders, verification
 from mailcore.services.login_failures import AddressCounter
 from mailcore.smtp import replies
 from mailcore.smtp.groupcommit import GroupCommit
@@ -178,6 +178,20 @@ class InboundHandler:
             return replies.RELAY_DENIED, None
         if not check.exists:
             return replies.USER_UNKNOWN, None
+        return self.sender_list_verdict(server, check)
+
+    @staticmethod
+    def sender_list_verdict(server: InboundSMTP, check: inbound.RecipientCheck) -> tuple[Reply, str | None]:
+        """The recipient's sender lists on what RCPT knows: the envelope sender and the client.
+
+        A block refuses this recipient now (operations.md: 550 5.7.1 at RCPT); an allow lifts its
+        domain's policy for unverified mail, "reject" included, so DATA is not refused before the body.
+        """
+        decision = check.senders.decide(server.envelope.mail_from or "", server.client_address)
+        if decision == senders.BLOCK:
+            return replies.SENDER_BLOCKED, None
+        if decision == senders.ALLOW:
+            return replies.RECIPIENT_OK, UnverifiedPolicy.ACCEPT
         return replies.RECIPIENT_OK, check.policy
 
     async def checked_recipient(self, address: str) -> inbound.RecipientCheck:
@@ -210,6 +224,8 @@ class InboundHandler:
             return replies.TEMPORARY_FAILURE, None
         except SpamRejection as exc:  # a PolicyRejection too: this clause comes first
             return replies.SPAM_REFUSED(score=f"{exc.score:.1f}"), None
+        except inbound.SenderBlocked:  # a PolicyRejection too
+            return replies.SENDER_BLOCKED, None
         except inbound.DMARCRejection as exc:  # a PolicyRejection too
             return replies.DMARC_REJECTED(domain=exc.domain), None
         except inbound.PolicyRejection:

@@ -74,6 +74,7 @@ TOO_MANY_RECIPIENTS = Reply(452, "4.5.3", "Too many recipients")
 POLICY_MIXES = Reply(
     452, "4.5.3", "Recipient domains differ in their policy for unverified mail; send to this one in a separate transaction"
 )
+SENDER_BLOCKED = Reply(550, "5.7.1", "Sender blocked by the recipient's sender list")
 RECIPIENT_TEMPFAIL = Reply(451, "4.3.0", "Temporary local problem looking up the recipient, try again later")
 
 # --- DATA ------------------------------------------------------------------------------------

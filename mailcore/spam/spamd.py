@@ -78,6 +78,30 @@ def parse_symbols_reply(reply: bytes) -> SpamdReport:
     return SpamdReport(score=float(spam.group(2)), required=float(spam.group(3)), rules=rules)
 
 
+class TellRefused(SpamdError):
+    """spamd does not learn: it runs without --allow-tell (or refuses this request)."""
+
+
+def tell_request(message: bytes, message_class: str) -> bytes:
+    """A TELL request (SpamAssassin's spamd/PROTOCOL): learn `message` as "spam" or "ham" into the Bayes store."""
+    lines = [f"TELL {PROTOCOL}", f"Message-class: {message_class}", "Set: local", f"Content-length: {len(message)}"]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("ascii") + message
+
+
+def parse_tell_reply(reply: bytes) -> bool:
+    """True when spamd learned the message, False when it knew it already; TellRefused or SpamdError otherwise."""
+    lines = reply.decode("ascii", "replace").split("\r\n")
+    status = _STATUS_LINE.match(lines[0])
+    if not status:
+        raise SpamdError(f"not a spamd reply: {lines[0][:80]!r}")
+    code, text = int(status.group(2)), status.group(3).strip()
+    if code == 69:  # EX_UNAVAILABLE: "TELL commands are not enabled, set the --allow-tell switch."
+        raise TellRefused(text)
+    if code != 0:
+        raise SpamdError(f"spamd answered {code} {text}")
+    return any(line.lower().startswith("didset:") for line in lines[1:])
+
+
 class SpamdClient:
     """Asks one spamd for scores; every call finishes within `timeout` seconds, answer or not."""
 
@@ -91,6 +115,14 @@ class SpamdClient:
 
     def symbols(self, message: bytes) -> SpamdReport:
         """Score `message`; raises SpamdTimeout or SpamdError when spamd cannot give a score in time."""
+        return parse_symbols_reply(self._exchange(symbols_request(message)))
+
+    def tell(self, message: bytes, message_class: str) -> bool:
+        """Teach spamd's Bayes filter that `message` is "spam" or "ham" (needs `spamd --allow-tell`)."""
+        return parse_tell_reply(self._exchange(tell_request(message, message_class)))
+
+    def _exchange(self, request: bytes) -> bytes:
+        """Send one request and read the whole reply, all within the timeout."""
         deadline = time.monotonic() + self.timeout
 
         def remaining() -> float:
@@ -103,7 +135,7 @@ class SpamdClient:
             with socket.create_connection((self.host, self.port), timeout=remaining()) as sock:
                 # Since Python 3.5 the timeout bounds the whole sendall, not each chunk.
                 sock.settimeout(remaining())
-                sock.sendall(symbols_request(message))
+                sock.sendall(request)
                 # spamd reads exactly Content-length octets; the half-close tells it nothing more follows.
                 sock.shutdown(socket.SHUT_WR)
                 received = bytearray()
@@ -119,4 +151,4 @@ class SpamdClient:
             raise SpamdTimeout(f"spamd at {self.host}:{self.port} gave no answer within {self.timeout:g} s") from None
         except OSError as exc:
             raise SpamdError(f"cannot talk to spamd at {self.host}:{self.port}: {exc.strerror or exc}") from None
-        return parse_symbols_reply(bytes(received))
+        return bytes(received)

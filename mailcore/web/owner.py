@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 from datetime import timedelta
 
+from django.conf import settings
 from django.contrib import messages
 from django.http import Http404, HttpResponseRedirect
 from django.shortcuts import render
@@ -15,8 +16,8 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.debug import sensitive_post_parameters
 from django.views.decorators.http import require_POST
 
-from mailcore.models import Delivery, DeliveryState, Mailbox
-from mailcore.services import quarantine
+from mailcore.models import ActorKind, Delivery, DeliveryState, Mailbox
+from mailcore.services import audit, quarantine, senders
 from mailcore.web import message_pages
 from mailcore.web.forms import OwnerLoginForm
 
@@ -50,7 +51,9 @@ def owner_required(view):
         if mailbox is None:
             return HttpResponseRedirect(f"{reverse('mailbox:login')}?next={request.path}")
         request.mailbox = mailbox
-        return view(request, *args, **kwargs)
+        # What the owner changes is logged in their name, with the address they came from.
+        with audit.acting(audit.Actor(ActorKind.OWNER, mailbox.address, request.META.get("REMOTE_ADDR", ""))):
+            return view(request, *args, **kwargs)
 
     return never_cache(wrapper)
 
@@ -104,6 +107,7 @@ def home(request):
     return render(request, "mailbox/home.html", {
         "mailbox": request.mailbox,
         "held": quarantine.held(request.mailbox),
+        "retention_days": f"{settings.MAIL_QUARANTINE_RETENTION_DAYS:g}",
         "recent": recent,
         "recent_days": RECENT_DAYS,
     })
@@ -153,12 +157,71 @@ def release(request, delivery_id: int):
 @owner_required
 def delete(request, delivery_id: int):
     _own_delivery(request, delivery_id)
+    as_spam = request.POST.get("spam") == "1"
     try:
-        quarantine.delete(delivery_id, mailbox=request.mailbox)
+        quarantine.delete(delivery_id, mailbox=request.mailbox, as_spam=as_spam)
     except quarantine.QuarantineError:
         messages.info(request, "That message is no longer held: nothing to delete.")
     else:
-        messages.success(request, "Deleted.")
+        messages.success(request, "Deleted as spam." if as_spam else "Deleted.")
+    return HttpResponseRedirect(reverse("mailbox:home"))
+
+
+# --- the owner's sender lists ----------------------------------------------------------------
+
+
+@owner_required
+def sender_list(request):
+    """The owner's own allow and block entries (their mailbox's scope), and a form to add one."""
+    error = ""
+    if request.method == "POST":
+        action, pattern = request.POST.get("action", ""), request.POST.get("pattern", "")
+        if action not in (senders.ALLOW, senders.BLOCK):
+            raise Http404("no such action")
+        try:
+            rule = senders.set_entry(action, pattern, senders.mailbox_scope(request.mailbox))
+        except senders.SenderListError as exc:
+            error = str(exc)
+        else:
+            messages.success(request, f"{'Allowed' if rule.action == senders.ALLOW else 'Blocked'}: {rule.pattern}.")
+            return HttpResponseRedirect(reverse("mailbox:senders"))
+    return render(request, "mailbox/senders.html", {
+        "mailbox": request.mailbox,
+        "entries": senders.entries(senders.mailbox_scope(request.mailbox)),
+        "error": error,
+        "pattern": request.POST.get("pattern", ""),
+    }, status=400 if error else 200)
+
+
+@require_POST
+@owner_required
+def sender_remove(request, rule_id: int):
+    try:
+        senders.remove_by_id(rule_id, request.mailbox)
+    except senders.SenderListError:
+        raise Http404("no such entry") from None
+    messages.success(request, "Removed.")
+    return HttpResponseRedirect(reverse("mailbox:senders"))
+
+
+@require_POST
+@owner_required
+def sender_from_message(request, delivery_id: int, action: str):
+    """"Always allow" or "block" the sender of one of the owner's messages, for their own mailbox."""
+    if action not in (senders.ALLOW, senders.BLOCK):
+        raise Http404("no such action")
+    delivery = _own_delivery(request, delivery_id)
+    try:
+        pattern, moved = senders.set_from_message(
+            action, delivery, senders.mailbox_scope(request.mailbox), request.POST.get("kind", "address")
+        )
+    except senders.SenderListError as exc:
+        messages.error(request, str(exc))
+        return HttpResponseRedirect(reverse("mailbox:home"))
+    done = f"Mail from {pattern} now goes to your inbox." if action == senders.ALLOW else f"Mail from {pattern} is now refused."
+    if moved:
+        done += f" This message was {moved}."
+    messages.success(request, done)
     return HttpResponseRedirect(reverse("mailbox:home"))
 
 

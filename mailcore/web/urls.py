@@ -16,4 +16,7 @@ urlpatterns = [
     path("release/<int:delivery_id>/", owner.release, name="release"),
     path("delete/<int:delivery_id>/", owner.delete, name="delete"),
     path("bulk/", owner.bulk, name="bulk"),
+    path("senders/", owner.sender_list, name="senders"),
+    path("senders/<int:rule_id>/remove/", owner.sender_remove, name="sender-remove"),
+    path("message/<int:delivery_id>/sender/<str:action>/", owner.sender_from_message, name="sender-from-message"),
 ]

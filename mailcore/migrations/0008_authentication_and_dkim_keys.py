@@ -7,7 +7,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('mailcore', '0006_delivery_covered_indexes'),
+        ('mailcore', '0007_quarantine_digests_sender_lists_audit_log'),
     ]
 
     operations = [
