@@ -153,97 +153,128 @@ def start_mailcore(shape: str, env: dict[str, str], port: int, workdir: Path) ->
     return Process.manage(["runmail"], env, workdir / "runmail.log")
 
 
-def bench_smtp(args, workdir: Path, template: project.Template, results: Results) -> None:
-    recipient = f"{SMTP_USER}@{DOMAIN}"
-    for round_no in range(args.rounds):
-        log(f"inbound SMTP, round {round_no + 1} of {args.rounds}")
-        port = project.free_port()
-        if args.database == "postgres":
-            pg = project.PostgresCopy(workdir, f"smtp{round_no}", args.redis_url)
-            env = pg.create(workdir)
-            count_inbox = pg.count_inbox
-        else:
-            pg = None
-            db, data_dir = template.fresh("smtp")
-            env = project.base_env(workdir, db, data_dir)
+# What the inbound SMTP round's DNS server answers: smtp-source's sender domain publishes SPF
+# (the loopback client passes) and DMARC, so each message costs the SPF, DMARC and ARC lookups
+# and evaluation (smtp-source's messages carry no DKIM signature).
+AUTH_RECORDS = {
+    "example.test": {"TXT": ["v=spf1 ip4:127.0.0.0/8 -all"]},
+    "_dmarc.example.test": {"TXT": ["v=DMARC1; p=quarantine; rua=mailto:postmaster@example.test"]},
+}
 
-            def count_inbox(address: str, db: Path = db) -> int:
-                return project.count_inbox(db, address)
-        servers: dict[str, int] = {}
-        mailcore = bare = postfix = None
-        try:
-            mailcore = start_mailcore(args.shape, env, port, workdir)
-            project.wait_for_port(HOST, port, mailcore.proc, timeout=60)
-            servers["mailcore"] = port
-            bare_port = project.free_port()
-            bare = Process([sys.executable, str(Path(__file__).with_name("bare_smtp.py")), HOST, str(bare_port)], env,
-                           workdir / "bare.log")
-            project.wait_for_port(HOST, bare_port, bare.proc)
-            servers["aiosmtpd bare"] = bare_port
-            if args.peers:
-                postfix = peers.Postfix(workdir, HOST, project.free_port(), DOMAIN, SMTP_USER)
-                postfix.clear_maildir()
-                postfix.start()
-                project.wait_for_port(HOST, postfix.port)
-                servers["postfix"] = postfix.port
-        except BaseException:
-            for server in (mailcore, bare):
-                if server is not None:
-                    server.stop()
-            if postfix is not None:
-                postfix.stop()
-            raise
-        expected = 0
-        try:
-            # Each server's first connections pay for what a running one no longer does (its
-            # worker processes or threads, database connections, caches): warm every one up
-            # alike, so that the first measurement of a round is not also a start-up's.
-            for server_port in servers.values():
-                clients.smtp_source(HOST, server_port, sessions=1, messages=WARM_UP, size=1024,
-                                    sender="sender@example.test", recipient=recipient)
-            expected += WARM_UP
-            for size_name, size in chosen_sizes(args):
-                for sessions in chosen_sessions(args):
-                    count = messages_for(sessions, args.scale)
-                    rates = {}
-                    for name, server_port in servers.items():
-                        wait_for_delivery(postfix, expected)
-                        result = clients.smtp_source(
-                            HOST, server_port, sessions=sessions, messages=count, size=size,
-                            sender="sender@example.test", recipient=recipient,
-                        )
-                        rates[name] = result.rate
-                    expected += count
-                    label = f"{size_name}, {sessions} session{'s' if sessions > 1 else ''}"
-                    for name, rate in rates.items():
-                        results.add("inbound SMTP", f"{label}: {name}", "messages/s", rate)
-                    for baseline in ("postfix", "aiosmtpd bare"):
-                        if baseline in rates:
-                            results.ratio("inbound SMTP", f"{label}: mailcore", baseline, rates["mailcore"], rates[baseline])
-                    stored = count_inbox(recipient)
-                    if stored != expected:
-                        results.note("inbound SMTP", f"{label}: mailcore", f"MISSING: {stored} of {expected} in mailbox")
-                        log(f"  {label}: {stored} of {expected} accepted messages in the mailbox")
-                    log("  " + label + ": " + ", ".join(f"{n} {r:.0f}/s" for n, r in rates.items()))
-            if postfix is not None:
-                wait_for_delivery(postfix, expected)
-                delivered = postfix.delivered()
-                for label in smtp_labels(args):
-                    results.note("inbound SMTP", f"{label}: postfix",
-                                 "all in Maildir" if delivered == expected else f"{delivered} of {expected} in Maildir")
-            stored = count_inbox(recipient)
+
+def bench_smtp(args, workdir: Path, template: project.Template, results: Results) -> None:
+    from tests.dnsserver import TestDNSServer
+
+    with TestDNSServer(AUTH_RECORDS) as dns:
+        for round_no in range(args.rounds):
+            smtp_round(args, workdir, template, results, round_no, dns.address)
+
+
+def smtp_round(args, workdir: Path, template: project.Template, results: Results, round_no: int, dns_address: str) -> None:
+    """mailcore with the authentication checks on (DNS answered locally) and off, bare aiosmtpd, Postfix."""
+    recipient = f"{SMTP_USER}@{DOMAIN}"
+    log(f"inbound SMTP, round {round_no + 1} of {args.rounds}")
+    port = project.free_port()
+    unchecked_port = project.free_port()
+    if args.database == "postgres":
+        pg = project.PostgresCopy(workdir, f"smtp{round_no}", args.redis_url)
+        env = pg.create(workdir)
+        count_inbox = pg.count_inbox
+        unchecked_pg = project.PostgresCopy(workdir, f"smtp{round_no}u", args.redis_url)
+        unchecked_env = unchecked_pg.create(workdir)
+    else:
+        pg = unchecked_pg = None
+        db, data_dir = template.fresh("smtp")
+        env = project.base_env(workdir, db, data_dir)
+        unchecked_db, unchecked_dir = template.fresh("smtp-unchecked")
+        unchecked_env = project.base_env(workdir, unchecked_db, unchecked_dir)
+
+        def count_inbox(address: str, db: Path = db) -> int:
+            return project.count_inbox(db, address)
+    env = dict(env, MAIL_DNS_SERVERS=dns_address)
+    unchecked_env = dict(unchecked_env, MAIL_AUTH_CHECKS="0")
+    servers: dict[str, int] = {}
+    mailcore = unchecked = bare = postfix = None
+    try:
+        mailcore = start_mailcore(args.shape, env, port, workdir)
+        project.wait_for_port(HOST, port, mailcore.proc, timeout=60)
+        servers["mailcore"] = port
+        (workdir / "unchecked").mkdir(exist_ok=True)
+        unchecked = start_mailcore(args.shape, unchecked_env, unchecked_port, workdir / "unchecked")
+        project.wait_for_port(HOST, unchecked_port, unchecked.proc, timeout=60)
+        servers["mailcore, checks off"] = unchecked_port
+        bare_port = project.free_port()
+        bare = Process([sys.executable, str(Path(__file__).with_name("bare_smtp.py")), HOST, str(bare_port)], env,
+                       workdir / "bare.log")
+        project.wait_for_port(HOST, bare_port, bare.proc)
+        servers["aiosmtpd bare"] = bare_port
+        if args.peers:
+            postfix = peers.Postfix(workdir, HOST, project.free_port(), DOMAIN, SMTP_USER)
+            postfix.clear_maildir()
+            postfix.start()
+            project.wait_for_port(HOST, postfix.port)
+            servers["postfix"] = postfix.port
+    except BaseException:
+        for server in (mailcore, unchecked, bare):
+            if server is not None:
+                server.stop()
+        if postfix is not None:
+            postfix.stop()
+        raise
+    expected = 0
+    try:
+        # Each server's first connections pay for what a running one no longer does (its
+        # worker processes or threads, database connections, caches): warm every one up
+        # alike, so that the first measurement of a round is not also a start-up's.
+        for server_port in servers.values():
+            clients.smtp_source(HOST, server_port, sessions=1, messages=WARM_UP, size=1024,
+                                sender="sender@example.test", recipient=recipient)
+        expected += WARM_UP
+        for size_name, size in chosen_sizes(args):
+            for sessions in chosen_sessions(args):
+                count = messages_for(sessions, args.scale)
+                rates = {}
+                for name, server_port in servers.items():
+                    wait_for_delivery(postfix, expected)
+                    result = clients.smtp_source(
+                        HOST, server_port, sessions=sessions, messages=count, size=size,
+                        sender="sender@example.test", recipient=recipient,
+                    )
+                    rates[name] = result.rate
+                expected += count
+                label = f"{size_name}, {sessions} session{'s' if sessions > 1 else ''}"
+                for name, rate in rates.items():
+                    results.add("inbound SMTP", f"{label}: {name}", "messages/s", rate)
+                for baseline in ("postfix", "aiosmtpd bare"):
+                    if baseline in rates:
+                        results.ratio("inbound SMTP", f"{label}: mailcore", baseline, rates["mailcore"], rates[baseline])
+                stored = count_inbox(recipient)
+                if stored != expected:
+                    results.note("inbound SMTP", f"{label}: mailcore", f"MISSING: {stored} of {expected} in mailbox")
+                    log(f"  {label}: {stored} of {expected} accepted messages in the mailbox")
+                log("  " + label + ": " + ", ".join(f"{n} {r:.0f}/s" for n, r in rates.items()))
+        if postfix is not None:
+            wait_for_delivery(postfix, expected)
+            delivered = postfix.delivered()
             for label in smtp_labels(args):
-                if stored == expected:
-                    results.note("inbound SMTP", f"{label}: mailcore", "all in mailbox (counted)")
-        finally:
-            mailcore.stop()
-            bare.stop()
-            if postfix is not None:
-                postfix.stop()
-            if pg is not None:
-                pg.drop()
-            else:
-                project.remove_copy(db, data_dir)
+                results.note("inbound SMTP", f"{label}: postfix",
+                             "all in Maildir" if delivered == expected else f"{delivered} of {expected} in Maildir")
+        stored = count_inbox(recipient)
+        for label in smtp_labels(args):
+            if stored == expected:
+                results.note("inbound SMTP", f"{label}: mailcore", "all in mailbox (counted)")
+    finally:
+        mailcore.stop()
+        unchecked.stop()
+        bare.stop()
+        if postfix is not None:
+            postfix.stop()
+        if pg is not None:
+            pg.drop()
+            unchecked_pg.drop()
+        else:
+            project.remove_copy(db, data_dir)
+            project.remove_copy(unchecked_db, unchecked_dir)
 
 
 # --- POP3 --------------------------------------------------------------------------------------------

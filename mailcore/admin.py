@@ -20,7 +20,7 @@ from django.views.decorators.http import require_POST
 
 from mailcore import models
 from mailcore.quarantine import admin as quarantine_admin
-from mailcore.services import accounts, pins, quarantine, queue_control
+from mailcore.services import accounts, dkim_keys, pins, quarantine, queue_control
 from mailcore.services.trace import trace
 from mailcore.web import dashboard, message_pages
 from mailcore.web.forms import AliasForm, DomainForm, MailboxChangeForm, MailboxCreationForm, MailboxPasswordForm
@@ -67,7 +67,7 @@ def _row_button(url: str, label: str, css: str = "") -> str:
 @admin.register(models.Domain, site=site)
 class DomainAdmin(admin.ModelAdmin):
     form = DomainForm
-    list_display = ["name", "unverified_policy", "active", "mailbox_count", "created_at"]
+    list_display = ["name", "unverified_policy", "authenticated_policy", "active", "mailbox_count", "created_at"]
     list_editable = ["unverified_policy", "active"]
     list_filter = ["unverified_policy", "active"]
     search_fields = ["name"]
@@ -78,15 +78,25 @@ class DomainAdmin(admin.ModelAdmin):
 
     def save_model(self, request, obj, form, change):
         if change:
-            accounts.set_domain(obj.name, unverified_policy=obj.unverified_policy, active=obj.active)
+            accounts.set_domain(
+                obj.name, unverified_policy=obj.unverified_policy, active=obj.active, authenticated_policy=obj.authenticated_policy
+            )
         else:
             created = accounts.add_domain(obj.name, obj.unverified_policy)
-            if not obj.active:
-                accounts.set_domain(obj.name, active=False)
+            accounts.set_domain(obj.name, active=obj.active, authenticated_policy=obj.authenticated_policy)
             obj.pk, obj.created_at = created.pk, created.created_at
 
     def get_readonly_fields(self, request, obj=None):
         return ["name"] if obj else []
+
+    change_form_template = "admin/mailcore/domain/change_form.html"
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        # The records to publish, each checked against live DNS (MAIL_DNS_SERVERS) as the page loads.
+        domain = self.get_object(request, unquote(object_id))
+        if domain is not None:
+            extra_context = {**(extra_context or {}), "dns_records": dkim_keys.check_published(domain.name)}
+        return super().change_view(request, object_id, form_url, extra_context)
 
 
 @admin.register(models.Mailbox, site=site)
@@ -299,7 +309,7 @@ class DeliveryAdmin(admin.ModelAdmin):
     """The quarantine (and every other delivery, by the state filter)."""
 
     list_display = ["mailbox", "envelope_sender", "header_from", "recipients", "subject", "size", "received_at",
-                    "client_address", "reason", "spam", "state", "row_actions"]
+                    "client_address", "reason", "spam", "authentication", "state", "row_actions"]
     list_display_links = ["subject"]
     list_filter = [DeliveryStateFilter, "mailbox__domain", "mailbox", "reason", "delivered_at"]
     search_fields = ["mailbox__address", "message__queue_id", "message__mail_from", "message__header_from", "message__subject",
@@ -343,6 +353,19 @@ class DeliveryAdmin(admin.ModelAdmin):
         if delivery is None:
             raise Http404("no such delivery")
         return HttpResponseRedirect(reverse("admin:mailcore_message_change", args=[delivery.message_id]))
+
+    @admin.display(description="authentication", ordering="message__verification")
+    def authentication(self, obj):
+        """The verdict class and each method's result (SPF, DKIM, DMARC, ARC), as recorded on arrival."""
+        from mailcore.authentication.results import summary
+
+        methods = summary(obj.message.auth_methods or {})
+        return format_html(
+            '<span class="mail-badge mail-{}">{}</span> {}',
+            obj.message.verification,
+            obj.message.get_verification_display(),
+            " ".join(f"{m}={r}" for m, r in methods.items()),
+        )
 
     @admin.display(description="envelope sender", ordering="message__mail_from")
     def envelope_sender(self, obj):

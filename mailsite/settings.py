@@ -157,6 +157,17 @@ MAIL_QUEUE_SWEEP_MINUTES = env.get_int("MAIL_QUEUE_SWEEP_MINUTES", 1)
 MAIL_SMTP_CONNECT_TIMEOUT = env.get_float("MAIL_SMTP_CONNECT_TIMEOUT", 30.0)
 MAIL_SMTP_CLIENT_TIMEOUT = env.get_float("MAIL_SMTP_CLIENT_TIMEOUT", 120.0)
 MAIL_DNS_TIMEOUT = env.get_float("MAIL_DNS_TIMEOUT", 10.0)
+# Email authentication: SPF, DKIM, DMARC and ARC on inbound mail (0 turns the checks off), the
+# seconds of DNS that one message's checks may spend in all (then temperror), and the threads
+# that run them (apart from those that store mail, so a slow resolver never holds up storage).
+MAIL_AUTH_CHECKS = env.get_bool("MAIL_AUTH_CHECKS", True)
+MAIL_AUTH_DNS_TIMEOUT = env.get_float("MAIL_AUTH_DNS_TIMEOUT", 5.0)
+MAIL_AUTH_WORKER_THREADS = env.get_int("MAIL_AUTH_WORKER_THREADS", 16)
+# Outbound DKIM signing of mail whose From: domain is ours (0 turns it off).
+MAIL_DKIM_SIGN = env.get_bool("MAIL_DKIM_SIGN", True)
+# The local address that outbound SMTP connects from (unset: the system chooses); `domain dns`
+# names it in the SPF record beside the MX.
+MAIL_SMTP_SOURCE_ADDRESS = env.get("MAIL_SMTP_SOURCE_ADDRESS", "") or ""
 # Submission.
 MAIL_SUBMISSION_TLS_BIND = env.parse_binds(env.get("MAIL_SUBMISSION_TLS_BIND", ""))
 # Where AUTH may come before TLS: loopback (default) | always | never, as MAIL_POP3_PLAINTEXT.

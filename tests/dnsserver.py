@@ -6,27 +6,32 @@
 A name in the dict without the asked type gets NODATA (NOERROR, no answer); a name not in the dict
 gets NXDOMAIN. dnslib's stock ZoneResolver would answer NXDOMAIN in both cases, which would make a
 domain without MX look like a domain that does not exist. An MX of `(0, ".")` is a null MX (RFC 7505).
-Records may be changed while the server runs: `dns.records["c.test"] = {...}`.
+Records may be changed while the server runs: `dns.records["c.test"] = {...}`. TXT values are
+strings (split into 255-octet character-strings as a zone would) and PTR values names;
+`dns.silent` is a set of names that the server never answers, to test resolver timeouts.
 """
 
 from __future__ import annotations
 
 import socket
 
-from dnslib import AAAA, MX, QTYPE, RCODE, RR, SOA, A, DNSLabel
+from dnslib import AAAA, MX, PTR, QTYPE, RCODE, RR, SOA, TXT, A, DNSError, DNSLabel
 from dnslib.server import BaseResolver, DNSLogger, DNSServer
 
 TTL = 5
 
 
 class DictResolver(BaseResolver):
-    def __init__(self, records: dict[str, dict[str, list]]):
+    def __init__(self, records: dict[str, dict[str, list]], silent: set[str] | None = None):
         self.records = records
+        self.silent = silent if silent is not None else set()
 
     def resolve(self, request, handler):
         reply = request.reply()
         qname = str(request.q.qname).rstrip(".").lower()
         qtype = QTYPE[request.q.qtype]
+        if qname in self.silent:
+            raise DNSError(f"{qname} is silent")  # dnslib sends nothing: the client times out
         entry = self.records.get(qname)
         if entry is None:
             reply.header.rcode = RCODE.NXDOMAIN
@@ -39,6 +44,11 @@ class DictResolver(BaseResolver):
                 rdata = A(value)
             elif qtype == "AAAA":
                 rdata = AAAA(value)
+            elif qtype == "TXT":
+                data = value.encode() if isinstance(value, str) else value
+                rdata = TXT([data[i : i + 255] for i in range(0, len(data), 255)] or [b""])
+            elif qtype == "PTR":
+                rdata = PTR(DNSLabel(value))
             else:
                 continue
             reply.add_answer(RR(request.q.qname, QTYPE.reverse[qtype], rdata=rdata, ttl=TTL))
@@ -71,6 +81,7 @@ class TestDNSServer:
     def __init__(self, records: dict[str, dict[str, list]] | None = None, host: str = "127.0.0.1"):
         self.records: dict[str, dict[str, list]] = {k.lower(): v for k, v in (records or {}).items()}
         self.host = host
+        self.silent: set[str] = set()
         self.port = 0
         self._servers: list[DNSServer] = []
 
@@ -80,7 +91,7 @@ class TestDNSServer:
         return f"{self.host}:{self.port}"
 
     def start(self) -> TestDNSServer:
-        resolver = DictResolver(self.records)
+        resolver = DictResolver(self.records, self.silent)
         logger = DNSLogger(log="-recv,-send,-request,-reply,-truncated,-data,-error", prefix=False)
         for _attempt in range(5):
             self.port = _free_udp_and_tcp_port(self.host)

@@ -364,6 +364,8 @@ def start_instances(instance_databases, dns_server, tmp_path):
                 MAIL_DNS_SERVERS=dns_server.address,
                 MAIL_REMOTE_SMTP_PORT=str(smtp_port),
                 MAIL_ALLOW_PRIVATE_DESTINATIONS="1",
+                # Outbound mail leaves from the instance's own address, as SPF's `mx` expects.
+                MAIL_SMTP_SOURCE_ADDRESS=address,
                 MAIL_SMTP_BIND=f"{address}:{smtp_port}",
                 MAIL_SUBMISSION_BIND=f"{address}:{submission_port}",
                 MAIL_POP3_BIND=f"{address}:{free_port(address)}",

@@ -16,6 +16,7 @@ from mailcore.models import Delivery, QueueItem, QueueState
 from mailcore.services import accounts, outbound
 from mailcore.store import message_store
 from tests.conftest import free_port
+from tests.dkim_support import unsigned
 from tests.dnsserver import TestDNSServer
 from tests.smtppeer import ScriptedPeer
 
@@ -70,7 +71,7 @@ def test_submission_queues_remote_and_delivers_local(alice, remote):
     assert item.state == QueueState.SENT and item.last_reply == "250 2.0.0 queued" and item.claimed_until is None
     [(mail_from, rcpts, body)] = remote.transactions
     assert (mail_from, rcpts) == ("alice@a.test", ["bob@remote.test"])
-    assert body.startswith(b"Received: from ") and body.endswith(CONTENT)
+    assert unsigned(body).startswith(b"Received: from ") and body.endswith(CONTENT)
     assert b"by mx.a.test with ESMTPSA" in body
     assert inbox("carol@a.test")[0].endswith(CONTENT)
 

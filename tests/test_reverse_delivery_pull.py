@@ -139,7 +139,7 @@ def test_sourced_message_is_pulled_from_a_and_delivered_verified(instances):
     assert trace.startswith(b"Return-Path: <alice@a.test>\r\n")
     assert (
         b"Authentication-Results: mx.b.test; x-source=pass smtp.mailfrom=alice@a.test"
-        b" (retrieved from mx.a.test [127.0.0.2])\r\n" in trace
+        b" (retrieved from mx.a.test [127.0.0.2]);\r\n\tspf=" in trace
     )
     assert b"Received: from mx.a.test (" in trace and b"by mx.b.test with ESMTP" in trace
     # A recorded the fetch.

@@ -11,6 +11,7 @@ from mailcore.delivery.queue import strip_return_path
 from mailcore.models import Delivery, Message, QueueItem, QueueState, SourcedMessage
 from mailcore.services import accounts, inbound, outbound, verification
 from mailcore.store import message_store
+from tests.dkim_support import unsigned
 
 pytestmark = pytest.mark.django_db
 
@@ -113,7 +114,10 @@ def test_forwarded_copy_is_re_sourced_under_our_own_domain(local, settings):
     # Exactly what DATA would send, which is what GET serves: no Return-Path, our trace kept, and
     # on top the alias it was delivered to (the next hop's loop check).
     assert stored.startswith(b"Return-Path: <carol@c.test>\r\n")
-    assert forwarded == b"Delivered-To: fwd@b.test\r\n" + strip_return_path(stored) and b"Return-Path" not in forwarded
+    # Our ARC set (b.test's key: the alias's domain) and a DKIM signature (a.test, the From:, is
+    # ours too) on top, then the alias's Delivered-To and exactly the stored copy.
+    assert b"\r\nARC-Seal: i=1; cv=none; a=rsa-sha256; d=b.test;" in forwarded and forwarded.startswith(b"DKIM-Signature: ")
+    assert unsigned(forwarded) == b"Delivered-To: fwd@b.test\r\n" + strip_return_path(stored) and b"Return-Path" not in forwarded
     assert copy.size == len(forwarded)
 
 

@@ -49,6 +49,7 @@ def default_client() -> OutboundClient:
         settings.MAIL_REMOTE_SMTP_PORT,
         connect_timeout=settings.MAIL_SMTP_CONNECT_TIMEOUT,
         timeout=settings.MAIL_SMTP_CLIENT_TIMEOUT,
+        source_address=settings.MAIL_SMTP_SOURCE_ADDRESS or None,
     )
 
 

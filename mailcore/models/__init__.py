@@ -2,7 +2,8 @@
 
 from mailcore.models.audit import ActorKind, AuditAction, AuditEntry
 from mailcore.models.digest import QuarantineDigest
-from mailcore.models.domain import Alias, Domain, Mailbox, MailboxLock, UnverifiedPolicy
+from mailcore.models.dkim import DKIMKey, DKIMKeyState
+from mailcore.models.domain import Alias, AuthenticatedPolicy, Domain, Mailbox, MailboxLock, UnverifiedPolicy
 from mailcore.models.limits import FailureCount
 from mailcore.models.message import Delivery, DeliveryState, Message, SpamStatus, Transport, Verification
 from mailcore.models.outbound import QueueItem, QueueState
@@ -17,6 +18,9 @@ __all__ = [
     "SenderRule",
     "SenderScope",
     "Alias",
+    "AuthenticatedPolicy",
+    "DKIMKey",
+    "DKIMKeyState",
     "Announcement",
     "AnnouncementState",
     "Delivery",

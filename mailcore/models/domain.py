@@ -14,6 +14,13 @@ class UnverifiedPolicy(models.TextChoices):
     REJECT = "reject", "reject"
 
 
+class AuthenticatedPolicy(models.TextChoices):
+    """What becomes of mail that DMARC authenticates but reverse delivery did not verify."""
+
+    VERIFIED = "verified", "as verified: deliver, with the verified spam threshold"
+    UNVERIFIED = "unverified", "as unverified: the unverified policy and spam threshold"
+
+
 class Domain(models.Model):
     name = models.CharField(max_length=253, unique=True, help_text="Lower-case, IDNA-encoded.")
     active = models.BooleanField(default=True)
@@ -22,6 +29,12 @@ class Domain(models.Model):
         choices=UnverifiedPolicy.choices,
         default=UnverifiedPolicy.ACCEPT,
         help_text="What to do with mail that arrives by plain DATA instead of a verified SOURCE.",
+    )
+    authenticated_policy = models.CharField(
+        max_length=10,
+        choices=AuthenticatedPolicy.choices,
+        default=AuthenticatedPolicy.VERIFIED,
+        help_text="What to do with mail that passes DMARC (SPF or DKIM aligned with From) but was not verified by SOURCE.",
     )
     # Spam scores: mail from a verified sender gets a lenient threshold, the rest a
     # strict one; at or above its threshold a message is quarantined with reason "spam".

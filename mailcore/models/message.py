@@ -28,6 +28,7 @@ class Transport(models.TextChoices):
 
 class Verification(models.TextChoices):
     VERIFIED = "verified", "verified"
+    AUTHENTICATED = "authenticated", "authenticated"  # DMARC pass (RFC 7489), without a verified SOURCE
     UNVERIFIED = "unverified", "unverified"
     PENDING = "pending", "pending"
     FAILED = "failed", "failed"
@@ -53,8 +54,11 @@ class Message(models.Model):
     tls = models.BooleanField(default=False)
     received_at = models.DateTimeField(auto_now_add=True, db_index=True)
     transport = models.CharField(max_length=12, choices=Transport.choices)
-    verification = models.CharField(max_length=12, choices=Verification.choices, db_index=True)
+    verification = models.CharField(max_length=14, choices=Verification.choices, db_index=True)
     auth_results = models.TextField(blank=True, help_text="The Authentication-Results header we added.")
+    auth_methods = models.JSONField(
+        default=dict, blank=True, help_text="Each method's result (spf, dkim, dmarc, arc), as in Authentication-Results."
+    )
     subject = models.CharField(max_length=255, blank=True)
     header_from = models.CharField(max_length=320, blank=True)
     pop3_size = models.BigIntegerField(

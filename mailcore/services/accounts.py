@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from django.db import IntegrityError, transaction
 
 from mailcore.addresses import AddressError, domain_of, normalize_address, normalize_domain
-from mailcore.models import Alias, AuditAction, Domain, Mailbox, UnverifiedPolicy
+from mailcore.models import Alias, AuditAction, AuthenticatedPolicy, Domain, Mailbox, UnverifiedPolicy
 from mailcore.services import audit, credentials
 from mailcore.services.login_failures import LoginFailures
 
@@ -27,12 +27,18 @@ def add_domain(name: str, unverified_policy: str = UnverifiedPolicy.ACCEPT) -> D
     _check_policy(unverified_policy)
     try:
         with transaction.atomic():
-            return Domain.objects.create(name=name, unverified_policy=unverified_policy)
+            domain = Domain.objects.create(name=name, unverified_policy=unverified_policy)
+            from mailcore.services import dkim_keys
+
+            dkim_keys.ensure_keys(domain)  # its DKIM keys, to publish before its mail is signed
+            return domain
     except IntegrityError:
         raise AccountError(f"domain {name} already exists") from None
 
 
-def set_domain(name: str, *, unverified_policy: str | None = None, active: bool | None = None) -> Domain:
+def set_domain(
+    name: str, *, unverified_policy: str | None = None, active: bool | None = None, authenticated_policy: str | None = None
+) -> Domain:
     domain = get_domain(name)
     changes = []
     if unverified_policy is not None:
@@ -40,6 +46,12 @@ def set_domain(name: str, *, unverified_policy: str | None = None, active: bool 
         if unverified_policy != domain.unverified_policy:
             changes.append(f"unverified mail: {domain.unverified_policy} -> {unverified_policy}")
         domain.unverified_policy = unverified_policy
+    if authenticated_policy is not None:
+        if authenticated_policy not in AuthenticatedPolicy.values:
+            raise AccountError(f"unknown policy {authenticated_policy!r}: use one of {', '.join(AuthenticatedPolicy.values)}")
+        if authenticated_policy != domain.authenticated_policy:
+            changes.append(f"authenticated mail: {domain.authenticated_policy} -> {authenticated_policy}")
+        domain.authenticated_policy = authenticated_policy
     if active is not None:
         if active != domain.active:
             changes.append(f"active: {domain.active} -> {active}")

@@ -244,6 +244,7 @@ def deliver_pulled(claim: Claim, content: bytes, origin_host: str, origin_addres
         transport=Transport.SOURCE,
         **envelope_extra,
     )
+    envelope = inbound.authenticate(envelope, content)  # SPF, DKIM, DMARC, ARC: before any transaction
     origin = f"{origin_host} [{origin_address}]"
     # The spam check waits for spamd (up to MAIL_SPAMD_TIMEOUT): done before the transaction, so
     # the announcement's row lock (on SQLite, the database's one write lock) is not held meanwhile.

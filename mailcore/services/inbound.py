@@ -19,7 +19,7 @@ from django.db import DEFAULT_DB_ALIAS, DatabaseError, connections, models, tran
 from django.utils import timezone
 
 from mailcore.addresses import AddressError, domain_of, normalize_domain
-from mailcore.models import Delivery, DeliveryState, Message, Transport, UnverifiedPolicy, Verification
+from mailcore.models import AuthenticatedPolicy, Delivery, DeliveryState, Message, Transport, UnverifiedPolicy, Verification
 from mailcore.models.message import new_queue_id
 from mailcore.services import accounts, pins, quota, senders
 from mailcore.store import StoredBody, message_store
@@ -28,6 +28,7 @@ from mailcore.store.bodies import PendingBodies
 if TYPE_CHECKING:
     from django.db.backends.base.base import BaseDatabaseWrapper
 
+    from mailcore.authentication.results import Authentication
     from mailcore.spam.check import SpamVerdict
 
 log = logging.getLogger("mailcore.inbound")
@@ -52,6 +53,8 @@ class Envelope:
     auth_comment: str = ""
     reject_policy_applies: bool = True
     spam_result: str = ""  # the x-spam resinfo for Authentication-Results, set by receive
+    # SPF, DKIM, DMARC and ARC results (`authenticate`); None when not checked (local mail, checks off).
+    authentication: Authentication | None = None
 
 
 @dataclass
@@ -97,6 +100,33 @@ class MailLoop(PolicyRejection):
 
 class SenderBlocked(PolicyRejection):
     """Every recipient blocks this sender (a sender list entry for the From header): 550 5.7.1 to DATA."""
+
+
+class DMARCRejection(PolicyRejection):
+    """The From: domain publishes p=reject and the message failed DMARC (RFC 7489 §6.6.4)."""
+
+    def __init__(self, domain: str):
+        super().__init__(domain)
+        self.domain = domain
+
+
+def authenticate(envelope: Envelope, content: bytes) -> Envelope:
+    """SPF, DKIM, DMARC and ARC for a message that came from elsewhere, and its verdict class.
+
+    Blocking (DNS within MAIL_AUTH_DNS_TIMEOUT in all): call it from a worker thread. A resolver
+    that fails or times out gives temperror results and the message goes on as unverified.
+    """
+    from mailcore.authentication import checks, results
+    from mailcore.authentication.resolver import TXTResolver
+
+    if not settings.MAIL_AUTH_CHECKS:
+        return envelope
+    try:
+        auth = checks.check(TXTResolver(), content, envelope.client_address, envelope.mail_from, envelope.helo_name)
+    except Exception:  # a library's bug on hostile input must not cost the message
+        log.exception("authentication checks failed for a message from <%s>", envelope.mail_from)
+        return envelope
+    return replace(envelope, authentication=auth, verification=results.verdict(envelope.verification, auth))
 
 
 def rejects_unverified(address: str) -> bool:
@@ -148,6 +178,9 @@ def authentication_results(envelope: Envelope) -> str:
         value += f" smtp.mailfrom={envelope.mail_from}"
     if envelope.auth_comment:
         value += f" ({envelope.auth_comment})"
+    if envelope.authentication is not None:
+        for resinfo in envelope.authentication.resinfo():
+            value += f";\r\n\t{resinfo}"
     if envelope.spam_result:
         value += f"; {envelope.spam_result}"
     return value
@@ -275,14 +308,15 @@ def spam_recipients(envelope: Envelope, content: bytes) -> list[str]:
     """The recipients whose spam thresholds apply: not those whose domain refuses the message
     anyway, nor those whose sender list allows or blocks its sender. Raises SenderBlocked when
     every recipient blocks it: there is nothing to score it for."""
-    unverified = envelope.verification != Verification.VERIFIED
-    listed = _sender_lists(envelope, summary_headers(content)[1], Lookups())
+    lookups = Lookups()
+    listed = _sender_lists(envelope, summary_headers(content)[1], lookups)
     if listed and all(decision == senders.BLOCK for decision in listed.values()):
         raise SenderBlocked(", ".join(listed))
     return [
         r
         for r in envelope.rcpt_tos
-        if listed.get(r) is None and not (unverified and envelope.reject_policy_applies and rejects_unverified(r))
+        if listed.get(r) is None
+        and not (envelope.reject_policy_applies and _unverified_for(envelope, r, lookups) and rejects_unverified(r))
     ]
 
 
@@ -409,6 +443,7 @@ class Lookups:
         self._policies: dict[str, str] = {}
         self._downgrades: dict[str, str | None] = {}
         self._senders: dict[str, senders.Rules] = {}
+        self._authenticated: dict[str, str] = {}
 
     def route(self, address: str) -> accounts.Route:
         if address not in self._routes:
@@ -440,10 +475,27 @@ class Lookups:
             )
         return self._downgrades[domain]
 
+    def authenticated_policy(self, address: str) -> str:
+        if address not in self._authenticated:
+            self._authenticated[address] = _authenticated_policy_for(address)
+        return self._authenticated[address]
+
     def senders(self, address: str) -> senders.Rules:
         if address not in self._senders:
             self._senders[address] = senders.rules_for(address)
         return self._senders[address]
+
+
+def _unverified_for(envelope: Envelope, address: str, lookups: Lookups) -> bool:
+    """Whether the unverified-mail policy applies to this message for this recipient.
+
+    Authenticated mail (DMARC pass) counts as verified unless the recipient's domain says otherwise.
+    """
+    if envelope.verification == Verification.VERIFIED:
+        return False
+    if envelope.verification == Verification.AUTHENTICATED:
+        return lookups.authenticated_policy(address) == AuthenticatedPolicy.UNVERIFIED
+    return True
 
 
 def _sender_lists(envelope: Envelope, header_from: str, lookups: Lookups) -> dict[str, str | None]:
@@ -541,13 +593,17 @@ def without_forged_headers(content: bytes) -> bytes:
 
 def _prepare(envelope: Envelope, content: bytes | list[bytes], spam: SpamVerdict | None, lookups: Lookups) -> _Prepared:
     queue_id = new_queue_id()
+    # RFC 7489 §6.6.4: the From domain's owner asks that mail failing DMARC be refused. A message
+    # that reverse delivery verified (aligned) proved its domain in a stronger way: it stays.
+    auth = envelope.authentication
+    if auth is not None and auth.dmarc_disposition == "reject" and envelope.verification != Verification.VERIFIED:
+        raise DMARCRejection(auth.dmarc.header_from)
     content = without_forged_verdicts(content)
     if envelope.transport == Transport.DATA and envelope.verification == Verification.UNVERIFIED:
         downgrade = lookups.downgrade(envelope.mail_from)
         if downgrade is not None:
             # Spec §5.8: not merely unverified but failed; never delivered to an inbox (`_deliveries`).
             envelope = replace(envelope, verification=Verification.FAILED, auth_result="fail", auth_comment=downgrade)
-    unverified = envelope.verification != Verification.VERIFIED
     # Our own headers name neither Subject nor From, so the message's header block alone says
     # what the stored one would, without a copy of the whole message to parse.
     first_part = content if isinstance(content, bytes) else content[0]  # holds the whole header block
@@ -566,7 +622,7 @@ def _prepare(envelope: Envelope, content: bytes | list[bytes], spam: SpamVerdict
         decision = listed.get(rcpt)
         if decision == senders.ALLOW:
             allowed.add(r.address)  # whatever its domain's policy for unverified mail
-        elif unverified and envelope.reject_policy_applies and lookups.rejects_unverified(rcpt):
+        elif envelope.reject_policy_applies and _unverified_for(envelope, rcpt, lookups) and lookups.rejects_unverified(rcpt):
             rejected.append(rcpt)
             continue
         elif decision == senders.BLOCK:
@@ -678,6 +734,7 @@ def _message_row(prepared: _Prepared, body: StoredBody) -> dict:
         "transport": envelope.transport,
         "verification": envelope.verification,
         "auth_results": authentication_results(envelope),
+        "auth_methods": envelope.authentication.methods() if envelope.authentication is not None else {},
         "subject": prepared.subject,
         "header_from": prepared.header_from,
         **prepared.spam.message_fields(),
@@ -690,7 +747,12 @@ def _deliveries(
     """(receipt so far, (mailbox id, state, reason) of each Delivery row, (alias, remote target) of
     each forward, and of each forward held with the message) of one message."""
     envelope, spam = prepared.envelope, prepared.spam
-    unverified = envelope.verification != Verification.VERIFIED
+    # RFC 7489 §6.6.4: the From domain's owner asks that mail failing DMARC be held.
+    dmarc_quarantine = (
+        envelope.authentication is not None
+        and envelope.authentication.dmarc_disposition == "quarantine"
+        and envelope.verification != Verification.VERIFIED
+    )
     receipt = Receipt(queue_id=prepared.queue_id, rejected=list(prepared.rejected))
     deliveries: list[tuple[int, str, str]] = []
     seen: set[int] = set()
@@ -698,7 +760,7 @@ def _deliveries(
     held: list[tuple[str, str]] = []
     for r in prepared.routes:
         policy = lookups.policy(r.address)
-        quarantine = unverified and policy == UnverifiedPolicy.QUARANTINE
+        quarantine = policy == UnverifiedPolicy.QUARANTINE and _unverified_for(envelope, r.address, lookups)
         reason = "unverified" if quarantine else ""
         # "spam" says more than "unverified". A verdict without actions (the check off,
         # unscored) quarantines no one: spare normalizing the address for it.
@@ -709,6 +771,8 @@ def _deliveries(
         # one reply to DATA has acknowledged it (RFC 5321 §4.1.1.4).
         if r.address in prepared.allowed and reason in ("unverified", "spam"):
             quarantine, reason = False, ""
+        if dmarc_quarantine:  # the From domain's owner asks for it; an allow entry does not lift it
+            quarantine, reason = True, "DMARC policy quarantine"
         if r.address in prepared.blocked:
             quarantine, reason = True, "blocked sender"
         if envelope.verification == Verification.FAILED and envelope.auth_result == "fail":
@@ -847,6 +911,13 @@ def _insert_rows(model: type[models.Model], rows: list[dict], key: str | None = 
     if insert is None:
         insert = _INSERTS[db.vendor, model] = _Insert(model, db)
     return insert.execute(db, rows, key, now or timezone.now())
+
+
+def _authenticated_policy_for(address: str) -> str:
+    from mailcore.models import Domain
+
+    domain = Domain.objects.filter(name=domain_of(address)).values_list("authenticated_policy", flat=True).first()
+    return domain or AuthenticatedPolicy.VERIFIED
 
 
 def _policy_for(address: str) -> str:

@@ -68,18 +68,24 @@ def forward(message: Message, recipients: list[str], delivered_to: str = "", *, 
     it is not (spec §6, Forwarding: only mail accepted for delivery is forwarded).
     """
     from mailcore.delivery.queue import strip_return_path
+    from mailcore.services import dkim_keys
 
     store = message_store()
     content = strip_return_path(store.read(message.body_ref))
     if delivered_to:
         content = f"Delivered-To: {delivered_to}\r\n".encode() + content
+    ours = forwarding_reverse_path(message)
+    reverse_path = ours if message.mail_from else ""
+    # RFC 8617: our ARC set records what we verified before the message changed hands, then
+    # our DKIM signature where the From: domain is ours.
+    content = dkim_keys.sign(dkim_keys.seal(content, domain_of(ours)))
     body = store.put(content)
     try:
         copy = Message.objects.create(
             body_ref=body.ref,
             size=body.size,
             sha256=body.sha256,
-            mail_from=forwarding_reverse_path(message) if message.mail_from else "",
+            mail_from=reverse_path,
             rcpt_tos=list(recipients),
             client_address=message.client_address,
             helo_name=message.helo_name,
@@ -87,6 +93,7 @@ def forward(message: Message, recipients: list[str], delivered_to: str = "", *, 
             transport=message.transport,
             verification=message.verification,
             auth_results=message.auth_results,
+            auth_methods=message.auth_methods,
             subject=message.subject,
             header_from=message.header_from,
             forwarded_from=message,
@@ -332,6 +339,9 @@ def _store_for_queue(submission: Submission, content: bytes) -> Message:
         envelope.tls_cipher = submission.tls_cipher
     recipient = submission.rcpt_tos[0] if len(submission.rcpt_tos) == 1 else None
     content = f"Received: {inbound.received_header(envelope, queue_id, recipient)}\r\n".encode() + content
+    from mailcore.services import dkim_keys
+
+    content = dkim_keys.sign(content)  # RFC 6376: for our own From: domains
     body = message_store().put(content)
     subject, header_from = inbound.summary_headers(content)
     try:

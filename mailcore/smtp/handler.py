@@ -110,6 +110,9 @@ class InboundHandler:
         self.executor = ThreadPoolExecutor(
             max_workers=workers or settings.MAIL_SMTP_WORKER_THREADS, thread_name_prefix="smtp-services"
         )
+        # SPF, DKIM, DMARC and ARC wait on DNS: threads of their own, so that a slow resolver
+        # never holds up the threads that store and commit other sessions' mail.
+        self.auth_executor = ThreadPoolExecutor(max_workers=settings.MAIL_AUTH_WORKER_THREADS, thread_name_prefix="smtp-auth")
         # Messages received by DATA are stored and committed in batches across sessions.
         self.group_commit = GroupCommit(
             self.call,
@@ -157,6 +160,13 @@ class InboundHandler:
     def close(self) -> None:
         """Wait for deliveries in flight to commit, then stop the workers."""
         self.executor.shutdown(wait=True)
+        self.auth_executor.shutdown(wait=True)
+
+    async def authenticate(self, envelope: inbound.Envelope, content: bytes) -> inbound.Envelope:
+        """SPF, DKIM, DMARC and ARC in an authentication thread (no database there)."""
+        if not settings.MAIL_AUTH_CHECKS:
+            return envelope
+        return await asyncio.get_running_loop().run_in_executor(self.auth_executor, inbound.authenticate, envelope, content)
 
     def __dir__(self) -> list[str]:
         """Only aiosmtpd's hooks: each session lists them (dir, inspect.getmembers) when it starts."""
@@ -271,7 +281,7 @@ class InboundHandler:
 
     async def deliver(self, server: InboundSMTP, content: bytes | list[bytes]) -> tuple[Reply, str | None]:
         """Store and deliver a message received by DATA: (reply, queue id or None)."""
-        envelope = server.delivery_envelope()
+        envelope = await self.authenticate(server.delivery_envelope(), content)
         try:
             # spamd is asked per message, before the batch, so that one slow verdict never holds
             # back the other sessions' messages (none when the spam check is off).
@@ -288,6 +298,8 @@ class InboundHandler:
             return replies.SPAM_REFUSED(score=f"{exc.score:.1f}"), None
         except inbound.SenderBlocked:  # a PolicyRejection too
             return replies.SENDER_BLOCKED, None
+        except inbound.DMARCRejection as exc:  # a PolicyRejection too
+            return replies.DMARC_REJECTED(domain=exc.domain), None
         except inbound.PolicyRejection:
             return replies.ONLY_VERIFIED(domain=domain_of(envelope.rcpt_tos[0])), None
         except TemporaryFault:

@@ -95,6 +95,8 @@ ONLY_VERIFIED = Reply(
     550, "5.7.1", "{domain} accepts only verified mail: it must be announced with SOURCE (reverse delivery), not sent by DATA"
 )
 SPAM_REFUSED = Reply(550, "5.7.1", "Message refused as spam (score {score})")
+# RFC 7489 §6.6.4, §10.3: the From domain's DMARC policy asks receivers to reject it.
+DMARC_REJECTED = Reply(550, "5.7.1", "Message refused: {domain} publishes a DMARC policy of reject, and this message fails DMARC")
 
 def multiline(reply: Reply, more: list[str]) -> str:
     """`reply` as the first line of a multi-line reply whose further lines are `more` (RFC 5321 §4.2.1).

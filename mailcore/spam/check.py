@@ -166,13 +166,16 @@ def check(envelope: Envelope, content: bytes, recipients: list[str] | None = Non
         return SpamVerdict(SpamStatus.UNSCORED, note=note)
     verified = envelope.verification == Verification.VERIFIED
     thresholds = recipient_thresholds(recipients)
-    actions = {rcpt: decide(report.score, verified, t) for rcpt, t in thresholds.items()}
+    actions = {rcpt: decide(report.score, t.treats_as_verified(envelope.verification), t) for rcpt, t in thresholds.items()}
     verdict = SpamVerdict(
         SpamStatus.SCORED,
         score=report.score,
         rules=report.rules,
         actions=actions,
-        required=min((t.quarantine_at(verified) for t in thresholds.values()), default=Thresholds().quarantine_at(verified)),
+        required=min(
+            (t.quarantine_at(t.treats_as_verified(envelope.verification)) for t in thresholds.values()),
+            default=Thresholds().quarantine_at(verified),
+        ),
     )
     log.info(
         "%s spam score=%.1f %s rules=%s: %s (%.0f ms)",

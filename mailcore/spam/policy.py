@@ -19,6 +19,7 @@ class Thresholds:
     verified: float = 8.0
     unverified: float = 3.0
     reject: float | None = None  # None: never refuse, only quarantine
+    authenticated_as_verified: bool = True  # the domain's policy for DMARC-authenticated mail
 
     @classmethod
     def of_domain(cls, domain) -> Thresholds:
@@ -26,7 +27,12 @@ class Thresholds:
             verified=domain.spam_threshold_verified,
             unverified=domain.spam_threshold_unverified,
             reject=domain.spam_reject_score,
+            authenticated_as_verified=domain.authenticated_policy == "verified",
         )
+
+    def treats_as_verified(self, verification: str) -> bool:
+        """Verified mail, and authenticated mail where the domain treats it as verified (the default)."""
+        return verification == "verified" or (verification == "authenticated" and self.authenticated_as_verified)
 
     def quarantine_at(self, verified: bool) -> float:
         return self.verified if verified else self.unverified

@@ -26,6 +26,7 @@ CHART_HOURS = 24
 # (series, label, colour); colours keep their meaning in the counts, the chart and the message lists.
 SERIES = [
     ("verified", "verified", "#2e7d32"),
+    ("authenticated", "authenticated (DMARC)", "#1565c0"),
     ("unverified", "unverified", "#e0a000"),
     ("failed", "failed (forged)", "#c62828"),
 ]
@@ -35,6 +36,7 @@ SERIES = [
 class WindowCounts:
     label: str
     verified: int
+    authenticated: int
     unverified: int
     quarantined: int
     failed: int
@@ -63,6 +65,7 @@ def window_counts(now: datetime | None = None) -> list[WindowCounts]:
         result.append(WindowCounts(
             label=label,
             verified=by_state.get(Verification.VERIFIED, 0),
+            authenticated=by_state.get(Verification.AUTHENTICATED, 0),
             unverified=by_state.get(Verification.UNVERIFIED, 0),
             quarantined=quarantined,
             failed=failed + by_state.get(Verification.FAILED, 0),
@@ -108,7 +111,7 @@ def hourly(now: datetime | None = None) -> list[tuple[datetime, dict[str, int]]]
         .annotate(n=Count("id"))
     )
     for hour, verification, n in rows:
-        series = verification if verification in ("verified", "unverified", "failed") else "unverified"
+        series = verification if verification in ("verified", "authenticated", "unverified", "failed") else "unverified"
         if hour in buckets:
             buckets[hour][series] += n
     failed = (

@@ -7,7 +7,7 @@ from django.contrib.auth import password_validation
 from django.contrib.auth.models import User
 
 from mailcore.addresses import AddressError, domain_of, normalize_address, normalize_domain
-from mailcore.models import Alias, Domain, Mailbox
+from mailcore.models import Alias, AuthenticatedPolicy, Domain, Mailbox
 
 
 def _password_user(address: str) -> User:
@@ -19,7 +19,15 @@ def _password_user(address: str) -> User:
 class DomainForm(forms.ModelForm):
     class Meta:
         model = Domain
-        fields = ["name", "unverified_policy", "active"]
+        fields = ["name", "unverified_policy", "authenticated_policy", "active"]
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # A form that leaves it out (a script's POST from before the setting existed) keeps the default.
+        self.fields["authenticated_policy"].required = False
+
+    def clean_authenticated_policy(self) -> str:
+        return self.cleaned_data.get("authenticated_policy") or AuthenticatedPolicy.VERIFIED
 
     def clean_name(self) -> str:
         try:

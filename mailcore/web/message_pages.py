@@ -8,6 +8,7 @@ import nh3
 from django.http import HttpResponse
 from django.template.loader import render_to_string
 
+from mailcore.authentication.results import summary as auth_summary
 from mailcore.models import Announcement, Message
 from mailcore.web import parts as message_parts
 from mailcore.web.sanitize import sanitize_html
@@ -41,6 +42,7 @@ def context(message: Message, *, show_html_as_text: bool = False) -> dict:
         "parts": parts,
         "problems": problems,
         "header_auth_results": message_parts.authentication_results(parts) if parts else [],
+        "auth_summary": auth_summary(message.auth_methods or {}),
         "announcements": Announcement.objects.filter(message=message).order_by("received_at"),
         "html_text": html_text,
         "show_html_as_text": show_html_as_text,

@@ -1,0 +1,110 @@
+"""DKIM (RFC 6376, RFC 8463 for Ed25519): the result of each signature of a message.
+
+dkimpy is the maintained implementation (canonicalization, l=, key records, RSA and Ed25519, and
+the same code signs our own mail); we give it our resolver and read why a signature failed, so
+that a missing key is `permerror` and a DNS timeout `temperror` (RFC 8601 §2.7.1), not `fail`.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import dkim as dkimpy
+from dkim.util import parse_tag_value
+
+from mailcore.authentication.resolver import DNSTemporaryError, TXTResolver
+
+# dkimpy logs every failed signature at ERROR; a forged or broken signature is the peer's
+# business, not our error log's.
+_quiet = logging.getLogger("mailcore.authentication.dkimpy")
+_quiet.setLevel(logging.CRITICAL)
+
+# At most this many signatures of one message are checked: each costs a DNS lookup and a
+# public-key operation, and a hostile sender could add hundreds.
+MAX_SIGNATURES = 5
+
+
+@dataclass(frozen=True)
+class DKIMResult:
+    result: str  # pass, fail, neutral, temperror, permerror (RFC 8601 §2.7.1)
+    domain: str  # d=
+    selector: str  # s=
+    algorithm: str  # a=
+    signature: str = ""  # the first characters of b= (header.b, RFC 6008)
+    reason: str = ""
+
+
+class _KeyLookup:
+    """dkimpy's dnsfunc over our resolver, remembering why a key could not be had."""
+
+    def __init__(self, resolver: TXTResolver):
+        self.resolver = resolver
+        self.problem = ""  # "temperror" or "permerror" for the last lookup, else ""
+
+    def __call__(self, name: bytes, timeout: float = 5) -> bytes | None:
+        self.problem = ""
+        try:
+            records = self.resolver.txt(name.decode("ascii").rstrip("."))
+        except (DNSTemporaryError, UnicodeDecodeError) as exc:
+            self.problem = "temperror"
+            raise dkimpy.DnsTimeoutError(str(exc)) from None
+        if not records:
+            self.problem = "permerror"  # RFC 6376 §6.1.2: no key record
+            return None
+        return records[0]
+
+
+def has_field(message: bytes, name: bytes) -> bool:
+    """Whether the header section may hold a field `name` (lower case): a cheap test before parsing."""
+    end = message.find(b"\r\n\r\n")
+    return name in (message if end < 0 else message[:end]).lower()
+
+
+def signatures(message: bytes) -> list[dict[bytes, bytes]]:
+    """The tags of each DKIM-Signature of `message`, topmost first (unparsable ones as {})."""
+    if not has_field(message, b"dkim-signature:"):
+        return []
+    try:
+        headers = dkimpy.DKIM(message).headers
+    except dkimpy.DKIMException:  # no header section dkimpy can read: nothing to verify
+        return []
+    parsed = []
+    for name, value in headers:
+        if name.lower() == b"dkim-signature":
+            try:
+                parsed.append(parse_tag_value(value))
+            except Exception:
+                parsed.append({})
+    return parsed
+
+
+def verify(resolver: TXTResolver, message: bytes) -> list[DKIMResult]:
+    """One result per DKIM-Signature (at most MAX_SIGNATURES); [] when the message has none."""
+    results = []
+    tags = signatures(message)
+    lookup = _KeyLookup(resolver)
+    for index, sig in enumerate(tags[:MAX_SIGNATURES]):
+        domain = sig.get(b"d", b"").decode("ascii", "replace").lower()
+        selector = sig.get(b"s", b"").decode("ascii", "replace")
+        algorithm = sig.get(b"a", b"").decode("ascii", "replace")
+        header_b = b"".join(sig.get(b"b", b"").split())[:8].decode("ascii", "replace")
+        checker = dkimpy.DKIM(message, logger=_quiet, minkey=1024, timeout=max(resolver.remaining(), 0.1))
+        reason = ""
+        try:
+            ok = checker.verify(idx=index, dnsfunc=lookup)
+        except dkimpy.ValidationError as exc:
+            ok, reason = False, str(exc)
+        except dkimpy.DKIMException as exc:  # a malformed signature or key: RFC 8601 §2.7.1 permerror
+            results.append(DKIMResult("permerror", domain, selector, algorithm, header_b, str(exc)))
+            continue
+        if ok:
+            results.append(DKIMResult("pass", domain, selector, algorithm, header_b))
+        elif lookup.problem:
+            why = "DNS timeout or error" if lookup.problem == "temperror" else "no key published"
+            results.append(DKIMResult(lookup.problem, domain, selector, algorithm, header_b, why))
+        else:
+            if "body hash" in reason:
+                reason = "body hash did not verify"
+            results.append(DKIMResult("fail", domain, selector, algorithm, header_b, reason or "signature did not verify"))
+    return results

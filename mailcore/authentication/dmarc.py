@@ -1,0 +1,127 @@
+"""DMARC (RFC 7489): the From: domain's policy, and whether SPF or DKIM passed for an aligned domain.
+
+The record lookup and alignment are a few lines over our resolver; the organizational domain
+needs the Public Suffix List, which `publicsuffixlist` ships inside the package (no download at
+run time, updated with each release).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+from publicsuffixlist import PublicSuffixList
+
+from mailcore.authentication.dkim import DKIMResult
+from mailcore.authentication.resolver import DNSTemporaryError, TXTResolver
+from mailcore.authentication.spf import SPFResult
+
+
+@lru_cache(maxsize=1)
+def _psl() -> PublicSuffixList:
+    return PublicSuffixList()
+
+
+def organizational_domain(domain: str) -> str:
+    """RFC 7489 §3.2: the public suffix plus one label (the domain itself when the list knows no more)."""
+    domain = domain.lower().rstrip(".")
+    return _psl().privatesuffix(domain) or domain
+
+
+def aligned(one: str, other: str, strict: bool) -> bool:
+    """RFC 7489 §3.1: identical domains (strict), or the same organizational domain (relaxed)."""
+    one, other = one.lower().rstrip("."), other.lower().rstrip(".")
+    if not one or not other:
+        return False
+    if strict:
+        return one == other
+    return organizational_domain(one) == organizational_domain(other)
+
+
+@dataclass(frozen=True)
+class DMARCRecord:
+    domain: str  # where it was found: the From domain or its organizational domain
+    policy: str  # p= (or sp= for a subdomain found at the organizational domain)
+    adkim: str = "r"
+    aspf: str = "r"
+    pct: int = 100
+    rua: str = ""
+
+
+def parse_record(text: str) -> dict[str, str] | None:
+    """The tags of a DMARC record (RFC 7489 §6.3), or None when it is not one (v=DMARC1 first)."""
+    tags: dict[str, str] = {}
+    for part in text.split(";"):
+        name, sep, value = part.partition("=")
+        if not sep:
+            if part.strip():
+                return None if not tags else tags  # junk after a valid start is ignored (§6.3)
+            continue
+        tags.setdefault(name.strip().lower(), value.strip())
+    if list(tags)[:1] != ["v"] or tags["v"] != "DMARC1":
+        return None
+    return tags
+
+
+def find_record(resolver: TXTResolver, from_domain: str) -> DMARCRecord | None:
+    """RFC 7489 §6.6.3: `_dmarc.<From domain>`, else `_dmarc.<organizational domain>`; raises DNSTemporaryError."""
+    from_domain = from_domain.lower().rstrip(".")
+    org = organizational_domain(from_domain)
+    for domain in dict.fromkeys([from_domain, org]):
+        found = [parse_record(t.decode("utf-8", "replace")) for t in resolver.txt(f"_dmarc.{domain}")]
+        found = [tags for tags in found if tags is not None]
+        if len(found) != 1:  # none, or several: as if none (§6.6.3 step 3)
+            continue
+        tags = found[0]
+        policy = tags.get("p", "").lower()
+        if domain != from_domain and "sp" in tags:
+            policy = tags["sp"].lower()
+        if policy not in ("none", "quarantine", "reject"):
+            if "rua" not in tags:
+                continue  # §6.6.3 step 6: no valid p= and no rua: no record
+            policy = "none"
+        try:
+            pct = max(0, min(100, int(tags.get("pct", "100"))))
+        except ValueError:
+            pct = 100
+        return DMARCRecord(
+            domain=domain,
+            policy=policy,
+            adkim="s" if tags.get("adkim", "r").lower() == "s" else "r",
+            aspf="s" if tags.get("aspf", "r").lower() == "s" else "r",
+            pct=pct,
+            rua=tags.get("rua", ""),
+        )
+    return None
+
+
+@dataclass(frozen=True)
+class DMARCResult:
+    result: str  # pass, fail, none, temperror, permerror (RFC 7489 §11.2)
+    header_from: str  # the From: domain
+    policy: str = "none"  # the published policy that applies: none, quarantine, reject
+    reason: str = ""
+
+    @property
+    def disposition(self) -> str:
+        """What the domain owner asks of a failure: none, quarantine or reject (§6.6.4)."""
+        return self.policy if self.result == "fail" else "none"
+
+
+def evaluate(resolver: TXTResolver, from_domain: str, spf: SPFResult | None, dkim: list[DKIMResult]) -> DMARCResult:
+    """RFC 7489 §4.2: pass when SPF (for MAIL FROM) or any DKIM signature passed for an aligned domain."""
+    from_domain = from_domain.lower().rstrip(".")
+    if not from_domain or "." not in from_domain:
+        return DMARCResult("none", from_domain, reason="no From domain")
+    try:
+        record = find_record(resolver, from_domain)
+    except DNSTemporaryError as exc:
+        return DMARCResult("temperror", from_domain, reason=str(exc))
+    if record is None:
+        return DMARCResult("none", from_domain, reason="no DMARC record")
+    for sig in dkim:
+        if sig.result == "pass" and aligned(sig.domain, from_domain, record.adkim == "s"):
+            return DMARCResult("pass", from_domain, record.policy, f"DKIM aligned ({sig.domain})")
+    if spf is not None and spf.identity == "mailfrom" and spf.result == "pass" and aligned(spf.domain, from_domain, record.aspf == "s"):
+        return DMARCResult("pass", from_domain, record.policy, f"SPF aligned ({spf.domain})")
+    return DMARCResult("fail", from_domain, record.policy, "neither SPF nor DKIM passed for an aligned domain")

@@ -1,0 +1,62 @@
+"""The DNS that the authentication checks ask: `MAIL_DNS_SERVERS`, with one time budget per message.
+
+The checks run in worker threads, never on a listener's event loop, so a blocking resolver is
+used. A message's checks share one deadline (`MAIL_AUTH_DNS_TIMEOUT` seconds in all): however
+many lookups SPF's includes or a message's DKIM signatures need, a slow or silent resolver costs
+at most that long, and what it did not answer becomes `temperror` (RFC 7208 §2.6.6, RFC 8601
+§2.7.1), never a lost or held message.
+"""
+
+from __future__ import annotations
+
+import time
+
+import dns.exception
+import dns.name
+import dns.nameserver
+import dns.resolver
+from django.conf import settings
+
+
+class DNSTemporaryError(Exception):
+    """The lookup timed out or no server answered: a temperror, not an answer."""
+
+
+class TXTResolver:
+    """TXT, A, AAAA, MX and PTR lookups with a shared deadline."""
+
+    def __init__(self, servers: list[tuple[str, int]] | None = None, budget: float | None = None):
+        servers = settings.MAIL_DNS_SERVERS if servers is None else servers
+        if servers:
+            self.resolver = dns.resolver.Resolver(configure=False)
+            self.resolver.nameservers = [dns.nameserver.Do53Nameserver(host, port) for host, port in servers]
+        else:
+            self.resolver = dns.resolver.Resolver()
+        self.budget = settings.MAIL_AUTH_DNS_TIMEOUT if budget is None else budget
+        self.deadline = time.monotonic() + self.budget
+        self.lookups = 0
+
+    def remaining(self) -> float:
+        return self.deadline - time.monotonic()
+
+    def query(self, name: str, rdtype: str) -> list:
+        """The rdata of the answer; [] for NXDOMAIN or NODATA; DNSTemporaryError otherwise."""
+        lifetime = self.remaining()
+        if lifetime <= 0:
+            raise DNSTemporaryError(f"DNS time budget of {self.budget:g} s spent before {rdtype} {name}")
+        self.lookups += 1
+        try:
+            answer = self.resolver.resolve(name, rdtype, lifetime=lifetime, search=False, raise_on_no_answer=False)
+        except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
+            return []
+        except dns.name.LabelTooLong:
+            return []
+        except dns.exception.Timeout as exc:
+            raise DNSTemporaryError(f"DNS timeout for {rdtype} {name}") from exc
+        except dns.exception.DNSException as exc:
+            raise DNSTemporaryError(f"DNS error for {rdtype} {name}: {exc}") from exc
+        return list(answer.rrset or [])
+
+    def txt(self, name: str) -> list[bytes]:
+        """Each TXT record of `name`, its strings joined (RFC 7208 §3.3, RFC 6376 §3.6.2.2)."""
+        return [b"".join(r.strings) for r in self.query(name, "TXT")]
