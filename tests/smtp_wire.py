@@ -6,6 +6,7 @@ import socket
 
 import pytest
 
+from mailcore.services.accounts import add_domain, add_mailbox
 from tests.conftest import free_port
 
 
@@ -67,6 +68,13 @@ class RawSMTP:
 def starts(reply: bytes, constant) -> bool:
     """Whether a reply line carries the code and enhanced status code of a replies constant."""
     return reply.startswith(constant.prefix.encode() + b" ")
+
+
+@pytest.fixture
+def b_test():
+    """The local domain b.test with the mailbox bob@b.test, which most MX tests send to."""
+    add_domain("b.test")
+    add_mailbox("bob@b.test", "pw")
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ import time
 import pytest
 
 from mailcore.models import Message
-from mailcore.services.accounts import add_domain, add_mailbox
 from mailcore.smtp import replies
 from mailcore.store import message_store
 from tests import smtp_wire
@@ -18,14 +17,9 @@ from tests.smtp_wire import RawSMTP, starts
 from tests.sockets import peak_rss_kb
 
 mx = smtp_wire.mx  # the fixture that starts `runsmtp`
+b_test = smtp_wire.b_test
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-@pytest.fixture
-def b_test():
-    add_domain("b.test")
-    add_mailbox("bob@b.test", "pw")
 
 
 def send_one(c: RawSMTP, subject: bytes = b"fine") -> bytes:

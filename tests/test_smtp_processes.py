@@ -12,7 +12,6 @@ import time
 import pytest
 
 from mailcore.models import Delivery
-from mailcore.services.accounts import add_domain, add_mailbox
 from mailcore.smtp import replies
 from mailcore.smtp.listener import SharedCounts, Spillover
 from tests import smtp_wire
@@ -20,14 +19,9 @@ from tests.smtp_wire import RawSMTP, starts
 from tests.sockets import wait_until
 
 mx = smtp_wire.mx
+b_test = smtp_wire.b_test
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-@pytest.fixture
-def b_test():
-    add_domain("b.test")
-    add_mailbox("bob@b.test", "pw")
 
 
 def children(pid: int) -> list[int]:

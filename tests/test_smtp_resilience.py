@@ -14,7 +14,6 @@ import time
 import pytest
 
 from mailcore.models import Message
-from mailcore.services.accounts import add_domain, add_mailbox
 from mailcore.smtp import replies
 from mailcore.store import message_store
 from tests import smtp_wire
@@ -22,14 +21,9 @@ from tests.conftest import self_signed_cert, wait_for_port
 from tests.smtp_wire import RawSMTP, starts
 
 mx = smtp_wire.mx  # the fixture that starts `runsmtp`
+b_test = smtp_wire.b_test
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-@pytest.fixture
-def b_test():
-    add_domain("b.test")
-    add_mailbox("bob@b.test", "pw")
 
 
 def message(tag: str) -> bytes:

@@ -1,8 +1,9 @@
 """The DATA form of a message (RFC 5321 §4.5.2): reading it in chunks, and writing it for GET.
 
-Both directions work on whole chunks with bytes methods that run in C (find, replace, split),
-never a Python loop per line, so the cost stays linear in the size of the message, and what is
-held per session is the message itself and one chunk's lines at most.
+Both directions work on whole chunks with bytes methods that run in C (find, count, replace),
+never a Python step or object per line, so the cost stays linear in the size of the message
+whatever the shape of its lines, and what is held per session is the message itself and one
+incomplete line.
 """
 
 from __future__ import annotations
@@ -40,8 +41,7 @@ class DataReceiver:
 
     Each chunk is taken up to its last complete line as it arrives: the lines are checked (NUL,
     bare CR or LF, length) and unstuffed there, so that what is held is the message itself
-    (once, in parts) and the last incomplete line, never more per line than one split of one
-    chunk. A message that is refused or past `max_size` is no longer kept at all (only enough
+    (once, in parts) and the last incomplete line. A message that is refused or past `max_size` is no longer kept at all (only enough
     to find the end); past `abandon_after` it gives up waiting for the end.
     """
 
