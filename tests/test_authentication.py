@@ -188,3 +188,18 @@ def test_hostile_messages_cost_little_and_never_raise(dns):
     # No header section at all, and an empty message.
     assert checks.check(r, b"just a body\r\n", "192.0.2.7", "", "helo.test").dmarc.result == "none"
     assert checks.check(r, b"", "192.0.2.7", "", "").spf.result == "none"
+
+
+def test_a_message_received_in_parts_is_checked_whole(dns, settings):
+    # DATA hands a message over 1 MiB on in parts (smtp.data.PART_SIZE): the checks read it whole.
+    from mailcore.services import inbound
+    from mailcore.smtp.data import PART_SIZE
+
+    host, port = dns.address.split(":")
+    settings.MAIL_AUTH_CHECKS, settings.MAIL_DNS_SERVERS = True, [(host, int(port))]
+    message = MESSAGE + (b"x" * 900 + b"\r\n") * (2 * PART_SIZE // 902)
+    signed = dkim_signatures(message, "a.test", [published(dns, "a.test", "rsa1", RSA_KEY)]) + message
+    parts = [signed[i : i + PART_SIZE] for i in range(0, len(signed), PART_SIZE)]
+    envelope = inbound.Envelope("alice@a.test", ["bob@b.test"], client_address="192.0.2.7", helo_name="mx.a.test")
+    auth = inbound.authenticate(envelope, parts).authentication
+    assert auth is not None and [d.result for d in auth.dkim] == ["pass"] and auth.spf.result == "pass"

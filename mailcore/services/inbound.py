@@ -110,7 +110,7 @@ class DMARCRejection(PolicyRejection):
         self.domain = domain
 
 
-def authenticate(envelope: Envelope, content: bytes) -> Envelope:
+def authenticate(envelope: Envelope, content: bytes | list[bytes]) -> Envelope:
     """SPF, DKIM, DMARC and ARC for a message that came from elsewhere, and its verdict class.
 
     Blocking (DNS within MAIL_AUTH_DNS_TIMEOUT in all): call it from a worker thread. A resolver
@@ -122,7 +122,8 @@ def authenticate(envelope: Envelope, content: bytes) -> Envelope:
     if not settings.MAIL_AUTH_CHECKS:
         return envelope
     try:
-        auth = checks.check(TXTResolver(), content, envelope.client_address, envelope.mail_from, envelope.helo_name)
+        # DKIM and ARC hash the message whole: one in parts (past smtp.data.PART_SIZE) is joined here.
+        auth = checks.check(TXTResolver(), joined(content), envelope.client_address, envelope.mail_from, envelope.helo_name)
     except Exception:  # a library's bug on hostile input must not cost the message
         log.exception("authentication checks failed for a message from <%s>", envelope.mail_from)
         return envelope

@@ -162,7 +162,7 @@ class InboundHandler:
         self.executor.shutdown(wait=True)
         self.auth_executor.shutdown(wait=True)
 
-    async def authenticate(self, envelope: inbound.Envelope, content: bytes) -> inbound.Envelope:
+    async def authenticate(self, envelope: inbound.Envelope, content: bytes | list[bytes]) -> inbound.Envelope:
         """SPF, DKIM, DMARC and ARC in an authentication thread (no database there)."""
         if not settings.MAIL_AUTH_CHECKS:
             return envelope
