@@ -32,7 +32,9 @@ def test_bcc_is_removed_from_submitted_and_sendmail_mail_for_every_recipient(ins
     assert result.returncode == 0, result.stderr
     for raw in b.wait_for_messages("bob@b.test", 2) + a.wait_for_messages("alice@a.test", 2):
         head, _, body = raw.partition(b"\r\n\r\n")
-        assert b"bcc" not in head.lower() and b"secret@elsewhere.test" not in raw, raw
+        # A header field named Bcc, not the letters anywhere: a DKIM signature's base64 may hold "bcc".
+        names = [line.split(b":", 1)[0].lower() for line in head.split(b"\r\n") if line[:1] not in (b" ", b"\t")]
+        assert b"bcc" not in names and b"secret@elsewhere.test" not in raw, raw
         assert b"\r\nTo: <bob@b.test>\r\n" in head
         assert body == b"Bcc: this line is the body, and stays\r\n"
     # Nothing left in a's queue that still names the blind recipient in its body either.
