@@ -6,8 +6,9 @@ import asyncio
 
 import pytest
 
-from mailcore.delivery.client import OutboundClient, OutboundMessage, dot_stuffed
+from mailcore.delivery.client import OutboundClient, OutboundMessage
 from mailcore.delivery.mx import MailHost
+from mailcore.transparency import dot_stuff
 from tests.conftest import free_port, self_signed_cert
 from tests.smtppeer import ScriptedPeer
 
@@ -131,8 +132,8 @@ def test_greeting_554_moves_on_to_the_next_host(start_peer):
 
 
 def test_dot_stuffing():
-    assert dot_stuffed(b"a\r\n.b\r\n..c\n") == b"a\r\n..b\r\n...c\r\n.\r\n"
-    assert dot_stuffed(b"no final newline") == b"no final newline\r\n.\r\n"
+    assert dot_stuff(b"a\r\n.b\r\n..c\n") == b"a\r\n..b\r\n...c\r\n.\r\n"
+    assert dot_stuff(b"no final newline") == b"no final newline\r\n.\r\n"
 
 
 @pytest.mark.django_db(transaction=True)

@@ -7,8 +7,9 @@ import random
 import pytest
 
 from mailcore.smtp import replies
-from mailcore.smtp.data import DataReceiver, DotStuffer, dot_stuff
+from mailcore.smtp.data import DataReceiver
 from mailcore.smtp.replies import Reply
+from mailcore.transparency import BodyEncoder, dot_stuff
 
 
 def receive(wire: bytes, chunk: int, max_size: int = 10_000) -> DataReceiver:
@@ -65,8 +66,8 @@ def test_content_checks(body, problem: Reply | None):
 def test_dot_stuffing_round_trip_across_chunks():
     content = b".start\r\nmid\r\n.\r\n..x\r\nbare\nlf\r\nlast"
     for size in (1, 2, 3, 7, 1000):
-        stuffer = DotStuffer()
-        wire = b"".join(stuffer.feed(content[i:i + size]) for i in range(0, len(content), size)) + stuffer.finish()
+        encoder = BodyEncoder()
+        wire = b"".join(encoder.feed(content[i:i + size]) for i in range(0, len(content), size)) + encoder.finish() + b".\r\n"
         assert wire == b"..start\r\nmid\r\n..\r\n...x\r\nbare\r\nlf\r\nlast\r\n.\r\n", size
         assert receive(wire, size).outcome().content == content.replace(b"bare\n", b"bare\r\n") + b"\r\n"
 

@@ -15,14 +15,13 @@ from django.utils import timezone
 
 from mailcore.addresses import AddressError, domain_of, normalize_address
 from mailcore.delivery import dsn
-from mailcore.models import Alias, Message, QueueItem, QueueState, Transport, Verification
+from mailcore.models import ACTIVE_STATES, PENDING_STATES, Alias, Message, QueueItem, QueueState, Transport, Verification
 from mailcore.models.message import new_queue_id
 from mailcore.services import accounts, inbound
 from mailcore.store import message_store
 
 log = logging.getLogger("mailcore.outbound")
 
-PENDING_STATES = (QueueState.QUEUED, QueueState.DEFERRED)
 CLAIM_BATCH = 100
 
 
@@ -567,7 +566,7 @@ def listing(include_finished: bool = False):
     """The queue as `mailq` shows it: oldest first."""
     items = QueueItem.objects.select_related("message").order_by("created_at", "id")
     if not include_finished:
-        items = items.filter(state__in=[QueueState.QUEUED, QueueState.DEFERRED, QueueState.HELD])
+        items = items.filter(state__in=ACTIVE_STATES)
     return items
 
 

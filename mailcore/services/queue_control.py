@@ -5,14 +5,7 @@ from __future__ import annotations
 from django.db import transaction
 from django.utils import timezone
 
-from mailcore.models import QueueItem, QueueState
-
-# Items an operator may still act on: sent, sourced and bounced ones are history.
-ACTIVE_STATES = (QueueState.QUEUED, QueueState.DEFERRED, QueueState.HELD)
-
-
-class QueueControlError(Exception):
-    pass
+from mailcore.models import ACTIVE_STATES, QueueItem, QueueState
 
 
 def _active(item_ids):

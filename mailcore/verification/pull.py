@@ -8,6 +8,7 @@ import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+from mailcore import tls
 from mailcore.smtp import replies
 from mailcore.smtp.data import DataOutcome, DataReceiver
 from mailcore.verification.envelope import GetEnvelope, parse_envelope_lines
@@ -91,16 +92,6 @@ class LineTooLong(ProtocolError):
     """A reply line past LINE_LIMIT (a body's lines are judged as DATA's are, by DataReceiver)."""
 
 
-def tls_context() -> ssl.SSLContext:
-    """Opportunistic STARTTLS (RFC 7435, RFC 3207): like MTAs, we encrypt whenever the origin offers
-    it but accept whatever certificate it shows, since an origin MX has no name we could pin it to
-    beyond what DNS (unauthenticated) told us; the id is protected against passive eavesdroppers."""
-    context = ssl.create_default_context()
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
-    return context
-
-
 class OriginConnection:
     """One SMTP connection to an origin MX host, used for GETs only."""
 
@@ -165,7 +156,8 @@ class OriginConnection:
             reply = await self.command("STARTTLS")
             if reply.code == 220:
                 self.inbox.clear()  # RFC 3207 §4.2: nothing said before TLS counts after it
-                await asyncio.wait_for(self.writer.start_tls(tls_context(), server_hostname=self.host.name), self.timeout)
+                context = tls.opportunistic_client_context()
+                await asyncio.wait_for(self.writer.start_tls(context, server_hostname=self.host.name), self.timeout)
                 ehlo = await self.command(f"EHLO {helo_name}")
                 if ehlo.code != 250:
                     raise ProtocolError(f"EHLO after STARTTLS answered {ehlo}")
