@@ -11,7 +11,8 @@ from django.db import close_old_connections
 from django.utils import timezone
 
 from mailcore import tasks
-from mailcore.delivery.queue import DomainRun, strip_return_path
+from mailcore.delivery.queue import DomainRun
+from mailcore.headers import strip_return_path
 from mailcore.models import Delivery, QueueItem, QueueState
 from mailcore.services import accounts, outbound
 from mailcore.store import message_store

@@ -7,7 +7,7 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from mailcore.delivery.queue import strip_return_path
+from mailcore.headers import strip_return_path
 from mailcore.models import Delivery, Message, QueueItem, QueueState, SourcedMessage
 from mailcore.services import accounts, inbound, outbound, verification
 from mailcore.store import message_store

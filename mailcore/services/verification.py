@@ -18,6 +18,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import F
 from django.utils import timezone
 
+from mailcore import jobs
 from mailcore.addresses import domain_of
 from mailcore.models import Announcement, AnnouncementState, Message, QueueItem, QueueState, SourcedMessage
 from mailcore.verification.envelope import envelope_lines
@@ -92,10 +93,8 @@ def announce(source_id: str, mail_from: str, rcpt_tos: list[str], client_address
 
 
 def _kick_pull(sender_domain: str) -> None:
-    from mailcore import tasks
-
     try:
-        tasks.enqueue_pull(sender_domain)
+        jobs.enqueue_pull(sender_domain)
     except Exception:  # the broker is down: the periodic sweep (spec §5.2) still picks it up
         log.exception("could not enqueue the pull for %s; the sweep will retry it", sender_domain)
 
