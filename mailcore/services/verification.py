@@ -9,7 +9,6 @@ from __future__ import annotations
 import enum
 import ipaddress
 import logging
-import re
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -22,21 +21,9 @@ from mailcore import jobs
 from mailcore.addresses import domain_of
 from mailcore.models import Announcement, AnnouncementState, Message, QueueItem, QueueState, SourcedMessage
 from mailcore.verification.envelope import envelope_lines
-from mailcore.verification.ids import EHLO_KEYWORD, new_source_id
+from mailcore.verification.ids import new_source_id
 
 log = logging.getLogger("mailcore.verification")
-
-# spec §3: id = 32( ALPHA / DIGIT ), case-sensitive.
-SOURCE_ID = re.compile(r"[A-Za-z0-9]{32}\Z")
-
-
-# What the listener lists in its EHLO reply (spec §2).
-SOURCE_KEYWORD = EHLO_KEYWORD
-
-
-def is_source_id(text: str) -> bool:
-    return bool(SOURCE_ID.match(text))
-
 
 # --- receiving role: SOURCE ------------------------------------------------------------------
 

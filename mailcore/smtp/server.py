@@ -27,11 +27,11 @@ from django.conf import settings
 from mailcore import tls
 from mailcore.models import Transport, Verification
 from mailcore.services import inbound
-from mailcore.services.verification import SOURCE_KEYWORD, is_source_id
 from mailcore.smtp import replies
 from mailcore.smtp.data import DataReceiver
 from mailcore.smtp.replies import Reply
 from mailcore.transparency import BodyEncoder
+from mailcore.verification.ids import EHLO_KEYWORD, is_valid_id
 
 if TYPE_CHECKING:
     from mailcore.smtp.handler import InboundHandler
@@ -441,7 +441,7 @@ class InboundSMTP(SMTP):
         if self.tls_context and not self.tls_active():
             keywords.append("STARTTLS")  # RFC 3207
         if self.offers_source:
-            keywords.append(SOURCE_KEYWORD)  # reverse-delivery.md §2: "SOURCE 2"
+            keywords.append(EHLO_KEYWORD)  # reverse-delivery.md §2: "SOURCE 2"
         return keywords
 
     async def smtp_EXPN(self, arg: str | None) -> None:
@@ -665,7 +665,7 @@ class InboundSMTP(SMTP):
             return str(replies.SOURCE_NEED_MAIL)
         if not self.envelope.rcpt_tos:
             return str(replies.SOURCE_NEED_RCPT)
-        if not arg or not is_source_id(arg):
+        if not arg or not is_valid_id(arg):
             return str(replies.SOURCE_BAD_ID)
         if self.envelope.mail_from == "":
             return str(replies.SOURCE_NULL_SENDER)
@@ -680,7 +680,7 @@ class InboundSMTP(SMTP):
         if self.in_transaction:
             await self.reply(replies.GET_IN_TRANSACTION)
             return
-        if not arg or not is_source_id(arg):
+        if not arg or not is_valid_id(arg):
             await self.reply(replies.GET_BAD_ID)
             return
         reply, body = await self.event_handler.fetch(self, arg)
