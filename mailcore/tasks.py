@@ -12,9 +12,9 @@ from mailcore import jobs
 from mailcore.delivery import queue
 from mailcore.quarantine.digest import send_due
 from mailcore.quarantine.retention import expire_held
-from mailcore.services import outbound, verification
+from mailcore.reverse_delivery.sweep import run_sweep
+from mailcore.services import outbound, reverse_delivery
 from mailcore.services.bodies import collect_orphans
-from mailcore.verification.sweep import run_sweep
 
 log = logging.getLogger("mailcore.tasks")
 
@@ -75,14 +75,14 @@ def pull_domain(sender_domain: str) -> str:
 
 
 def sweep() -> str:
-    """Scheduled task (mailcore.verification.sweep.SCHEDULE): pull what is due, fail what is too old."""
+    """Scheduled task (mailcore.reverse_delivery.sweep.SCHEDULE): pull what is due, fail what is too old."""
     return run_sweep().summary()
 
 
 def expire_sourced() -> str:
     """Scheduled task: end the retention of sourced messages; notify local senders of unfetched ones."""
     close_old_connections()
-    return verification.expire_sourced().summary()
+    return reverse_delivery.expire_sourced().summary()
 
 
 def collect_orphaned_bodies() -> str:

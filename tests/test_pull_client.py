@@ -6,9 +6,9 @@ import asyncio
 import ssl
 import time
 
-from mailcore.verification.ids import is_valid_id, new_source_id
-from mailcore.verification.origins import OriginHost
-from mailcore.verification.pull import LINE_LIMIT, pull_from_host
+from mailcore.reverse_delivery.ids import is_valid_id, new_source_id
+from mailcore.reverse_delivery.origins import OriginHost
+from mailcore.reverse_delivery.pull import LINE_LIMIT, pull_from_host
 from tests.conftest import self_signed_cert
 from tests.origin_peer import ScriptedOrigin, body_reply
 

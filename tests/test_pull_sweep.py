@@ -10,10 +10,10 @@ from django.utils import timezone
 from django_q.models import Schedule
 
 from mailcore.models import Announcement, AnnouncementState, Delivery, Message, UnverifiedPolicy
-from mailcore.services import accounts, callbacks
+from mailcore.reverse_delivery import sweep
+from mailcore.reverse_delivery.sweep import run_sweep
+from mailcore.services import accounts, pulls
 from mailcore.store import message_store
-from mailcore.verification import sweep
-from mailcore.verification.sweep import run_sweep
 from tests.dnsserver import TestDNSServer
 from tests.origin_peer import ScriptedOrigin, body_reply
 
@@ -246,15 +246,15 @@ def test_private_address_guard_gives_a_forger_nothing(receiver):
 def test_two_workers_never_hold_the_same_announcement(receiver):
     announce(ID1)
     announce(ID2)
-    first = callbacks.claim_due("a.test")
-    second = callbacks.claim_due("a.test")
+    first = pulls.claim_due("a.test")
+    second = pulls.claim_due("a.test")
     assert sorted(c.source_id for c in first) == [ID1, ID2] and second == []
     # A claim that another worker took over (lease lapsed) cannot record anything.
     Announcement.objects.filter(source_id=ID1).update(next_attempt_at=timezone.now())
-    [taken_over] = callbacks.claim_due("a.test")
+    [taken_over] = pulls.claim_due("a.test")
     stale = next(c for c in first if c.source_id == ID1)
-    assert callbacks.record_failed(stale, "late").state == "lost"
-    assert callbacks.record_failed(taken_over, "550").state == AnnouncementState.FAILED
+    assert pulls.record_failed(stale, "late").state == "lost"
+    assert pulls.record_failed(taken_over, "550").state == AnnouncementState.FAILED
 
 
 def test_callbacks_command_lists_and_runs(receiver, capsys):

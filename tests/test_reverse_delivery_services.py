@@ -9,7 +9,7 @@ from django.utils import timezone
 
 from mailcore.headers import strip_return_path
 from mailcore.models import Delivery, Message, QueueItem, QueueState, SourcedMessage
-from mailcore.services import accounts, inbound, outbound, verification
+from mailcore.services import accounts, inbound, outbound, reverse_delivery
 from mailcore.store import message_store
 from tests.dkim_support import unsigned
 
@@ -41,7 +41,7 @@ def queued_message(mail_from: str = "alice@a.test", rcpt: str = "dave@c.test") -
 def test_each_record_gets_a_fresh_128_bit_id_and_the_retention(local):
     message = queued_message()
     before = timezone.now()
-    ids = {verification.record_sourced(message.pk, "alice@a.test", ["dave@c.test"], "mx.c.test", message.size) for _ in range(50)}
+    ids = {reverse_delivery.record_sourced(message.pk, "alice@a.test", ["dave@c.test"], "mx.c.test", message.size) for _ in range(50)}
     assert len(ids) == 50 and all(len(i) == 32 and int(i, 16) >= 0 for i in ids)
     row = SourcedMessage.objects.get(source_id=ids.pop())
     assert (row.mail_from, row.rcpt_tos, row.destination_host, row.expired) == ("alice@a.test", ["dave@c.test"], "mx.c.test", False)
@@ -51,18 +51,18 @@ def test_each_record_gets_a_fresh_128_bit_id_and_the_retention(local):
 def test_no_record_when_get_could_not_serve_the_outbound_octets(local):
     message = queued_message()
     # The outbound copy is smaller than the stored body (a Return-Path stripped at send time).
-    assert verification.record_sourced(message.pk, "alice@a.test", ["dave@c.test"], "mx.c.test", message.size - 5) is None
-    assert verification.record_sourced(10**9, "alice@a.test", ["dave@c.test"], "mx.c.test", 10) is None
+    assert reverse_delivery.record_sourced(message.pk, "alice@a.test", ["dave@c.test"], "mx.c.test", message.size - 5) is None
+    assert reverse_delivery.record_sourced(10**9, "alice@a.test", ["dave@c.test"], "mx.c.test", 10) is None
     assert not SourcedMessage.objects.exists()
 
 
 def test_withdrawn_id_is_unknown_to_get_and_never_notified(local):
     message = queued_message()
-    source_id = verification.record_sourced(message.pk, "alice@a.test", ["dave@c.test"], "mx.c.test", message.size)
-    assert verification.fetch_sourced(source_id, "192.0.2.1") is not None
-    verification.withdraw_sourced(source_id)
-    assert verification.fetch_sourced(source_id, "192.0.2.1") is None
-    counts = verification.expire_sourced(now=timezone.now() + timedelta(days=30))
+    source_id = reverse_delivery.record_sourced(message.pk, "alice@a.test", ["dave@c.test"], "mx.c.test", message.size)
+    assert reverse_delivery.fetch_sourced(source_id, "192.0.2.1") is not None
+    reverse_delivery.withdraw_sourced(source_id)
+    assert reverse_delivery.fetch_sourced(source_id, "192.0.2.1") is None
+    counts = reverse_delivery.expire_sourced(now=timezone.now() + timedelta(days=30))
     assert counts.ids == [] and not Delivery.objects.filter(mailbox__address="alice@a.test").exists()
 
 
@@ -71,10 +71,10 @@ def test_expiry_notifies_only_a_local_sender_once_and_releases_the_body(local):
     foreign = queued_message(mail_from="carol@elsewhere.test")
     ids = []
     for message in (ours, foreign):
-        ids.append(verification.record_sourced(message.pk, message.mail_from, ["dave@c.test"], "mx.c.test", message.size))
+        ids.append(reverse_delivery.record_sourced(message.pk, message.mail_from, ["dave@c.test"], "mx.c.test", message.size))
         QueueItem.objects.filter(message=message).update(state=QueueState.SOURCED)
     later = timezone.now() + timedelta(seconds=61)
-    counts = verification.expire_sourced(now=later)
+    counts = reverse_delivery.expire_sourced(now=later)
     assert (counts.notified, counts.quiet, counts.released) == (2, 0, 2)
     # The notice goes to alice (ours) only: never to an address of another domain (spec §6).
     [notice] = Delivery.objects.filter(mailbox__address="alice@a.test")
@@ -83,17 +83,17 @@ def test_expiry_notifies_only_a_local_sender_once_and_releases_the_body(local):
     assert QueueItem.objects.filter(message__mail_from="carol@elsewhere.test").count() == 1  # no notice queued out
     assert set(Message.objects.filter(pk__in=[ours.pk, foreign.pk]).values_list("body_ref", flat=True)) == {""}
     # A second run finds nothing: no second notice.
-    assert verification.expire_sourced(now=later).ids == []
+    assert reverse_delivery.expire_sourced(now=later).ids == []
     assert Delivery.objects.filter(mailbox__address="alice@a.test").count() == 1
 
 
 def test_fetched_expires_quietly_and_a_live_queue_item_keeps_the_body(local):
     message = queued_message()
-    source_id = verification.record_sourced(message.pk, "alice@a.test", ["dave@c.test"], "mx.c.test", message.size)
-    verification.fetch_sourced(source_id, "192.0.2.1")
+    source_id = reverse_delivery.record_sourced(message.pk, "alice@a.test", ["dave@c.test"], "mx.c.test", message.size)
+    reverse_delivery.fetch_sourced(source_id, "192.0.2.1")
     # The queue item is still deferred (say, for another attempt): the body must stay.
     QueueItem.objects.filter(message=message).update(state=QueueState.DEFERRED)
-    counts = verification.expire_sourced(now=timezone.now() + timedelta(seconds=61))
+    counts = reverse_delivery.expire_sourced(now=timezone.now() + timedelta(seconds=61))
     assert (counts.notified, counts.quiet, counts.released) == (0, 1, 0)
     message.refresh_from_db()
     assert message.body_ref and message_store().exists(message.body_ref)

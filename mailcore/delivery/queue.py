@@ -29,7 +29,7 @@ def default_client() -> OutboundClient:
     """The client of a queue run: it announces with SOURCE where it can unless MAIL_USE_SOURCE is off."""
     client_class = OutboundClient
     if settings.MAIL_USE_SOURCE:
-        from mailcore.verification.source import SourcingClient
+        from mailcore.reverse_delivery.source import SourcingClient
 
         client_class = SourcingClient
     return client_class(

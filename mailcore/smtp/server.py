@@ -26,12 +26,12 @@ from django.conf import settings
 
 from mailcore import tls
 from mailcore.models import Transport, Verification
+from mailcore.reverse_delivery.ids import EHLO_KEYWORD, is_valid_id
 from mailcore.services import inbound
 from mailcore.smtp import replies
 from mailcore.smtp.data import DataReceiver
 from mailcore.smtp.replies import Reply
 from mailcore.transparency import BodyEncoder
-from mailcore.verification.ids import EHLO_KEYWORD, is_valid_id
 
 if TYPE_CHECKING:
     from mailcore.smtp.handler import InboundHandler

@@ -1,4 +1,4 @@
-"""The verification sweep (spec §5.2): per sender domain, pull every due announcement from its origin hosts."""
+"""The pull sweep (spec §5.2): per sender domain, pull every due announcement from its origin hosts."""
 
 from __future__ import annotations
 
@@ -11,14 +11,14 @@ from asgiref.sync import async_to_sync, sync_to_async
 from django.conf import settings
 from django.db import close_old_connections, connection
 
-from mailcore.services import callbacks
-from mailcore.services.callbacks import Claim, Outcome
-from mailcore.verification import origins
-from mailcore.verification.envelope import envelope_mismatch
-from mailcore.verification.origins import OriginHost, OriginLookupError
-from mailcore.verification.pull import Pulled, pull_from_host
+from mailcore.reverse_delivery import origins
+from mailcore.reverse_delivery.envelope import envelope_mismatch
+from mailcore.reverse_delivery.origins import OriginHost, OriginLookupError
+from mailcore.reverse_delivery.pull import Pulled, pull_from_host
+from mailcore.services import pulls
+from mailcore.services.pulls import Claim, Outcome
 
-log = logging.getLogger("mailcore.verification")
+log = logging.getLogger("mailcore.reverse_delivery")
 
 # Sender domains pulled at the same time by one sweep.
 DOMAINS_AT_ONCE = 16
@@ -41,14 +41,14 @@ class SweepReport:
 
 
 class _Services:
-    """The one sync_to_async boundary of the sweep into mailcore.services.callbacks."""
+    """The one sync_to_async boundary of the sweep into mailcore.services.pulls."""
 
     def __init__(self):
-        self.claim_due = self._wrap(callbacks.claim_due)
-        self.deliver_pulled = self._wrap(callbacks.deliver_pulled)
-        self.record_failed = self._wrap(callbacks.record_failed)
-        self.record_retry = self._wrap(callbacks.record_retry)
-        self.plan_pull = self._wrap(callbacks.plan_pull)
+        self.claim_due = self._wrap(pulls.claim_due)
+        self.deliver_pulled = self._wrap(pulls.deliver_pulled)
+        self.record_failed = self._wrap(pulls.record_failed)
+        self.record_retry = self._wrap(pulls.record_retry)
+        self.plan_pull = self._wrap(pulls.plan_pull)
 
     @staticmethod
     def _wrap(function):
@@ -91,7 +91,7 @@ class Sweep:
         # Two announcements may carry one id (a sender that reuses ids, or a forger): GET each id
         # once and settle the rest with the same answer.
         waiting = {c.source_id: [x for x in claims if x.source_id == c.source_id] for c in claims}
-        deadline = callbacks.lease_seconds() * 0.8
+        deadline = pulls.lease_seconds() * 0.8
         try:
             async with asyncio.timeout(deadline):
                 await self._pull(domain, waiting)
@@ -186,9 +186,9 @@ def run_sweep(domains: list[str] | None = None) -> SweepReport:
     `domains` limits it to those sender domains (the pull kicked when SOURCE is accepted);
     None takes every domain with something due.
     """
-    expired = callbacks.expire_overdue()
+    expired = pulls.expire_overdue()
     if domains is None:
-        domains = callbacks.due_domains()
+        domains = pulls.due_domains()
     report = async_to_sync(Sweep().run)(domains) if domains else SweepReport()
     report.expired = expired
     if report.outcomes or report.expired:

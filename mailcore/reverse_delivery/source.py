@@ -9,8 +9,8 @@ from asgiref.sync import sync_to_async
 from django.db import DatabaseError
 
 from mailcore.delivery.client import Connection, OutboundClient, OutboundMessage, Reply, Session, SMTPFailure
-from mailcore.services import verification
-from mailcore.verification.ids import offers_source
+from mailcore.reverse_delivery.ids import offers_source
+from mailcore.services import reverse_delivery
 
 log = logging.getLogger("mailcore.delivery")
 
@@ -34,8 +34,8 @@ class SourcingClient(OutboundClient):
     def __init__(self, *args, record: Recorder | None = None, withdraw: Withdrawer | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         # The one boundary from this event loop into the services (ORM calls block).
-        self.record = record or sync_to_async(verification.record_sourced)
-        self.withdraw = withdraw or sync_to_async(verification.withdraw_sourced)
+        self.record = record or sync_to_async(reverse_delivery.record_sourced)
+        self.withdraw = withdraw or sync_to_async(reverse_delivery.withdraw_sourced)
 
     async def _withdraw(self, source_id: str) -> None:
         try:

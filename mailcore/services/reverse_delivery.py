@@ -20,10 +20,10 @@ from django.utils import timezone
 from mailcore import jobs
 from mailcore.addresses import domain_of
 from mailcore.models import Announcement, AnnouncementState, Message, QueueItem, QueueState, SourcedMessage
-from mailcore.verification.envelope import envelope_lines
-from mailcore.verification.ids import new_source_id
+from mailcore.reverse_delivery.envelope import envelope_lines
+from mailcore.reverse_delivery.ids import new_source_id
 
-log = logging.getLogger("mailcore.verification")
+log = logging.getLogger("mailcore.reverse_delivery")
 
 # --- receiving role: SOURCE ------------------------------------------------------------------
 

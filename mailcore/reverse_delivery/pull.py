@@ -9,13 +9,13 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from mailcore import tls
+from mailcore.reverse_delivery.envelope import GetEnvelope, parse_envelope_lines
+from mailcore.reverse_delivery.ids import offers_source
+from mailcore.reverse_delivery.origins import OriginHost
 from mailcore.smtp import replies
 from mailcore.smtp.data import DataOutcome, DataReceiver
-from mailcore.verification.envelope import GetEnvelope, parse_envelope_lines
-from mailcore.verification.ids import offers_source
-from mailcore.verification.origins import OriginHost
 
-log = logging.getLogger("mailcore.verification")
+log = logging.getLogger("mailcore.reverse_delivery")
 
 # RFC 5321 §4.5.3.1.5: a reply line is at most 512 octets; one octet of slack for a careless
 # peer, as for text lines (RFC 5321 §4.5.3.1.6).

@@ -12,12 +12,12 @@ from django.db.models import Count, F
 from django.utils import timezone
 
 from mailcore.models import Announcement, AnnouncementState, Transport, Verification
+from mailcore.reverse_delivery.alignment import from_aligned
 from mailcore.services import inbound, pins
 from mailcore.services.login_failures import AddressCounter
 from mailcore.spam import check as spam_check
-from mailcore.verification.alignment import from_aligned
 
-log = logging.getLogger("mailcore.verification")
+log = logging.getLogger("mailcore.reverse_delivery")
 
 # The longest pause between two attempts, however many failed before (growing delays, spec §5.6).
 MAX_RETRY_DELAY = 3600
