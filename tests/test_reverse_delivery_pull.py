@@ -29,7 +29,7 @@ def instances(start_instances, monkeypatch):
         smtp = ServerProcess(["runsmtp", "--bind", f"{self.address}:{self.smtp_port}"], self.env, self.log_dir / "runsmtp.log")
         cluster = ServerProcess(["qcluster"], self.env, self.log_dir / "qcluster.log")
         self.processes += [smtp.start(), cluster.start()]
-        wait_for_port(self.address, self.smtp_port, proc=smtp.proc, timeout=30)
+        wait_for_port(self.address, self.smtp_port, proc=smtp.proc)
 
     monkeypatch.setattr(Instance, "start", start)
     return start_instances()

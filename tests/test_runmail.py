@@ -21,7 +21,7 @@ def test_runmail_starts_everything_and_stops_on_ctrl_c(server_factory, tmp_path)
         MAIL_POP3_BIND=f"127.0.0.1:{ports['pop3']}",
         MAIL_WEB_BIND=f"127.0.0.1:{ports['web']}",
     )
-    wait_for_port("127.0.0.1", ports["web"], server.proc, timeout=30)
+    wait_for_port("127.0.0.1", ports["web"], server.proc)
     with urllib.request.urlopen(f"http://127.0.0.1:{ports['web']}/admin/login/", timeout=10) as response:
         assert response.status == 200
     deadline = time.monotonic() + 20
