@@ -7,13 +7,13 @@ import os
 
 import pytest
 
-from mailcore.models import Delivery, Message
+from mailcore.models import Message
 from mailcore.pop3 import protocol as replies
 from mailcore.pop3.maildrop import READ_AHEAD_COUNT, WHOLE_READ, ReadAhead, ServiceMaildrop
 from mailcore.pop3.wire import encode
 from mailcore.services import maildrop
 from mailcore.store import message_store
-from tests.pop3_support import RawPop3, deliver, make_mailbox, start_pop3
+from tests.pop3_support import RawPop3, deliver, make_mailbox, start_pop3, stored
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -23,10 +23,6 @@ def body(i: int) -> bytes:
     if i % 3 == 0:
         text = text.replace("\r\n", "\n")  # stored with bare LF: sent as CRLF (RFC 1939 §11)
     return text.encode()
-
-
-def stored(delivery: Delivery) -> bytes:
-    return message_store().read(delivery.message.body_ref)
 
 
 def retr(raw: RawPop3, n: int) -> tuple[bytes, bytes]:
@@ -151,7 +147,7 @@ def test_a_cold_body_then_a_warm_cache_stops_reading_ahead():
 
 
 def test_the_page_cache_and_the_worker_give_the_same_reply(settings):
-    settings.MAIL_STORE_SEGMENT_MAX = 0  # each body in a file of its own (segments: test_store_segments.py)
+    settings.MAIL_STORE_SEGMENT_MAX = 0  # each body in a file of its own (segments: tests/store/test_store_segments.py)
     make_mailbox()
     # With dot lines or bare LF (encoded, then joined), and in wire form without a line to stuff
     # (read in place into the reply), and a body that starts with a dot.

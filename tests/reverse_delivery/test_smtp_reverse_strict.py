@@ -8,15 +8,15 @@ from mailcore.models import SourcedMessage
 from mailcore.smtp import replies
 from tests import smtp_wire
 from tests.dnsserver import TestDNSServer
+from tests.reverse_delivery.test_smtp_reverse import ID, read_data_form, sourced
 from tests.smtp_wire import RawSMTP, starts
-from tests.test_smtp_reverse import ID, read_data_form, sourced
 
 mx = smtp_wire.mx  # the fixture that starts `runsmtp`
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 BODY = b"Subject: strict\r\n\r\nfor carol only\r\n"
-# The sourced message is for carol@c.test (tests.test_smtp_reverse.sourced): c.test's MX is
+# The sourced message is for carol@c.test (test_smtp_reverse.sourced): c.test's MX is
 # 127.0.0.1; 127.0.0.2, another loopback address, is a client that serves no recipient domain.
 RECORDS = {
     "c.test": {"MX": [(10, "mx.c.test")]},

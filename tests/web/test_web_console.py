@@ -20,12 +20,6 @@ HTML = (
 )
 
 
-@pytest.fixture(autouse=True)
-def fast_password_hashing(settings):
-    # Dozens of users and mailboxes per test: the production hasher's cost is not what is tested here.
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
 @pytest.fixture
 def world():
     w.make_accounts()

@@ -17,7 +17,7 @@ from mailcore.models import Delivery, DeliveryState, MailboxLock, Message
 from mailcore.pop3 import protocol as replies
 from mailcore.pop3.wire import encode
 from mailcore.store import message_store
-from tests.pop3_support import ADDRESS, PASSWORD, RawPop3, deliver, make_mailbox, start_pop3, start_pop3_process, wait_for_log
+from tests.pop3_support import ADDRESS, PASSWORD, RawPop3, deliver, make_mailbox, start_pop3, start_pop3_process, stored, wait_for_log
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -25,15 +25,6 @@ DOTTED = (
     b"From: Bob <bob@b.test>\r\nTo: alice@a.test\r\nSubject: dots\r\n\r\n"
     b".starts with a dot\r\n..two dots\r\n.\r\nmiddle\r\n. space\r\nlast line\r\n"
 )
-
-
-@pytest.fixture
-def mailbox():
-    make_mailbox()
-
-
-def stored(delivery: Delivery) -> bytes:
-    return message_store().read(delivery.message.body_ref)
 
 
 def test_retr_returns_the_stored_message_byte_for_byte_with_dot_lines(mailbox, server_factory):

@@ -9,7 +9,6 @@ from django.test import Client
 from mailcore.models import AuditEntry, Delivery, DeliveryState, Domain, Message, SenderRule
 from mailcore.services import senders
 from tests import web_data as w
-from tests.test_web_owner import fast_password_hashing  # noqa: F401 (an autouse fixture)
 
 pytestmark = pytest.mark.django_db
 

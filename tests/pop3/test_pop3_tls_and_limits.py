@@ -17,7 +17,6 @@ from tests.pop3_support import (
     PASSWORD,
     RawPop3,
     deliver,
-    make_mailbox,
     self_signed_cert,
     start_pop3_process,
     wait_for_log,
@@ -25,11 +24,6 @@ from tests.pop3_support import (
 from tests.sockets import peak_rss_kb
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-@pytest.fixture
-def mailbox():
-    make_mailbox()
 
 
 @pytest.fixture

@@ -24,11 +24,6 @@ from tests.dnsserver import TestDNSServer
 pytestmark = pytest.mark.django_db
 
 
-@pytest.fixture(autouse=True)
-def fast_password_hashing(settings):
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
 def run(*args: str) -> str:
     out = io.StringIO()
     call_command(*args, stdout=out)

@@ -10,14 +10,9 @@ import pytest
 from mailcore.models import Delivery, DeliveryState
 from mailcore.store import message_store
 from tests.conftest import require_program
-from tests.pop3_support import ADDRESS, PASSWORD, deliver, make_mailbox, start_pop3
+from tests.pop3_support import ADDRESS, PASSWORD, deliver, start_pop3
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-@pytest.fixture
-def mailbox():
-    make_mailbox()
 
 
 def curl(port: int, path: str = "", *args: str, password: str = PASSWORD) -> subprocess.CompletedProcess:

@@ -6,8 +6,8 @@ import smtplib
 
 import pytest
 
+from tests.reverse_delivery.test_reverse_delivery_pull import announce_to_b, source_on_a, wait_for_state
 from tests.spamd_server import GTUBE, shared_spamd
-from tests.test_reverse_delivery_pull import announce_to_b, source_on_a, wait_for_state
 
 pytest_plugins = ["tests.instances"]
 pytestmark = pytest.mark.django_db(transaction=True)

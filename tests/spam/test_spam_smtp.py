@@ -13,7 +13,7 @@ from mailcore.models import Delivery, DeliveryState, Domain, Message, SpamStatus
 from mailcore.services.accounts import add_domain, add_mailbox
 from mailcore.store import message_store
 from tests import smtp_wire
-from tests.spamd_server import GTUBE, shared_spamd
+from tests.spamd_server import GTUBE
 
 mx = smtp_wire.mx  # the fixture that starts `runsmtp`
 
@@ -28,11 +28,6 @@ SPAM = (
     "\r\n"
     f"{GTUBE}\r\n"
 ).encode()
-
-
-@pytest.fixture(scope="session")
-def spamd():
-    return shared_spamd()
 
 
 @pytest.fixture

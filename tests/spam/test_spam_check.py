@@ -14,14 +14,9 @@ from mailcore.services import accounts
 from mailcore.services.inbound import Envelope, PolicyRejection, receive
 from mailcore.spam.check import SpamRejection, check
 from mailcore.store import message_store
-from tests.spamd_server import GTUBE, shared_spamd
+from tests.spamd_server import GTUBE
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture(scope="session")
-def spamd():
-    return shared_spamd()
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ from mailcore.quarantine import links
 from mailcore.services import senders
 from tests import web_data as w
 from tests.conftest import free_port
-from tests.test_web_browser import TIMEOUT_MS, launch_chromium
+from tests.web.test_web_browser import TIMEOUT_MS, launch_chromium
 
 
 def state_of(delivery_id: int) -> str:
