@@ -19,12 +19,13 @@ from typing import TYPE_CHECKING
 from aiosmtpd.smtp import MISSING, AuthResult
 from django.conf import settings
 
-from mailcore.services import accounts, inbound, outbound
+from mailcore.services import accounts, outbound
 from mailcore.services.login_failures import LoginFailures
 from mailcore.smtp import replies
 from mailcore.smtp.handler import InboundHandler, TemporaryFault
 from mailcore.smtp.replies import Reply
 from mailcore.smtp.server import InboundSMTP, SMTPConfig
+from mailcore.store import spool
 
 if TYPE_CHECKING:
     from aiosmtpd.smtp import Session
@@ -154,7 +155,7 @@ class SubmissionHandler(InboundHandler):
             return replies.RECIPIENT_TEMPFAIL, None
         return replies.RECIPIENT_OK, None
 
-    async def deliver(self, server: SubmissionSMTP, content: bytes | list[bytes]) -> tuple[Reply, str | None]:
+    async def deliver(self, server: SubmissionSMTP, content: bytes | list) -> tuple[Reply, str | None]:
         """Local recipients now, remote ones queued; 250 only once all of it is committed."""
         envelope = server.envelope
         tls = server.tls_active()
@@ -170,7 +171,7 @@ class SubmissionHandler(InboundHandler):
             authenticated_as=server.authenticated_as or "",
         )
         try:
-            receipt = await self.call(_submit, submission, inbound.joined(content))
+            receipt = await self.call(_submit, submission, spool.joined(content))
         except outbound.SubmissionError as exc:
             code, status, text = exc.reply.split(" ", 2)
             return Reply(int(code), status, text), None

@@ -11,7 +11,7 @@ from asgiref.sync import async_to_sync, sync_to_async
 from django.conf import settings
 from django.db import close_old_connections, connection
 
-from mailcore.services import callbacks
+from mailcore.services import callbacks, inbound
 from mailcore.services.callbacks import Claim, Outcome
 from mailcore.verification import origins
 from mailcore.verification.envelope import envelope_mismatch
@@ -67,6 +67,7 @@ class Sweep:
         self.services = services or _Services()
         self.report = SweepReport()
         self.host_slots: dict[str, asyncio.Semaphore] = {}
+        self.spool_directory = inbound.spool_directory()
 
     def slot(self, host: OriginHost) -> asyncio.Semaphore:
         """The per-host concurrency limit: however many sender domains share an origin host."""
@@ -154,6 +155,7 @@ class Sweep:
                 helo_name=settings.MAIL_HOSTNAME,
                 timeout=timeout,
                 max_size=settings.MAIL_MAX_MESSAGE_SIZE,
+                spool_directory=self.spool_directory,
             )
 
     async def _settle(self, claim: Claim, pulled: Pulled) -> None:
