@@ -67,7 +67,10 @@ class DataReceiver:
         """Take the next chunk; True once the end of the data has been seen."""
         data = self._tail + chunk
         self.received += len(chunk)
-        end = data.find(END_OF_DATA)  # the tail holds less than END_OF_DATA of a line: found across chunks
+        # The tail holds less than END_OF_DATA of a line: the end is found across chunks. A chunk
+        # without a dot (memchr) has neither the end nor a line to unstuff: the searches for
+        # them, which cost most on dense line ends, are spared.
+        end = data.find(END_OF_DATA) if b"." in data else -1
         if end >= 0:
             self.done = True
             self.leftover = data[end + len(END_OF_DATA):]
@@ -111,7 +114,7 @@ class DataReceiver:
             self._refuse(replies.DATA_LINE_TOO_LONG)
             return
         # RFC 5321 §4.5.2: the first "." of every line that starts with one is removed.
-        if b"\r\n." in segment:
+        if b"." in segment and b"\r\n." in segment:
             segment = segment.replace(b"\r\n.", b"\r\n")
         lines = memoryview(segment)[2:]
         if self._head is not None:
