@@ -8,8 +8,8 @@ import pytest
 
 from mailcore.smtp import replies
 from mailcore.smtp.data import PART_SIZE, DataReceiver, DotStuffer, dot_stuff
-from mailcore.store.spool import SpoolFile
 from mailcore.smtp.replies import Reply
+from mailcore.store.spool import SpoolFile
 
 
 def receive(wire: bytes, chunk: int, max_size: int = 10_000) -> DataReceiver:

@@ -8,12 +8,15 @@ PART_SIZE octets of the message and one chunk; the rest goes to a spool file as 
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass
 
 from mailcore.smtp import replies
 from mailcore.smtp.replies import Reply
 from mailcore.store.spool import SpoolFile
+
+log = logging.getLogger("mailcore.smtp")
 
 END_OF_DATA = b"\r\n.\r\n"
 # RFC 5321 §4.5.3.1.6: 1000 octets per line including the CRLF.
@@ -118,9 +121,13 @@ class DataReceiver:
             segment = segment.replace(b"\r\n.", b"\r\n")
         lines = memoryview(segment)[2:]
         if self._head is not None:
-            if self._spool is None:
-                self._spool = SpoolFile(self.spool_directory)
-            self._spool.append(lines, b"\r\n")
+            try:
+                if self._spool is None:
+                    self._spool = SpoolFile(self.spool_directory)
+                self._spool.append(lines, b"\r\n")
+            except OSError as exc:  # a full disk, say: refused as temporary once the data has ended
+                log.warning("cannot spool a message: %s", exc)
+                self._refuse(replies.TEMPORARY_FAILURE)
             return
         current = self._current
         current += lines

@@ -34,6 +34,8 @@ class SpoolFile:
     """
 
     def __init__(self, directory: str | None = None):
+        if directory is not None:
+            os.makedirs(directory, exist_ok=True)  # a store that has no body yet has no directory yet
         self._file = tempfile.TemporaryFile(prefix=PREFIX, dir=directory)
         self.fd = self._file.fileno()
         self.size = 0

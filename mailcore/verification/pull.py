@@ -204,6 +204,8 @@ class OriginConnection:
         outcome = receiver.outcome()
         if outcome.problem is replies.DATA_TOO_BIG:
             raise BodyTooLarge(f"message exceeds the size limit of {max_size} octets")
+        if outcome.problem is replies.TEMPORARY_FAILURE:  # our disk, not the body: pulled again later
+            raise OSError("cannot spool the body here")
         return outcome
 
     async def quit(self) -> None:
