@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import time
 from pathlib import Path
 
 import pytest
@@ -19,7 +18,7 @@ from tests import smtp_wire
 from tests.dnsserver import TestDNSServer
 from tests.origin_peer import ScriptedOrigin, body_reply
 from tests.smtp_wire import RawSMTP, starts
-from tests.sockets import peak_rss_kb
+from tests.sockets import peak_rss_kb, wait_until
 
 mx = smtp_wire.mx  # the fixture that starts `runsmtp`
 b_test = smtp_wire.b_test
@@ -51,15 +50,6 @@ def spools_open(pid: int, store_root: Path) -> list[str]:
         if target.startswith(str(store_root)) and target.endswith("(deleted)"):
             found.append(target)
     return found
-
-
-def wait_until(condition, timeout: float = 20.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return condition()
 
 
 def stored_original(message: Message, content_start: bytes) -> tuple[str, str]:

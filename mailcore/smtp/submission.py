@@ -171,7 +171,7 @@ class SubmissionHandler(InboundHandler):
             authenticated_as=server.authenticated_as or "",
         )
         try:
-            receipt = await self.call(_submit, submission, spool.joined(content))
+            receipt = await self.call(_submit, submission, content)
         except outbound.SubmissionError as exc:
             code, status, text = exc.reply.split(" ", 2)
             return Reply(int(code), status, text), None
@@ -204,9 +204,11 @@ async def _initial_or_challenge(server: SubmissionSMTP, args: list[str], prompt:
         return None
 
 
-def _submit(submission: outbound.Submission, content: bytes) -> outbound.SubmissionReceipt:
+def _submit(submission: outbound.Submission, content: bytes | list) -> outbound.SubmissionReceipt:
+    # A large message is read whole from its spool here, in a worker thread: signing it (DKIM)
+    # and queueing it take it as one bytes object.
     # RFC 6409 §8.2, §8.3: the submission server may add a missing Date and Message-ID.
-    content = outbound.add_missing_headers(content, submission.mail_from)
+    content = outbound.add_missing_headers(spool.joined(content), submission.mail_from)
     return outbound.submit(submission, content)
 
 
