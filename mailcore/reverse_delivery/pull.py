@@ -14,6 +14,7 @@ from mailcore.reverse_delivery.ids import offers_source
 from mailcore.reverse_delivery.origins import OriginHost
 from mailcore.smtp import replies
 from mailcore.smtp.data import DataOutcome, DataReceiver
+from mailcore.store import spool
 
 log = logging.getLogger("mailcore.reverse_delivery")
 
@@ -59,11 +60,15 @@ class Reply:
 
 @dataclass
 class Pulled:
-    """What one GET gave: a body, a permanent refusal, or nothing yet (`body` and `refusal` both None)."""
+    """What one GET gave: a body, a permanent refusal, or nothing yet (`body` and `refusal` both None).
+
+    A body larger than smtp.data.PART_SIZE is its first part and its spool (store.spool), open
+    while `on_pulled` runs and closed once it has returned.
+    """
 
     source_id: str
     host: OriginHost
-    body: bytes | None = None
+    body: bytes | list | None = None
     refusal: str | None = None
     # The envelope in the 250 reply (spec §4); None when the origin sent none (version 1) or a
     # malformed one: either way it cannot match (spec §5.4).
@@ -165,27 +170,34 @@ class OriginConnection:
                 log.info("origin %s offered STARTTLS but answered %s; continuing without TLS", self.host, reply)
         return ehlo
 
-    async def read_body(self, max_size: int) -> DataOutcome:
+    async def read_body(self, max_size: int, spool_directory: str | None = None) -> DataOutcome:
         """The message after a 250 to GET, in DATA form (RFC 5321 §4.5.2), read as our DATA reads it.
 
         The same reader and the same checks as DATA (spec §5.4): the outcome holds the message,
         un-stuffed with its CRLFs, or the reply DATA would have given it (bare CR or LF, NUL, a
         line over 1,000 octets). Raises BodyTooLarge as soon as the octets exceed `max_size`,
-        without reading further (spec §5.7).
+        without reading further (spec §5.7). A large body is spooled as it arrives, in
+        `spool_directory` (the store's), so what is held is its first part whatever its size.
         """
-        receiver = DataReceiver(max_size, abandon_after=max_size)
-        if self.inbox:
-            receiver.feed(self.inbox)
-            self.inbox.clear()
-        while not receiver.done:
-            if receiver.too_big:
-                raise BodyTooLarge(f"message exceeds the size limit of {max_size} octets")
-            receiver.feed(await self._receive())
+        receiver = DataReceiver(max_size, abandon_after=max_size, spool_directory=spool_directory)
+        try:
+            if self.inbox:
+                receiver.feed(self.inbox)
+                self.inbox.clear()
+            while not receiver.done:
+                if receiver.too_big:
+                    raise BodyTooLarge(f"message exceeds the size limit of {max_size} octets")
+                receiver.feed(await self._receive())
+        finally:
+            if not receiver.done:
+                receiver.close()  # its spool too
         # What follows the final dot is the next pipelined reply.
         self.inbox += receiver.leftover
         outcome = receiver.outcome()
         if outcome.problem is replies.DATA_TOO_BIG:
             raise BodyTooLarge(f"message exceeds the size limit of {max_size} octets")
+        if outcome.problem is replies.TEMPORARY_FAILURE:  # our disk, not the body: pulled again later
+            raise OSError("cannot spool the body here")
         return outcome
 
     async def quit(self) -> None:
@@ -214,8 +226,11 @@ async def pull_from_host(
     helo_name: str,
     timeout: float,
     max_size: int,
+    spool_directory: str | None = None,
 ) -> HostReport:
     """GET `source_ids` over one connection to `host`, GETs pipelined (spec §4).
+
+    A large body is spooled in `spool_directory` (None: the system's temporary directory).
 
     `on_pulled` is awaited for each id the host settles (a body, or 550/554), before the next
     reply is read, so the caller can make each outcome durable at once. Ids the host did not
@@ -234,7 +249,7 @@ async def pull_from_host(
             await connection.quit()
             return report
         report.usable = True
-        await _pipelined_gets(connection, report, on_pulled, max_size)
+        await _pipelined_gets(connection, report, on_pulled, max_size, spool_directory)
         await connection.quit()
     except BodyTooLarge as exc:
         # Spec §5.7: refused as DATA would be; stop reading and close, the id is failed.
@@ -251,7 +266,9 @@ async def pull_from_host(
     return report
 
 
-async def _pipelined_gets(connection: OriginConnection, report: HostReport, on_pulled: OnPulled, max_size: int) -> None:
+async def _pipelined_gets(
+    connection: OriginConnection, report: HostReport, on_pulled: OnPulled, max_size: int, spool_directory: str | None
+) -> None:
     """Keep up to PIPELINE_WINDOW GETs in flight; settle replies in order (RFC 2920 §3.2)."""
     pending = list(report.unsettled)
     sent = 0
@@ -270,14 +287,17 @@ async def _pipelined_gets(connection: OriginConnection, report: HostReport, on_p
                 if source_id not in reply.lines[0].split():
                     raise ProtocolError(f"answered GET {source_id} with {reply}")
                 envelope = parse_envelope_lines(reply.lines[1:])
-                outcome = await connection.read_body(max_size)
+                outcome = await connection.read_body(max_size, spool_directory)
                 report.unsettled.pop(0)
                 if outcome.problem is not None:
                     # Spec §5.4: what DATA would refuse is refused pulled, and the announcement fails.
                     refusal = f"body refused as DATA would refuse it: {outcome.problem}"
                     await on_pulled(Pulled(source_id, connection.host, refusal=refusal, envelope=envelope))
                 else:
-                    await on_pulled(Pulled(source_id, connection.host, body=outcome.joined(), envelope=envelope))
+                    await on_pulled(Pulled(source_id, connection.host, body=outcome.content, envelope=envelope))
+                    # Stored or refused: read no more. (Were this cancelled while a worker thread
+                    # still reads it, the spool closes with its last reference.)
+                    spool.release(outcome.content)
             elif reply.code in (550, 554, 501):
                 # 550: never sourced there, or expired; 554: the origin refuses us; 501: it says the
                 # id is malformed. All permanent (spec §4): the announcement is a forgery attempt.

@@ -15,7 +15,7 @@ from mailcore.reverse_delivery import origins
 from mailcore.reverse_delivery.envelope import envelope_mismatch
 from mailcore.reverse_delivery.origins import OriginHost, OriginLookupError
 from mailcore.reverse_delivery.pull import Pulled, pull_from_host
-from mailcore.services import pulls
+from mailcore.services import inbound, pulls
 from mailcore.services.pulls import Claim, Outcome
 
 log = logging.getLogger("mailcore.reverse_delivery")
@@ -67,6 +67,7 @@ class Sweep:
         self.services = services or _Services()
         self.report = SweepReport()
         self.host_slots: dict[str, asyncio.Semaphore] = {}
+        self.spool_directory = inbound.spool_directory()
 
     def slot(self, host: OriginHost) -> asyncio.Semaphore:
         """The per-host concurrency limit: however many sender domains share an origin host."""
@@ -154,6 +155,7 @@ class Sweep:
                 helo_name=settings.MAIL_HOSTNAME,
                 timeout=timeout,
                 max_size=settings.MAIL_MAX_MESSAGE_SIZE,
+                spool_directory=self.spool_directory,
             )
 
     async def _settle(self, claim: Claim, pulled: Pulled) -> None:

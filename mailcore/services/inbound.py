@@ -22,7 +22,7 @@ from mailcore.addresses import AddressError, domain_of, normalize_domain
 from mailcore.models import AuthenticatedPolicy, Delivery, DeliveryState, Message, Transport, UnverifiedPolicy, Verification
 from mailcore.models.message import new_queue_id
 from mailcore.services import accounts, pins, quota, senders
-from mailcore.store import StoredBody, message_store
+from mailcore.store import StoredBody, message_store, spool
 from mailcore.store.bodies import PendingBodies
 
 if TYPE_CHECKING:
@@ -110,24 +110,60 @@ class DMARCRejection(PolicyRejection):
         self.domain = domain
 
 
-def authenticate(envelope: Envelope, content: bytes | list[bytes]) -> Envelope:
+def authenticate(envelope: Envelope, content: bytes | list) -> Envelope:
     """SPF, DKIM, DMARC and ARC for a message that came from elsewhere, and its verdict class.
 
     Blocking (DNS within MAIL_AUTH_DNS_TIMEOUT in all): call it from a worker thread. A resolver
     that fails or times out gives temperror results and the message goes on as unverified.
+    A spooled message too costly to read whole is not checked at all (`_authenticated_copy`).
     """
     from mailcore.authentication import checks, results
-    from mailcore.authentication.resolver import TXTResolver
 
     if not settings.MAIL_AUTH_CHECKS:
         return envelope
     try:
-        # DKIM and ARC hash the message whole: one in parts (past smtp.data.PART_SIZE) is joined here.
-        auth = checks.check(TXTResolver(), joined(content), envelope.client_address, envelope.mail_from, envelope.helo_name)
+        checked = _authenticated_copy(content)
+        if checked is None:
+            size = spool.size_of(content)
+            log.info("authentication checks skipped for a message from <%s>: %d octets, too large", envelope.mail_from, size)
+            return envelope
+        from mailcore.authentication.resolver import TXTResolver
+
+        auth = checks.check(TXTResolver(), checked, envelope.client_address, envelope.mail_from, envelope.helo_name)
     except Exception:  # a library's bug on hostile input must not cost the message
         log.exception("authentication checks failed for a message from <%s>", envelope.mail_from)
         return envelope
     return replace(envelope, authentication=auth, verification=results.verdict(envelope.verification, auth))
+
+
+# What dkimpy may cost to read one spooled message whole: it splits the message into a bytes
+# object per line (about 64 octets each with the list's slot) besides copies of its octets.
+# Within this, a message of usual lines (base64's 78 octets) is checked up to about 16 MB; one
+# of very short lines is not: its cost would grow with its line count, not its size.
+WHOLE_MESSAGE_BUDGET = 32 * 1024 * 1024
+LINE_COST = 64
+
+
+def _authenticated_copy(content: bytes | list) -> bytes | None:
+    """The octets that the authentication checks read: the message, or None to skip them.
+
+    In memory, the message itself. Spooled, only its first part when that carries no
+    DKIM-Signature or ARC-Seal field (without them the checks read the header block alone,
+    which the first part holds whole); else the message read whole if it is within
+    WHOLE_MESSAGE_BUDGET, and None past it: like rspamd's and spamc's size limits, a message too
+    large to read is passed on unchecked (so unverified), never failed.
+    """
+    from mailcore.authentication.dkim import has_field
+
+    if not spool.is_spooled(content):
+        return spool.joined(content)
+    head = content[0]
+    if not has_field(head, b"dkim-signature:") and not has_field(head, b"arc-seal:"):
+        return head
+    lines = sum(chunk.count(b"\n") for chunk in spool.octets(content))
+    if spool.size_of(content) + LINE_COST * lines > WHOLE_MESSAGE_BUDGET:
+        return None
+    return spool.joined(content)
 
 
 def rejects_unverified(address: str) -> bool:
@@ -272,8 +308,11 @@ def from_address(header_from: str) -> str:
     return parseaddr(header_from)[1]
 
 
-def receive(envelope: Envelope, content: bytes, spam: SpamVerdict | None = None) -> Receipt:
+def receive(envelope: Envelope, content: bytes | list, spam: SpamVerdict | None = None) -> Receipt:
     """Store `content` once and deliver it to the local recipients of `envelope`.
+
+    `content` may be a large message's first part and spool (smtp.data.DataReceiver); the
+    caller closes the spool once this has returned.
 
     Unverified mail follows each recipient domain's policy: accept, quarantine, or reject. Raises
     PolicyRejection when every recipient rejects it, so that DATA can answer 550 before anything
@@ -293,24 +332,36 @@ def receive(envelope: Envelope, content: bytes, spam: SpamVerdict | None = None)
         raise
 
 
-def spam_verdict(envelope: Envelope, content: bytes) -> SpamVerdict:
+def spam_verdict(envelope: Envelope, content: bytes | list) -> SpamVerdict:
     """The spam check alone, ahead of `receive(..., spam=...)`, scored as `receive` would score it.
 
     Raises SpamRejection (a PolicyRejection) when every recipient's domain refuses the message.
     """
-    from mailcore.spam import check as spam_check
-
     recipients = spam_recipients(envelope, content)
     queue_id = new_queue_id()
-    return spam_check.check(envelope, trace_headers(envelope, queue_id) + content, recipients, queue_id)
+    return spam_scored(envelope, trace_headers(envelope, queue_id), content, recipients, queue_id)
 
 
-def spam_recipients(envelope: Envelope, content: bytes) -> list[str]:
+def spam_scored(envelope: Envelope, headers: bytes, content: bytes | list, recipients: list[str], queue_id: str) -> SpamVerdict:
+    """spamd's verdict on `headers` (ours) and the message, as it would be stored.
+
+    A spooled message is read whole only when the check will score it: one past
+    MAIL_SPAMD_MAX_SIZE (or with the check off) is decided by its size alone.
+    """
+    from mailcore.spam import check as spam_check
+
+    skipped = spam_check.skipped(envelope, len(headers) + spool.size_of(content), queue_id)
+    if skipped is not None:
+        return skipped
+    return spam_check.check(envelope, headers + spool.joined(content), recipients, queue_id)
+
+
+def spam_recipients(envelope: Envelope, content: bytes | list) -> list[str]:
     """The recipients whose spam thresholds apply: not those whose domain refuses the message
     anyway, nor those whose sender list allows or blocks its sender. Raises SenderBlocked when
     every recipient blocks it: there is nothing to score it for."""
     lookups = Lookups()
-    listed = _sender_lists(envelope, summary_headers(content)[1], lookups)
+    listed = _sender_lists(envelope, summary_headers(first_part(content))[1], lookups)
     if listed and all(decision == senders.BLOCK for decision in listed.values()):
         raise SenderBlocked(", ".join(listed))
     return [
@@ -322,7 +373,7 @@ def spam_recipients(envelope: Envelope, content: bytes) -> list[str]:
 
 
 def receive_many(
-    items: list[tuple[Envelope, bytes, SpamVerdict | None]], lookups: Lookups | None = None
+    items: list[tuple[Envelope, bytes | list, SpamVerdict | None]], lookups: Lookups | None = None
 ) -> list[Receipt | Exception]:
     """`receive` for several messages at once (group commit): one round of fsyncs, one transaction.
 
@@ -346,7 +397,7 @@ class StagedBatch:
 
 
 def stage_many(
-    items: list[tuple[Envelope, bytes, SpamVerdict | None]], lookups: Lookups | None = None, sync_here: bool = False
+    items: list[tuple[Envelope, bytes | list, SpamVerdict | None]], lookups: Lookups | None = None, sync_here: bool = False
 ) -> StagedBatch:
     """Route, score and store a batch's bodies in one round of fsyncs; no rows are written.
 
@@ -525,14 +576,14 @@ class _Prepared:
     rejected: list[str]
     spam: SpamVerdict
     headers: bytes  # trace and spam headers, prepended when stored
-    content: bytes | list[bytes]  # a large message in parts (smtp.data.DataReceiver)
+    content: bytes | list  # a large message: its first part, then its spool (smtp.data.DataReceiver)
     subject: str
     header_from: str
     allowed: frozenset[str] = frozenset()  # recipients (normalized) whose sender list allows this sender
     blocked: frozenset[str] = frozenset()  # recipients whose sender list blocks it: held, since others take it
 
     @property
-    def chunks(self) -> tuple[bytes, ...]:
+    def chunks(self) -> tuple:
         """The body to store, in pieces that the store writes without joining them."""
         if isinstance(self.content, bytes):
             return self.headers, self.content
@@ -547,20 +598,24 @@ _CLAIMED_VERDICT = re.compile(
 _AUTHSERV_ID = re.compile(rb":\s*(?:\([^)]*\)\s*)*([^\s;(]+)")
 
 
-def joined(content: bytes | list[bytes]) -> bytes:
-    """A message received in parts (smtp.data.DataReceiver) as one bytes object."""
-    return content if isinstance(content, bytes) else b"".join(content)
+def spool_directory() -> str | None:
+    """Where the DATA and GET readers spool a large message (store.spool)."""
+    return message_store().spool_directory()
 
 
-def content_length(content: bytes | list[bytes]) -> int:
-    return len(content) if isinstance(content, bytes) else sum(map(len, content))
+def first_part(content: bytes | list) -> bytes:
+    """The part of a message that holds its whole header block: all of it when it is one bytes object."""
+    return content if isinstance(content, bytes) else content[0]
 
 
-def without_forged_verdicts(content: bytes | list[bytes]) -> bytes | list[bytes]:
-    """`without_forged_headers` of a message that may be in parts: the header block is in the first."""
+def without_forged_verdicts(content: bytes | list) -> bytes | list:
+    """`without_forged_headers` of a message that may be in parts: the header block is in the first.
+
+    A spooled message's first part holds its header block whole (smtp.data, HEADER_TOO_BIG).
+    """
     if isinstance(content, bytes):
         return without_forged_headers(content)
-    if b"\r\n\r\n" not in content[0]:
+    if b"\r\n\r\n" not in content[0] and not spool.is_spooled(content):
         content = [b"".join(content)]  # a header block longer than a part: rare, and searched whole
     return [without_forged_headers(content[0]), *content[1:]]
 
@@ -592,7 +647,7 @@ def without_forged_headers(content: bytes) -> bytes:
     return cleaned + content[head_end:]
 
 
-def _prepare(envelope: Envelope, content: bytes | list[bytes], spam: SpamVerdict | None, lookups: Lookups) -> _Prepared:
+def _prepare(envelope: Envelope, content: bytes | list, spam: SpamVerdict | None, lookups: Lookups) -> _Prepared:
     queue_id = new_queue_id()
     # RFC 7489 §6.6.4: the From domain's owner asks that mail failing DMARC be refused. A message
     # that reverse delivery verified (aligned) proved its domain in a stronger way: it stays.
@@ -607,8 +662,8 @@ def _prepare(envelope: Envelope, content: bytes | list[bytes], spam: SpamVerdict
             envelope = replace(envelope, verification=Verification.FAILED, auth_result="fail", auth_comment=downgrade)
     # Our own headers name neither Subject nor From, so the message's header block alone says
     # what the stored one would, without a copy of the whole message to parse.
-    first_part = content if isinstance(content, bytes) else content[0]  # holds the whole header block
-    subject, header_from = summary_headers(first_part)
+    head = first_part(content)  # holds the whole header block
+    subject, header_from = summary_headers(head)
     listed = _sender_lists(envelope, header_from, lookups)
     routes = []
     rejected: list[str] = []
@@ -633,22 +688,21 @@ def _prepare(envelope: Envelope, content: bytes | list[bytes], spam: SpamVerdict
         raise PolicyRejection(", ".join(rejected))
     if len(blocked) == len(routes):
         raise SenderBlocked(", ".join(blocked))
-    _refuse_loops(first_part, routes)
+    _refuse_loops(head, routes)
 
     # spamd's verdict before anything is stored, so that a refusal is still a 550 to DATA;
     # raises SpamRejection (a PolicyRejection) when every recipient's domain refuses it.
-    from mailcore.spam import check as spam_check
-
     received = received_header(envelope, queue_id, _sole_recipient(envelope))
     if spam is None:
-        # The check reads the content only with a spamd configured: spare making the copy it would score.
-        scored = trace_headers(envelope, queue_id, received) + joined(content) if settings.MAIL_SPAMD else content
-        spam = spam_check.check(envelope, scored, [r.address for r in routes if r.address not in allowed], queue_id)
+        recipients = [r.address for r in routes if r.address not in allowed]
+        # The headers scored with it are made only with a spamd to score them.
+        scored_headers = trace_headers(envelope, queue_id, received) if settings.MAIL_SPAMD else b""
+        spam = spam_scored(envelope, scored_headers, content, recipients, queue_id)
     spam_result = spam.auth_result()
     if spam_result != envelope.spam_result:  # no copy of the envelope when the check adds nothing (it is off)
         envelope = replace(envelope, spam_result=spam_result)
     headers = trace_headers(envelope, queue_id, received) + spam.headers()
-    _refuse_over_quota(routes, len(headers) + content_length(content))
+    _refuse_over_quota(routes, len(headers) + spool.size_of(content))
     return _Prepared(
         envelope, queue_id, routes, rejected, spam, headers, content, subject, header_from, frozenset(allowed), frozenset(blocked)
     )

@@ -15,7 +15,6 @@ from mailcore.models import Announcement, AnnouncementState, Transport, Verifica
 from mailcore.reverse_delivery.alignment import from_aligned
 from mailcore.services import inbound, pins
 from mailcore.services.login_failures import AddressCounter
-from mailcore.spam import check as spam_check
 
 log = logging.getLogger("mailcore.reverse_delivery")
 
@@ -217,14 +216,14 @@ def _held(claim: Claim):
     )
 
 
-def deliver_pulled(claim: Claim, content: bytes, origin_host: str, origin_address: str) -> Outcome:
+def deliver_pulled(claim: Claim, content: bytes | list, origin_host: str, origin_address: str) -> Outcome:
     """A body came back from the origin: deliver it to the recipients recorded at SOURCE time.
 
     The deliveries and the announcement's new state commit together, so a crash leaves either
     both or neither (and then the lease lapses and the pull is made again): nothing is lost and
     nothing is delivered twice.
     """
-    aligned, why_not = from_aligned(claim.mail_from, content)
+    aligned, why_not = from_aligned(claim.mail_from, inbound.first_part(content))
     if aligned:
         envelope_extra = dict(
             verification=Verification.VERIFIED,
@@ -252,8 +251,8 @@ def deliver_pulled(claim: Claim, content: bytes, origin_host: str, origin_addres
     verdict, refused = None, None
     try:
         recipients = inbound.spam_recipients(envelope, content)
-        verdict = spam_check.check(
-            envelope, inbound.trace_headers(envelope, claim.source_id) + content, recipients, f"SOURCE {claim.source_id}"
+        verdict = inbound.spam_scored(
+            envelope, inbound.trace_headers(envelope, claim.source_id), content, recipients, f"SOURCE {claim.source_id}"
         )
     except inbound.PolicyRejection as exc:  # SpamRejection or SenderBlocked: every recipient refuses it
         refused = exc

@@ -25,7 +25,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("mailcore.smtp")
 
-Item = tuple[inbound.Envelope, "bytes | list[bytes]", "SpamVerdict | None", asyncio.Future]
+# The content of a large message is its first part and its spool (smtp.data.DataReceiver): the
+# batch copies the spool into the store, and the session closes it once `deliver` has returned.
+Item = tuple[inbound.Envelope, "bytes | list", "SpamVerdict | None", asyncio.Future]
 
 
 class WriterTurn:
@@ -89,7 +91,7 @@ class GroupCommit:
         self.messages = 0
 
     async def deliver(
-        self, envelope: inbound.Envelope, content: bytes | list[bytes], spam: SpamVerdict | None = None, alone: bool = False
+        self, envelope: inbound.Envelope, content: bytes | list, spam: SpamVerdict | None = None, alone: bool = False
     ) -> inbound.Receipt:
         """Returns once this message is durable and committed; raises what `inbound.receive` would.
 

@@ -162,7 +162,7 @@ class InboundHandler:
         self.executor.shutdown(wait=True)
         self.auth_executor.shutdown(wait=True)
 
-    async def authenticate(self, envelope: inbound.Envelope, content: bytes | list[bytes]) -> inbound.Envelope:
+    async def authenticate(self, envelope: inbound.Envelope, content: bytes | list) -> inbound.Envelope:
         """SPF, DKIM, DMARC and ARC in an authentication thread (no database there)."""
         if not settings.MAIL_AUTH_CHECKS:
             return envelope
@@ -279,13 +279,13 @@ class InboundHandler:
         result, envelope.queue_id = await self.deliver(server, envelope.content)
         return str(result)
 
-    async def deliver(self, server: InboundSMTP, content: bytes | list[bytes]) -> tuple[Reply, str | None]:
+    async def deliver(self, server: InboundSMTP, content: bytes | list) -> tuple[Reply, str | None]:
         """Store and deliver a message received by DATA: (reply, queue id or None)."""
         envelope = await self.authenticate(server.delivery_envelope(), content)
         try:
             # spamd is asked per message, before the batch, so that one slow verdict never holds
             # back the other sessions' messages (none when the spam check is off).
-            spam = await self.call(inbound.spam_verdict, envelope, inbound.joined(content)) if settings.MAIL_SPAMD else None
+            spam = await self.call(inbound.spam_verdict, envelope, content) if settings.MAIL_SPAMD else None
             receipt = await self.group_commit.deliver(envelope, content, spam, alone=server.registry.counts.total() <= 1)
         except (DatabaseError, OSError) as exc:
             log.warning("delivery failed: %s", exc)

@@ -31,6 +31,7 @@ from mailcore.services import inbound
 from mailcore.smtp import replies
 from mailcore.smtp.data import DataReceiver
 from mailcore.smtp.replies import Reply
+from mailcore.store import spool
 from mailcore.transparency import BodyEncoder
 
 if TYPE_CHECKING:
@@ -577,7 +578,7 @@ class InboundSMTP(SMTP):
 
     async def _receive_data(self) -> str | None:
         """Read the message to its final dot and hand it to handle_DATA: the reply, or None when closed."""
-        receiver = DataReceiver(self.config.max_message_size)
+        receiver = DataReceiver(self.config.max_message_size, spool_directory=inbound.spool_directory())
         self.in_data = True
         try:
             while not receiver.done:
@@ -598,6 +599,8 @@ class InboundSMTP(SMTP):
             raise
         finally:
             self.in_data = False
+            if not receiver.done:
+                receiver.close()  # its spool too: nothing of an unterminated message is kept
         if receiver.leftover:
             # Commands pipelined after the final dot go back to the reader for aiosmtpd's loop.
             self._reader._buffer[0:0] = receiver.leftover
@@ -607,6 +610,9 @@ class InboundSMTP(SMTP):
             return str(outcome.problem)
         self.envelope.content = self.envelope.original_content = outcome.content
         status = await self._call_handler_hook("DATA")
+        # The message is stored or refused: its spool is read no more. (Were the session
+        # cancelled while a batch still copies it, the spool closes with its last reference.)
+        spool.release(outcome.content)
         self.log_transaction(self.envelope.queue_id or "NOQUEUE", status, size=outcome.received)
         return status
 

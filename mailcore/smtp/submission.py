@@ -20,12 +20,13 @@ from aiosmtpd.smtp import MISSING, AuthResult
 from django.conf import settings
 
 from mailcore.sasl import parse_plain
-from mailcore.services import accounts, inbound, outbound
+from mailcore.services import accounts, outbound
 from mailcore.services.login_failures import LoginFailures
 from mailcore.smtp import replies
 from mailcore.smtp.handler import InboundHandler, TemporaryFault
 from mailcore.smtp.replies import Reply
 from mailcore.smtp.server import InboundSMTP, SMTPConfig
+from mailcore.store import spool
 
 if TYPE_CHECKING:
     from aiosmtpd.smtp import Session
@@ -153,7 +154,7 @@ class SubmissionHandler(InboundHandler):
             return replies.RECIPIENT_TEMPFAIL, None
         return replies.RECIPIENT_OK, None
 
-    async def deliver(self, server: SubmissionSMTP, content: bytes | list[bytes]) -> tuple[Reply, str | None]:
+    async def deliver(self, server: SubmissionSMTP, content: bytes | list) -> tuple[Reply, str | None]:
         """Local recipients now, remote ones queued; 250 only once all of it is committed."""
         envelope = server.envelope
         tls = server.tls_active()
@@ -169,7 +170,7 @@ class SubmissionHandler(InboundHandler):
             authenticated_as=server.authenticated_as or "",
         )
         try:
-            receipt = await self.call(_submit, submission, inbound.joined(content))
+            receipt = await self.call(_submit, submission, content)
         except outbound.SubmissionError as exc:
             code, status, text = exc.reply.split(" ", 2)
             return Reply(int(code), status, text), None
@@ -202,9 +203,11 @@ async def _initial_or_challenge(server: SubmissionSMTP, args: list[str], prompt:
         return None
 
 
-def _submit(submission: outbound.Submission, content: bytes) -> outbound.SubmissionReceipt:
+def _submit(submission: outbound.Submission, content: bytes | list) -> outbound.SubmissionReceipt:
+    # A large message is read whole from its spool here, in a worker thread: signing it (DKIM)
+    # and queueing it take it as one bytes object.
     # RFC 6409 §8.2, §8.3: the submission server may add a missing Date and Message-ID.
-    content = outbound.add_missing_headers(content, submission.mail_from)
+    content = outbound.add_missing_headers(spool.joined(content), submission.mail_from)
     return outbound.submit(submission, content)
 
 

@@ -137,6 +137,20 @@ def recipient_thresholds(recipients: list[str]) -> dict[str, Thresholds]:
     return {rcpt: by_name.get(domain_of(rcpt), Thresholds()) for rcpt in recipients}
 
 
+def skipped(envelope: Envelope, size: int, queue_id: str = "") -> SpamVerdict | None:
+    """The verdict of a message that is not scored (the check off, our own mail, too large), or
+    None when it is: known from its size alone, so a large message is never read for nothing."""
+    if configured_client() is None:
+        return SpamVerdict(SpamStatus.SKIPPED, note="spam check off", announce=False)
+    if envelope.transport in UNCHECKED_TRANSPORTS:
+        return SpamVerdict(SpamStatus.SKIPPED, note=f"{envelope.transport} mail is not checked", announce=False)
+    if size > settings.MAIL_SPAMD_MAX_SIZE:
+        # Like spamc's own size limit: scoring a huge message costs more than it tells.
+        log.info("%s spam check skipped: %d octets, limit %d", queue_id, size, settings.MAIL_SPAMD_MAX_SIZE)
+        return SpamVerdict(SpamStatus.SKIPPED, note=f"larger than {settings.MAIL_SPAMD_MAX_SIZE} octets")
+    return None
+
+
 def check(envelope: Envelope, content: bytes, recipients: list[str] | None = None, queue_id: str = "") -> SpamVerdict:
     """Score `content` and decide for each local recipient; raises SpamRejection when all refuse it.
 
@@ -148,15 +162,11 @@ def check(envelope: Envelope, content: bytes, recipients: list[str] | None = Non
     """
     if recipients is None:
         recipients = list(envelope.rcpt_tos)
+    not_scored = skipped(envelope, len(content), queue_id)
+    if not_scored is not None:
+        return not_scored
     client = configured_client()
-    if client is None:
-        return SpamVerdict(SpamStatus.SKIPPED, note="spam check off", announce=False)
-    if envelope.transport in UNCHECKED_TRANSPORTS:
-        return SpamVerdict(SpamStatus.SKIPPED, note=f"{envelope.transport} mail is not checked", announce=False)
-    if len(content) > settings.MAIL_SPAMD_MAX_SIZE:
-        # Like spamc's own size limit: scoring a huge message costs more than it tells.
-        log.info("%s spam check skipped: %d octets, limit %d", queue_id, len(content), settings.MAIL_SPAMD_MAX_SIZE)
-        return SpamVerdict(SpamStatus.SKIPPED, note=f"larger than {settings.MAIL_SPAMD_MAX_SIZE} octets")
+    assert client is not None  # `skipped` says so when there is none
     started = time.monotonic()
     try:
         report = client.symbols(content)

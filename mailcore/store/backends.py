@@ -9,16 +9,35 @@ from concurrent.futures import ThreadPoolExecutor
 
 from django.core.files.storage import FileSystemStorage
 
+from mailcore.store.spool import SpoolFile
+
 # fsync(2) of many files issued at once lets the file system write them in one journal commit
 # (ext4's jbd2 joins concurrent fsyncs): a batch of 32 bodies costs about what 4 cost one by one.
 _FSYNC_THREADS = ThreadPoolExecutor(max_workers=32, thread_name_prefix="store-fsync")
 _IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024
 
 
-def write_chunks(fd: int, chunks: Sequence[bytes], offset: int | None = None) -> None:
+def write_chunks(fd: int, chunks: Sequence[bytes | SpoolFile], offset: int | None = None) -> None:
     """Write every chunk, in order, with as few writev(2) calls as the kernel allows; from
-    `offset` with pwritev(2) when given (the file's own position is then left alone)."""
-    views = [memoryview(chunk) for chunk in chunks if chunk]
+    `offset` with pwritev(2) when given (the file's own position is then left alone).
+
+    A chunk may be a SpoolFile (a large message's octets past its first part): it is copied in
+    the kernel (SpoolFile.copy_into), never read into this process whole."""
+    views: list[memoryview] = []
+    for chunk in chunks:
+        if isinstance(chunk, SpoolFile):
+            offset = _write_views(fd, views, offset)
+            views = []
+            chunk.copy_into(fd, offset)
+            if offset is not None:
+                offset += len(chunk)
+        elif chunk:
+            views.append(memoryview(chunk))
+    _write_views(fd, views, offset)
+
+
+def _write_views(fd: int, views: list[memoryview], offset: int | None) -> int | None:
+    """writev(2) or pwritev(2) of `views` (consumed); returns the offset after them, if one was given."""
     while views:
         if offset is None:
             written = os.writev(fd, views[:_IOV_MAX])
@@ -29,6 +48,7 @@ def write_chunks(fd: int, chunks: Sequence[bytes], offset: int | None = None) ->
             written -= views.pop(0).nbytes
         if written:
             views[0] = views[0][written:]
+    return offset
 
 
 def fsync_directory(path: str) -> None:
@@ -78,13 +98,14 @@ class DurableFileSystemStorage(FileSystemStorage):
         fsync_directory(directory)
         return name
 
-    def save_many(self, names: list[str], contents: list[bytes | Sequence[bytes]]) -> list[str]:
+    def save_many(self, names: list[str], contents: list[bytes | Sequence[bytes | SpoolFile]]) -> list[str]:
         """Save several new files in one durability round (group commit); all or none.
 
         Each is written to a temporary name, all are fsynced together, renamed into place, and
         each directory that holds them is fsynced once. `names` must be fresh (never overwritten).
-        A content may be a sequence of chunks (our headers, then the message as received): they
-        are written with one writev(2) rather than joined into a copy first.
+        A content may be a sequence of chunks (our headers, then the message as received, its
+        spool last): they are written with one writev(2), the spool copied in the kernel, rather
+        than joined into a copy first.
         """
         temps: list[tuple[str, str]] = []  # (temporary, final) paths
         open_fds: list[int] = []

@@ -18,8 +18,14 @@ from django.core.files.storage import Storage, storages
 from django.utils import timezone
 
 from mailcore.store import segments
+from mailcore.store.spool import SpoolFile, octets, size_of
 
 CHUNK_SIZE = 64 * 1024
+# A body to store: bytes, or a sequence of chunks stored as their concatenation, in which a
+# large message's octets past its first part may be a SpoolFile (store.spool), copied from there
+# in the kernel and never read into memory whole. The caller keeps the spool open until the
+# call returns (for `begin_put_many`, until `wait` or `settle` has), and closes it.
+Body = bytes | Sequence[bytes | SpoolFile]
 
 
 @dataclass(frozen=True)
@@ -48,11 +54,17 @@ class PendingBodies:
 
 
 class _ChunkFile(File):
-    """Feeds an iterable of byte chunks to a storage backend without joining them in memory."""
+    """Feeds an iterable of byte chunks to a storage backend without joining them in memory.
+
+    A backend that calls `chunks()` gets them as they are; one that calls `read(size)` (an
+    upload in parts) gets `size` octets at a time. Either way each chunk is hashed once.
+    """
 
     def __init__(self, chunks: Iterable[bytes]):
         super().__init__(None, name="body")
         self._chunks = chunks
+        self._unread = iter(self.chunks())
+        self._held = bytearray()  # read from the chunks, not yet returned (a del at its front is cheap)
         self.digest = hashlib.sha256()
         self.size_written = 0
 
@@ -62,8 +74,19 @@ class _ChunkFile(File):
             self.size_written += len(chunk)
             yield chunk
 
-    def read(self, size=-1) -> bytes:  # for backends that read() instead of chunks()
-        return b"".join(self.chunks())
+    def read(self, size=-1) -> bytes:
+        if size is None or size < 0:
+            data = bytes(self._held) + b"".join(self._unread)
+            self._held.clear()
+            return data
+        while len(self._held) < size:
+            chunk = next(self._unread, None)
+            if chunk is None:
+                break
+            self._held += chunk
+        data = bytes(self._held[:size])
+        del self._held[:size]
+        return data
 
     @property
     def size(self) -> int:
@@ -83,23 +106,26 @@ class MessageStore:
     def _new_name() -> str:
         return f"{timezone.now():%Y/%m/%d}/{secrets.token_hex(16)}.eml"
 
-    def put(self, data: bytes | Iterable[bytes]) -> StoredBody:
-        """Store a body; returns once it is durable. The name is fresh, never reused."""
+    def put(self, data: bytes | Iterable[bytes | SpoolFile]) -> StoredBody:
+        """Store a body; returns once it is durable. The name is fresh, never reused.
+
+        A body in chunks (a SpoolFile among them read a chunk at a time) goes to the storage as
+        a file whose `chunks()` yields them: a storage without local paths (S3) uploads it so."""
         name = self._new_name()
         if isinstance(data, (bytes, bytearray, memoryview)):
             content = ContentFile(bytes(data))
             saved = self.storage.save(name, content)
             return StoredBody(saved, len(data), hashlib.sha256(data).hexdigest())
-        stream = _ChunkFile(data)
+        stream = _ChunkFile(octets(data))
         saved = self.storage.save(name, stream)
         return StoredBody(saved, stream.size_written, stream.digest.hexdigest())
 
-    def put_many(self, bodies: list[bytes | Sequence[bytes]]) -> list[StoredBody]:
+    def put_many(self, bodies: list[Body]) -> list[StoredBody]:
         """Store several bodies; returns once all are durable, or raises having kept none.
 
-        A body may be given as a sequence of chunks, stored as their concatenation: the inbound
-        path hands over its trace headers and the message as received without joining them
-        (a copy of the whole message). A storage with `save_many` (the durable file system)
+        A body may be given as a sequence of chunks, stored as their concatenation (`Body`): the
+        inbound path hands over its trace headers and the message as received without joining
+        them (a copy of the whole message), a large message's spool last. A storage with `save_many` (the durable file system)
         makes them durable in one round of fsyncs, which is what lets a group commit acknowledge
         many messages for the price of one.
         """
@@ -111,7 +137,7 @@ class MessageStore:
             raise
         return pending.bodies
 
-    def begin_put_many(self, bodies: list[bytes | Sequence[bytes]], sync_here: bool = False) -> PendingBodies:
+    def begin_put_many(self, bodies: list[Body], sync_here: bool = False) -> PendingBodies:
         """`put_many`, returning as soon as the refs are known: `wait()` on the result returns
         once every body is durable. Bodies that go to a segment are written and synced in
         another thread meanwhile, so a caller can write the rows that name them at the same
@@ -121,7 +147,7 @@ class MessageStore:
         meanwhile, the trip to the sync thread and back costs more than the overlap gains.
         """
         writer = self._segment_writer()
-        small = [i for i, body in enumerate(bodies) if _size(body) <= self.segment_max] if writer is not None else []
+        small = [i for i, body in enumerate(bodies) if size_of(body) <= self.segment_max] if writer is not None else []
         if not small:
             return PendingBodies(self._put_each_in_a_file(bodies))
         chosen = set(small)
@@ -144,7 +170,7 @@ class MessageStore:
         for body in pending.bodies:
             self.delete(body.ref)
 
-    def _put_each_in_a_file(self, bodies: list[bytes | Sequence[bytes]]) -> list[StoredBody]:
+    def _put_each_in_a_file(self, bodies: list[Body]) -> list[StoredBody]:
         save_many = getattr(self.storage, "save_many", None)
         if save_many is None:
             stored: list[StoredBody] = []
@@ -183,6 +209,12 @@ class MessageStore:
                 root = ""
             _ROOTS[self.storage] = root
         return root or None
+
+    def spool_directory(self) -> str | None:
+        """Where a large message being received is spooled (store.spool): the store's own
+        directory on the local file system, so that it is copied in within the kernel; None,
+        the system's temporary directory, for a storage without local paths (S3)."""
+        return self.local_root()
 
     def segment_path(self, ref: str) -> tuple[str, int, int] | None:
         """(file path, offset, length) of a body kept in a segment; None for a body in a file of its own."""
@@ -228,21 +260,17 @@ _SEGMENT_WRITERS: dict[tuple[int, str], segments.SegmentWriter] = {}
 _ROOTS: weakref.WeakKeyDictionary[Storage, str] = weakref.WeakKeyDictionary()
 
 
-def _chunks(body: bytes | Sequence[bytes]) -> Sequence[bytes]:
+def _chunks(body: Body) -> Sequence[bytes | SpoolFile]:
     return [body] if isinstance(body, (bytes, bytearray, memoryview)) else body
 
 
-def _size(body: bytes | Sequence[bytes]) -> int:
-    return len(body) if isinstance(body, (bytes, bytearray, memoryview)) else sum(len(chunk) for chunk in body)
-
-
-def _described(name: str, body: bytes | Sequence[bytes]) -> StoredBody:
+def _described(name: str, body: Body) -> StoredBody:
     if isinstance(body, (bytes, bytearray, memoryview)):
         return StoredBody(name, len(body), hashlib.sha256(body).hexdigest())
     digest = hashlib.sha256()
-    for chunk in body:
+    for chunk in octets(body):
         digest.update(chunk)
-    return StoredBody(name, sum(len(chunk) for chunk in body), digest.hexdigest())
+    return StoredBody(name, size_of(body), digest.hexdigest())
 
 
 def message_store() -> MessageStore:

@@ -7,8 +7,9 @@ import random
 import pytest
 
 from mailcore.smtp import replies
-from mailcore.smtp.data import DataReceiver
+from mailcore.smtp.data import PART_SIZE, DataReceiver
 from mailcore.smtp.replies import Reply
+from mailcore.store.spool import SpoolFile
 from mailcore.transparency import BodyEncoder, dot_stuff
 
 
@@ -81,24 +82,57 @@ def test_a_large_message_in_large_chunks_is_received_whole():
     # Throughput is measured by `make bench`, not here; this checks that a 12 MB body with
     # dot-stuffed lines, split across chunk boundaries, comes out exactly.
     line = b"x" * 76 + b"\r\n"
-    original = (line * 999 + b".starts with a dot\r\n") * 160
+    original = b"Subject: large\r\n\r\n" + (line * 999 + b".starts with a dot\r\n") * 160
     wire = original.replace(b"\r\n.", b"\r\n..") + b".\r\n"
     receiver = receive(wire, 256 * 1024 + 3, max_size=len(wire))
     content = receiver.outcome().content
-    # Past a megabyte it comes in parts, which the store writes as they are.
-    assert isinstance(content, list) and b"".join(content) == original
+    # Past a megabyte: its first part in memory, the rest in a spool file, which the store copies.
+    head, spooled = content
+    assert isinstance(spooled, SpoolFile) and len(head) >= PART_SIZE
+    assert head + spooled.read() == original
+    spooled.close()
 
 
 @pytest.mark.parametrize("line", [b"x\r\n", b"..\r\n", b"y" * 998 + b"\r\n"])
 def test_what_is_held_is_the_message_once_whatever_its_lines(line):
     # Short lines cost nothing per line beyond their octets: one chunk's split at a time.
+    # Past PART_SIZE nothing more is held in memory: the rest goes to the spool as it comes.
     receiver = DataReceiver(max_size=30_000_000)
-    chunk = line * (256 * 1024 // len(line))
+    chunk = b"Subject: x\r\n\r\n" + line * (256 * 1024 // len(line))
+    unstuffed = len(line) - line.startswith(b".")
     for _ in range(40):
         receiver.feed(chunk)
-        unstuffed = len(line) - line.startswith(b".")
-        assert receiver.held() <= receiver.received // len(line) * unstuffed + len(line) + 2
-    assert receiver.feed(b".\r\n") and receiver.outcome().problem is None
+        chunk = line * (256 * 1024 // len(line))
+        assert receiver.held() <= min(receiver.received, PART_SIZE + len(chunk)) + len(line) + 2
+    assert receiver.spooled() >= receiver.received // len(line) * unstuffed - PART_SIZE - len(chunk)
+    assert receiver.feed(b".\r\n")
+    outcome = receiver.outcome()
+    head, spooled = outcome.content
+    lines = 40 * (256 * 1024 // len(line))
+    assert outcome.problem is None and head + spooled.read() == b"Subject: x\r\n\r\n" + line[len(line) - unstuffed:] * lines
+    spooled.close()
+
+
+def test_a_header_block_past_the_first_part_is_refused_and_its_spool_closed():
+    receiver = DataReceiver(max_size=10_000_000)
+    for _ in range(20):
+        receiver.feed((b"X-Filler: " + b"y" * 88 + b"\r\n") * 1000)
+    receiver.feed(b"\r\nbody\r\n.\r\n")
+    assert receiver.done and receiver.outcome().problem == replies.HEADER_TOO_BIG
+    assert receiver.spooled() == 0 and receiver.held() == 0
+
+
+def test_a_refused_or_too_large_message_closes_its_spool():
+    lines = (b"z" * 198 + b"\r\n") * 1000
+    for tail, problem in ((b"bare\nlf\r\n", replies.DATA_BARE_LF), (lines * 3, replies.DATA_TOO_BIG)):
+        receiver = DataReceiver(max_size=2_000_000)
+        receiver.feed(b"Subject: x\r\n\r\n")
+        for _ in range(8):
+            receiver.feed(lines)
+        spool = receiver._spool
+        assert spool is not None and len(spool) > 0
+        receiver.feed(tail + b".\r\n")
+        assert receiver.outcome().problem == problem and spool.closed
 
 
 def reference_outcome(wire: bytes) -> tuple[bytes | None, bytes]:
