@@ -38,7 +38,8 @@ def dns():
             "mx.a.test": {"A": ["192.0.2.1"]},
             "_dmarc.a.test": {"TXT": ["v=DMARC1; p=reject; rua=mailto:dmarc@a.test"]},
             "soft.test": {"TXT": ["v=spf1 mx ~all"], "MX": [(10, "mx.a.test")]},
-        }
+        },
+        ttl=0,  # records change between lookups: nothing cached
     ) as server:
         yield server
 

@@ -111,7 +111,7 @@ def test_authenticated_policy_per_domain_from_the_cli():
     # Default: authenticated mail is treated as verified, so a.test delivers it.
     first = arrive("alice@a.test", "dmarc passed", passing(), Verification.AUTHENTICATED)
     assert first.delivered == ["alice@a.test"] and first.message.verification == "authenticated"
-    assert first.message.auth_methods["dmarc"] == {"result": "pass", "from": "origin.test", "policy": "reject"}
+    assert first.message.auth_methods["dmarc"] == {"result": "pass", "from": "origin.test", "policy": "reject", "disposition": "none"}
     run("domain", "set", "a.test", "--authenticated", "unverified")
     assert Domain.objects.get(name="a.test").authenticated_policy == "unverified"
     second = arrive("alice@a.test", "dmarc passed again", passing(), Verification.AUTHENTICATED)

@@ -86,7 +86,8 @@ class Authentication:
         if self.dkim or self.spf is not None:
             data["dkim"] = [{"result": s.result, "d": s.domain, "s": s.selector, "a": s.algorithm} for s in self.dkim]
         if self.dmarc is not None:
-            data["dmarc"] = {"result": self.dmarc.result, "from": self.dmarc.header_from, "policy": self.dmarc.policy}
+            d = self.dmarc
+            data["dmarc"] = {"result": d.result, "from": d.header_from, "policy": d.policy, "disposition": d.disposition}
         if self.arc is not None:
             data["arc"] = {"result": self.arc.result, "instances": self.arc.instances}
         return data
