@@ -142,6 +142,19 @@ def test_web_ui_shows_results_and_counts_the_classes(settings):
     assert got["authenticated-1"] == 1 and got["unverified-1"] == 1
     assert 'class="bar-authenticated"' in dashboard
     assert held.deliveries.get().state == DeliveryState.QUARANTINED
+    # The CLI's quarantine list: the verdict and each method's result, before the subject.
+    [line] = run("quarantine", "list").splitlines()
+    assert line.endswith("\tDMARC policy quarantine\tunverified\tspf=fail dkim=none dmarc=fail arc=none\tdmarc failed"), line
+    # The mailbox owner's quarantine list and message view.
+    owner = Client()
+    assert owner.post("/mailbox/login/", {"address": "carol@b.test", "password": w.PASSWORD}).status_code == 302
+    home = owner.get("/mailbox/").content.decode()
+    held_row = home[home.index(f'data-delivery="{held.deliveries.get().pk}"'):]
+    held_row = held_row[: held_row.index("</tr>")]
+    assert 'mail-unverified">unverified<' in held_row
+    assert 'data-auth="spf">spf=fail<' in held_row and 'data-auth="dmarc">dmarc=fail<' in held_row
+    view = owner.get(f"/mailbox/message/{held.deliveries.get().pk}/").content.decode()
+    assert 'data-auth="dmarc">dmarc=fail<' in view and "dmarc=fail header.from=bank.example" in view
 
 
 def test_domain_page_checks_each_record_against_live_dns(settings):

@@ -113,6 +113,11 @@ def summary(methods: dict) -> dict[str, str]:
     return out
 
 
+def summary_line(methods: dict) -> str:
+    """`spf=pass dkim=none dmarc=fail arc=none`, or `-` for a message that was not checked."""
+    return " ".join(f"{method}={result}" for method, result in summary(methods).items()) or "-"
+
+
 def verdict(reverse_delivery: str, auth: Authentication | None) -> str:
     """The verdict class: reverse delivery's own verdict, raised to authenticated by DMARC or lowered to failed."""
     if reverse_delivery in (VERIFIED, FAILED):
