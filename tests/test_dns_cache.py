@@ -20,8 +20,9 @@ import dns.rrset
 import pytest
 
 from mailcore import dnscache
-from mailcore.authentication import checks
+from mailcore.authentication import checks, keys
 from mailcore.authentication.resolver import TXTResolver
+from mailcore.authentication.signing import SigningKey, dkim_signatures
 from mailcore.models import Message
 from mailcore.services.accounts import add_domain, add_mailbox
 from tests import smtp_wire
@@ -115,15 +116,24 @@ def test_ttl_zero_and_negative_answers_without_soa_are_not_kept():
     assert dnscache.MAX_TTL - 5 < cache.get(key).expiration - time.time() <= dnscache.MAX_TTL
 
 
-def test_spf_and_dmarc_records_are_asked_at_once(settings):
+def test_spf_dkim_keys_and_dmarc_record_are_asked_at_once(settings):
     settings.MAIL_DNS_CACHE_SIZE = 100
-    with TestDNSServer(RECORDS, ttl=60) as server:
-        # Each of the two answers takes half a second: asked one after the other, the server
-        # would never hold both questions at once.
-        server.delay.update({"c.test": 0.5, "_dmarc.c.test": 0.5})
-        auth = checks.check(TXTResolver(servers(server), budget=5), MESSAGE % (0, 0), "127.0.0.1", "carol@c.test", "[127.0.0.1]")
-        assert (auth.spf.result, auth.dmarc.result) == ("pass", "pass")
-        assert server.most_at_once >= 2, server.queries
+    rsa, ed = keys.generate(keys.RSA), keys.generate(keys.ED25519)
+    records = {**RECORDS, "r1._domainkey.c.test": {"TXT": [keys.key_record(keys.RSA, rsa.public)]},
+               "e1._domainkey.c.test": {"TXT": [keys.key_record(keys.ED25519, ed.public)]}}
+    content = MESSAGE % (0, 0)
+    signed = dkim_signatures(content, "c.test", [SigningKey("r1", keys.RSA, rsa.private), SigningKey("e1", keys.ED25519, ed.private)])
+    with TestDNSServer(records, ttl=60) as server:
+        # Each answer takes a second: asked one after the other, the server would never hold
+        # two questions at once.
+        server.delay.update({name: 1.0 for name in records})
+        auth = checks.check(TXTResolver(servers(server), budget=10), signed + content, "127.0.0.1", "carol@c.test", "[127.0.0.1]")
+        assert (auth.spf.result, [s.result for s in auth.dkim], auth.dmarc.result) == ("pass", ["pass", "pass"], "pass")
+        assert server.most_at_once >= 4, server.queries
+        # The same message again: every answer is cached, nothing is asked.
+        asked = sum(server.queries.values())
+        checks.check(TXTResolver(servers(server), budget=10), signed + content, "127.0.0.1", "carol@c.test", "[127.0.0.1]")
+        assert sum(server.queries.values()) == asked
 
 
 def test_dns_cache_off(settings):

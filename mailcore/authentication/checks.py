@@ -2,8 +2,8 @@
 
 Blocking (DNS lookups within the resolver's budget, public-key operations): call it from a worker
 thread, never from a listener's event loop. The lookups that do not wait on one another run at
-once: SPF (MAIL FROM, then HELO), the DMARC record and ARC in threads of a pool here, DKIM in the
-caller's; DMARC's verdict then needs only the SPF and DKIM results. A message whose lookups are
+once, in threads of a pool here: SPF (MAIL FROM, then HELO), each DKIM signature, the DMARC
+record and ARC; DMARC's verdict then needs only the SPF and DKIM results. A message whose lookups are
 all in the DNS cache is checked in the caller's thread alone, where handing work to other
 threads would cost more than it saves.
 """
@@ -30,11 +30,15 @@ _pool_lock = threading.Lock()
 
 
 def _lookups() -> ThreadPoolExecutor:
-    """The pool of lookup threads: three per authentication thread (SPF, DMARC, ARC)."""
+    """The pool of lookup threads: four per authentication thread (SPF, DMARC, ARC, DKIM).
+
+    A message with more DKIM signatures waits its turn for the others; a task that starts after
+    the message's DNS budget is spent gets only cached answers, so the wait stays bounded.
+    """
     global _pool
     with _pool_lock:
         if _pool is None:
-            _pool = ThreadPoolExecutor(max_workers=3 * settings.MAIL_AUTH_WORKER_THREADS, thread_name_prefix="auth-dns")
+            _pool = ThreadPoolExecutor(max_workers=4 * settings.MAIL_AUTH_WORKER_THREADS, thread_name_prefix="auth-dns")
         return _pool
 
 
@@ -71,13 +75,14 @@ def check(resolver: TXTResolver, content: bytes, client_address: str, mail_from:
     author = from_domain(content)
     sealed = dkim.has_field(content, b"arc-seal:")
     sender = (mail_from.rpartition("@")[2] if mail_from else helo).lower().rstrip(".")
-    names = [sender] + ([f"_dmarc.{author}"] if dmarc.has_from_domain(author) else [])
+    signatures = dkim.signatures(content)
+    names = [sender, *map(dkim.key_name, signatures)] + ([f"_dmarc.{author}"] if dmarc.has_from_domain(author) else [])
     start = _lookups().submit if sealed or not resolver.all_cached(names) else _now
     spf_results = start(_spf, resolver, client_address, mail_from, helo)
     record = start(dmarc.find_record, resolver, author) if dmarc.has_from_domain(author) else None
     arc_result = start(arc.verify, resolver, content) if sealed else None
     auth = Authentication()
-    auth.dkim = dkim.verify(resolver, content)
+    auth.dkim = dkim.verify(resolver, content, start, signatures)
     auth.spf, auth.helo = spf_results.result()
     auth.dmarc = dmarc.evaluate(resolver, author, auth.spf, auth.dkim, found=record.result if record else None)
     auth.arc = arc_result.result() if arc_result else arc.ARCResult("none", reason="no ARC set")
