@@ -3,9 +3,9 @@
 Blocking (DNS lookups within the resolver's budget, public-key operations): call it from a worker
 thread, never from a listener's event loop. The lookups that do not wait on one another run at
 once, in threads of a pool here: SPF (MAIL FROM, then HELO), each DKIM signature, the DMARC
-record and ARC; DMARC's verdict then needs only the SPF and DKIM results. A message whose lookups are
-all in the DNS cache is checked in the caller's thread alone, where handing work to other
-threads would cost more than it saves.
+record and ARC; DMARC's verdict then needs only the SPF and DKIM results. A message whose
+lookups are all in the DNS cache is checked in the caller's thread alone, where handing work to
+other threads would cost more than it saves.
 """
 
 from __future__ import annotations
