@@ -3,15 +3,13 @@
 Blocking (DNS lookups within the resolver's budget, public-key operations): call it from a worker
 thread, never from a listener's event loop. The lookups that do not wait on one another run at
 once, in threads of a pool here: SPF (MAIL FROM, then HELO), each DKIM signature, the DMARC
-record and ARC; DMARC's verdict then needs only the SPF and DKIM results. A message whose
-lookups are all in the DNS cache is checked in the caller's thread alone, where handing work to
-other threads would cost more than it saves.
+record and ARC; DMARC's verdict then needs only the SPF and DKIM results.
 """
 
 from __future__ import annotations
 
 import threading
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from email.parser import BytesHeaderParser
 from email.policy import compat32
 from email.utils import getaddresses
@@ -60,29 +58,16 @@ def _spf(resolver: TXTResolver, client_address: str, mail_from: str, helo: str) 
     return result, helo_result
 
 
-def _now(fn, *args) -> Future:
-    """`fn(*args)` run in this thread, as a finished future."""
-    future: Future = Future()
-    try:
-        future.set_result(fn(*args))
-    except BaseException as exc:
-        future.set_exception(exc)
-    return future
-
-
 def check(resolver: TXTResolver, content: bytes, client_address: str, mail_from: str, helo: str) -> Authentication:
     """The results of every method; DNS trouble gives temperror results, never an exception."""
     author = from_domain(content)
     sealed = dkim.has_field(content, b"arc-seal:")
-    sender = (mail_from.rpartition("@")[2] if mail_from else helo).lower().rstrip(".")
-    signatures = dkim.signatures(content)
-    names = [sender, *map(dkim.key_name, signatures)] + ([f"_dmarc.{author}"] if dmarc.has_from_domain(author) else [])
-    start = _lookups().submit if sealed or not resolver.all_cached(names) else _now
+    start = _lookups().submit
     spf_results = start(_spf, resolver, client_address, mail_from, helo)
     record = start(dmarc.find_record, resolver, author) if dmarc.has_from_domain(author) else None
     arc_result = start(arc.verify, resolver, content) if sealed else None
     auth = Authentication()
-    auth.dkim = dkim.verify(resolver, content, start, signatures)
+    auth.dkim = dkim.verify(resolver, content, start)
     auth.spf, auth.helo = spf_results.result()
     auth.dmarc = dmarc.evaluate(resolver, author, auth.spf, auth.dkim, found=record.result if record else None)
     auth.arc = arc_result.result() if arc_result else arc.ARCResult("none", reason="no ARC set")

@@ -81,21 +81,13 @@ def signatures(message: bytes) -> list[dict[bytes, bytes]]:
     return parsed
 
 
-def key_name(sig: dict[bytes, bytes]) -> str:
-    """Where the signature's key is published: `<s>._domainkey.<d>` (RFC 6376 §3.6.2.1)."""
-    return f"{sig.get(b's', b'').decode('ascii', 'replace')}._domainkey.{sig.get(b'd', b'').decode('ascii', 'replace')}"
-
-
-def verify(
-    resolver: TXTResolver, message: bytes, start: Callable[..., Future] | None = None, tags: list[dict[bytes, bytes]] | None = None
-) -> list[DKIMResult]:
+def verify(resolver: TXTResolver, message: bytes, start: Callable[..., Future] | None = None) -> list[DKIMResult]:
     """One result per DKIM-Signature (at most MAX_SIGNATURES); [] when the message has none.
 
     `start(fn, *args)` runs one signature's check and returns its future (a pool's submit, so
     that the signatures' key lookups are made at once); by default they run here, in turn.
-    `tags` are the message's `signatures`, when the caller has read them already.
     """
-    tags = (signatures(message) if tags is None else tags)[:MAX_SIGNATURES]
+    tags = signatures(message)[:MAX_SIGNATURES]
     if start is None:
         return [_verify_one(resolver, message, index, sig) for index, sig in enumerate(tags)]
     checks = [start(_verify_one, resolver, message, index, sig) for index, sig in enumerate(tags)]

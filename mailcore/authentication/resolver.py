@@ -15,8 +15,6 @@ import time
 import dns.exception
 import dns.name
 import dns.nameserver
-import dns.rdataclass
-import dns.rdatatype
 import dns.resolver
 from django.conf import settings
 
@@ -61,21 +59,6 @@ class TXTResolver:
         except dns.exception.DNSException as exc:
             raise DNSTemporaryError(f"DNS error for {rdtype} {name}: {exc}") from exc
         return list(answer.rrset or [])
-
-    def all_cached(self, names: list[str], rdtype: str = "TXT") -> bool:
-        """Whether the cache holds a live answer (or NXDOMAIN) for each of `names`: no lookup would wait."""
-        cache = self.resolver.cache
-        if cache is None:
-            return False
-        kind = dns.rdatatype.from_text(rdtype)
-        for name in names:
-            try:
-                qname = dns.name.from_text(name)
-            except dns.exception.DNSException:
-                return False
-            if cache.get((qname, kind, dns.rdataclass.IN)) is None and cache.get((qname, dns.rdatatype.ANY, dns.rdataclass.IN)) is None:
-                return False
-        return True
 
     def txt(self, name: str) -> list[bytes]:
         """Each TXT record of `name`, its strings joined (RFC 7208 §3.3, RFC 6376 §3.6.2.2)."""
