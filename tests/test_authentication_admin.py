@@ -124,6 +124,22 @@ def test_authenticated_policy_per_domain_from_the_cli():
     assert held.message.deliveries.get().reason == "DMARC policy quarantine"
 
 
+def test_authenticated_policy_is_editable_in_the_web_ui():
+    w.make_accounts()
+    client = Client()
+    client.force_login(w.make_users()["superuser"])
+    domain = Domain.objects.get(name="a.test")
+    url = f"/admin/mailcore/domain/{domain.pk}/change/"
+    form = {"unverified_policy": "quarantine", "active": "on", "_save": "Save"}
+    page = client.get(url).content.decode()
+    assert 'name="authenticated_policy"' in page and "as unverified: the unverified policy and spam threshold" in page
+    assert client.post(url, {**form, "authenticated_policy": "unverified"}).status_code == 302
+    assert Domain.objects.get(name="a.test").authenticated_policy == "unverified"
+    refused = client.post(url, {**form, "authenticated_policy": "maybe"})
+    assert refused.status_code == 200 and "Select a valid choice" in refused.content.decode()
+    assert Domain.objects.get(name="a.test").authenticated_policy == "unverified"
+
+
 def test_web_ui_shows_results_and_counts_the_classes(settings):
     w.make_accounts()
     users = w.make_users()
@@ -174,6 +190,11 @@ def test_domain_page_checks_each_record_against_live_dns(settings):
         client.force_login(users["superuser"])
         domain = Domain.objects.get(name="a.test")
         page = client.get(f"/admin/mailcore/domain/{domain.pk}/change/").content.decode()
+        # Published a moment later: the next look asks DNS afresh, not the cache of the last one.
+        dmarc_value = "".join(re.findall(r'"([^"]*)"', records["_dmarc.a.test."]))
+        dns.records["_dmarc.a.test"] = {"TXT": [dmarc_value]}
+        again = client.get(f"/admin/mailcore/domain/{domain.pk}/change/").content.decode()
+        assert re.search(r'<tr data-record="TXT _dmarc.a.test.">.*?mail-dns-published"', again, re.S)
     rows = dict(re.findall(r'<tr data-record="(\w+ [^"]+)">.*?mail-dns-(\w+)"', page, re.S))
     assert rows["MX a.test."] == "published"
     assert rows[f"TXT {rsa}"] == "published"
