@@ -48,6 +48,15 @@ def wait_until(moment: float) -> None:
         time.sleep(min(0.1, max(moment - time.monotonic(), 0)))
 
 
+def first_change(ask, before, seconds: float = 30) -> tuple[object, float]:
+    """Ask every 0.1 s until the answer is no longer `before`: (the new answer, when it came)."""
+    deadline = time.monotonic() + seconds
+    while (answer := ask()) == before:
+        assert time.monotonic() < deadline, f"still {before!r}"
+        wait_until(time.monotonic() + 0.1)
+    return answer, time.monotonic()
+
+
 def test_an_answer_is_reused_within_its_ttl_and_asked_again_after_it(settings):
     settings.MAIL_DNS_CACHE_SIZE = 100
     with TestDNSServer(RECORDS, ttl=2) as server:
@@ -60,10 +69,8 @@ def test_an_answer_is_reused_within_its_ttl_and_asked_again_after_it(settings):
         assert server.queries[("c.test", "MX")] == 1
         # A changed record is seen once the TTL of the old one has passed, not before.
         server.records["c.test"] = {"TXT": ["v=spf1 -all"]}
-        if time.monotonic() - first < 1.5:
-            assert TXTResolver(servers(server)).txt("c.test") == [b"v=spf1 ip4:127.0.0.0/8 -all"]
-        wait_until(first + 2.1)
-        assert TXTResolver(servers(server)).txt("c.test") == [b"v=spf1 -all"]
+        answer, seen = first_change(lambda: TXTResolver(servers(server)).txt("c.test"), [b"v=spf1 ip4:127.0.0.0/8 -all"])
+        assert answer == [b"v=spf1 -all"] and seen - first >= 2
         assert server.queries[("c.test", "TXT")] == 2
         # Checking what is published (the domain page) always asks.
         assert TXTResolver(servers(server), cached=False).txt("c.test") == [b"v=spf1 -all"]
@@ -82,8 +89,8 @@ def test_negative_answers_are_kept_for_the_soa_ttl_and_at_most_the_cap(settings)
         assert server.queries[("c.test", "A")] == 1
         # The SOA says an hour; our cap says a second: a record published meanwhile counts soon.
         server.records["_dmarc.nowhere.test"] = {"TXT": ["v=DMARC1; p=reject"]}
-        wait_until(first + 1.1)
-        assert TXTResolver(servers(server)).txt("_dmarc.nowhere.test") == [b"v=DMARC1; p=reject"]
+        answer, seen = first_change(lambda: TXTResolver(servers(server)).txt("_dmarc.nowhere.test"), [], seconds=10)
+        assert answer == [b"v=DMARC1; p=reject"] and seen - first >= 1
         assert server.queries[("_dmarc.nowhere.test", "TXT")] == 2
 
 
@@ -149,7 +156,7 @@ def test_the_mx_asks_for_a_senders_records_once_per_ttl(mx):
     """runsmtp with the checks on: messages from one sender within the TTL cost one lookup of each record."""
     add_domain("b.test")
     add_mailbox("bob@b.test", "pw")
-    with TestDNSServer(RECORDS, ttl=4) as server:
+    with TestDNSServer(RECORDS, ttl=6) as server:
         smtpd = mx(MAIL_AUTH_CHECKS="1", MAIL_DNS_SERVERS=server.address)
 
         def send(n: int) -> None:
@@ -166,11 +173,11 @@ def test_the_mx_asks_for_a_senders_records_once_per_ttl(mx):
         # TTL has passed, and soon after.
         sent = 3
         while server.queries[("c.test", "TXT")] < 2 or server.queries[("_dmarc.c.test", "TXT")] < 2:
-            assert time.monotonic() < first + 20, server.queries
+            assert time.monotonic() < first + 30, server.queries
             wait_until(time.monotonic() + 0.2)
             send(sent)
             sent += 1
-        assert time.monotonic() - first >= 4
-        assert sent > 10 and server.queries[("_dmarc.c.test", "TXT")] == 2
+        assert time.monotonic() - first >= 6
+        assert server.queries[("_dmarc.c.test", "TXT")] == 2
     # Every message was checked: SPF passed for each (the cached answer is the right one).
     assert [m.auth_methods["spf"]["result"] for m in Message.objects.order_by("id")] == ["pass"] * sent
