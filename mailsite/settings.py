@@ -157,6 +157,10 @@ MAIL_QUEUE_SWEEP_MINUTES = env.get_int("MAIL_QUEUE_SWEEP_MINUTES", 1)
 MAIL_SMTP_CONNECT_TIMEOUT = env.get_float("MAIL_SMTP_CONNECT_TIMEOUT", 30.0)
 MAIL_SMTP_CLIENT_TIMEOUT = env.get_float("MAIL_SMTP_CLIENT_TIMEOUT", 120.0)
 MAIL_DNS_TIMEOUT = env.get_float("MAIL_DNS_TIMEOUT", 10.0)
+# DNS answers kept per process for their TTL (entries; 0 turns the cache off), and the longest a
+# negative answer (no such name or record) is kept, whatever its SOA says (RFC 2308 §5).
+MAIL_DNS_CACHE_SIZE = env.get_int("MAIL_DNS_CACHE_SIZE", 10000)
+MAIL_DNS_CACHE_NEGATIVE_TTL = env.get_float("MAIL_DNS_CACHE_NEGATIVE_TTL", 300.0)
 # Email authentication: SPF, DKIM, DMARC and ARC on inbound mail (0 turns the checks off), the
 # seconds of DNS that one message's checks may spend in all (then temperror), and the threads
 # that run them (apart from those that store mail, so a slow resolver never holds up storage).

@@ -50,6 +50,14 @@ def mail_store(settings, tmp_path):
     return data_dir
 
 
+@pytest.fixture(autouse=True)
+def empty_dns_cache():
+    """No test sees another's cached DNS answers: test DNS servers come and go on reused ports."""
+    from mailcore import dnscache
+
+    dnscache.forget_all()
+
+
 PROGRAMS_FILE = ROOT / "tests" / "programs.txt"
 # Debian puts daemons such as spamd in /usr/sbin, which a user's PATH may not hold.
 PROGRAM_PATH = os.pathsep.join([os.environ.get("PATH", os.defpath), "/usr/sbin", "/sbin"])

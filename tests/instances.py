@@ -333,8 +333,8 @@ class InstancePair:
 
 @pytest.fixture
 def dns_server():
-    """A test DNS server with a.test and b.test; records may be added by the test."""
-    with TestDNSServer(dns_records()) as server:
+    """A test DNS server with a.test and b.test; records may be added by the test (TTL 0: nothing cached)."""
+    with TestDNSServer(dns_records(), ttl=0) as server:
         yield server
 
 

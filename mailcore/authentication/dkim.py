@@ -8,6 +8,8 @@ that a missing key is `permerror` and a DNS timeout `temperror` (RFC 8601 §2.7.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass
 
 import dkim as dkimpy
@@ -79,32 +81,39 @@ def signatures(message: bytes) -> list[dict[bytes, bytes]]:
     return parsed
 
 
-def verify(resolver: TXTResolver, message: bytes) -> list[DKIMResult]:
-    """One result per DKIM-Signature (at most MAX_SIGNATURES); [] when the message has none."""
-    results = []
-    tags = signatures(message)
+def verify(resolver: TXTResolver, message: bytes, start: Callable[..., Future] | None = None) -> list[DKIMResult]:
+    """One result per DKIM-Signature (at most MAX_SIGNATURES); [] when the message has none.
+
+    `start(fn, *args)` runs one signature's check and returns its future (a pool's submit, so
+    that the signatures' key lookups are made at once); by default they run here, in turn.
+    """
+    tags = signatures(message)[:MAX_SIGNATURES]
+    if start is None:
+        return [_verify_one(resolver, message, index, sig) for index, sig in enumerate(tags)]
+    checks = [start(_verify_one, resolver, message, index, sig) for index, sig in enumerate(tags)]
+    return [check.result() for check in checks]
+
+
+def _verify_one(resolver: TXTResolver, message: bytes, index: int, sig: dict[bytes, bytes]) -> DKIMResult:
+    """The result of the signature at `index` (topmost 0), whose tags are `sig`."""
+    domain = sig.get(b"d", b"").decode("ascii", "replace").lower()
+    selector = sig.get(b"s", b"").decode("ascii", "replace")
+    algorithm = sig.get(b"a", b"").decode("ascii", "replace")
+    header_b = b"".join(sig.get(b"b", b"").split())[:8].decode("ascii", "replace")
     lookup = _KeyLookup(resolver)
-    for index, sig in enumerate(tags[:MAX_SIGNATURES]):
-        domain = sig.get(b"d", b"").decode("ascii", "replace").lower()
-        selector = sig.get(b"s", b"").decode("ascii", "replace")
-        algorithm = sig.get(b"a", b"").decode("ascii", "replace")
-        header_b = b"".join(sig.get(b"b", b"").split())[:8].decode("ascii", "replace")
-        checker = dkimpy.DKIM(message, logger=_quiet, minkey=1024, timeout=max(resolver.remaining(), 0.1))
-        reason = ""
-        try:
-            ok = checker.verify(idx=index, dnsfunc=lookup)
-        except dkimpy.ValidationError as exc:
-            ok, reason = False, str(exc)
-        except dkimpy.DKIMException as exc:  # a malformed signature or key: RFC 8601 §2.7.1 permerror
-            results.append(DKIMResult("permerror", domain, selector, algorithm, header_b, str(exc)))
-            continue
-        if ok:
-            results.append(DKIMResult("pass", domain, selector, algorithm, header_b))
-        elif lookup.problem:
-            why = "DNS timeout or error" if lookup.problem == "temperror" else "no key published"
-            results.append(DKIMResult(lookup.problem, domain, selector, algorithm, header_b, why))
-        else:
-            if "body hash" in reason:
-                reason = "body hash did not verify"
-            results.append(DKIMResult("fail", domain, selector, algorithm, header_b, reason or "signature did not verify"))
-    return results
+    checker = dkimpy.DKIM(message, logger=_quiet, minkey=1024, timeout=max(resolver.remaining(), 0.1))
+    reason = ""
+    try:
+        ok = checker.verify(idx=index, dnsfunc=lookup)
+    except dkimpy.ValidationError as exc:
+        ok, reason = False, str(exc)
+    except dkimpy.DKIMException as exc:  # a malformed signature or key: RFC 8601 §2.7.1 permerror
+        return DKIMResult("permerror", domain, selector, algorithm, header_b, str(exc))
+    if ok:
+        return DKIMResult("pass", domain, selector, algorithm, header_b)
+    if lookup.problem:
+        why = "DNS timeout or error" if lookup.problem == "temperror" else "no key published"
+        return DKIMResult(lookup.problem, domain, selector, algorithm, header_b, why)
+    if "body hash" in reason:
+        reason = "body hash did not verify"
+    return DKIMResult("fail", domain, selector, algorithm, header_b, reason or "signature did not verify")

@@ -7,6 +7,8 @@ run time, updated with each release).
 
 from __future__ import annotations
 
+import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -95,26 +97,57 @@ def find_record(resolver: TXTResolver, from_domain: str) -> DMARCRecord | None:
     return None
 
 
+# RFC 7489 §6.6.4: a failing message that pct= leaves out gets the next weaker policy.
+WEAKER = {"reject": "quarantine", "quarantine": "none", "none": "none"}
+
+
+def applies(record: DMARCRecord, sample: Callable[[], float] = random.random) -> bool:
+    """Whether p= applies to one failing message: to pct percent of them (§6.6.4).
+
+    `sample` draws from [0, 1): a message is in the pct percent when it draws below pct/100.
+    """
+    return record.pct >= 100 or sample() * 100 < record.pct
+
+
 @dataclass(frozen=True)
 class DMARCResult:
     result: str  # pass, fail, none, temperror, permerror (RFC 7489 §11.2)
     header_from: str  # the From: domain
     policy: str = "none"  # the published policy that applies: none, quarantine, reject
     reason: str = ""
+    sampled_out: bool = False  # a failure that pct= leaves out of the policy (§6.6.4)
 
     @property
     def disposition(self) -> str:
-        """What the domain owner asks of a failure: none, quarantine or reject (§6.6.4)."""
-        return self.policy if self.result == "fail" else "none"
+        """What the domain owner asks of this message (§6.6.4): none, quarantine or reject."""
+        if self.result != "fail":
+            return "none"
+        return WEAKER[self.policy] if self.sampled_out else self.policy
 
 
-def evaluate(resolver: TXTResolver, from_domain: str, spf: SPFResult | None, dkim: list[DKIMResult]) -> DMARCResult:
-    """RFC 7489 §4.2: pass when SPF (for MAIL FROM) or any DKIM signature passed for an aligned domain."""
+def has_from_domain(from_domain: str) -> bool:
+    """Whether there is a From domain whose DMARC record could be looked up."""
+    return bool(from_domain) and "." in from_domain.rstrip(".")
+
+
+def evaluate(
+    resolver: TXTResolver,
+    from_domain: str,
+    spf: SPFResult | None,
+    dkim: list[DKIMResult],
+    found: Callable[[], DMARCRecord | None] | None = None,
+    sample: Callable[[], float] = random.random,
+) -> DMARCResult:
+    """RFC 7489 §4.2: pass when SPF (for MAIL FROM) or any DKIM signature passed for an aligned domain.
+
+    `found` gives the record when it was looked up already (a future's result, raising
+    DNSTemporaryError as find_record does); by default it is looked up here.
+    """
     from_domain = from_domain.lower().rstrip(".")
-    if not from_domain or "." not in from_domain:
+    if not has_from_domain(from_domain):
         return DMARCResult("none", from_domain, reason="no From domain")
     try:
-        record = find_record(resolver, from_domain)
+        record = found() if found is not None else find_record(resolver, from_domain)
     except DNSTemporaryError as exc:
         return DMARCResult("temperror", from_domain, reason=str(exc))
     if record is None:
@@ -124,4 +157,8 @@ def evaluate(resolver: TXTResolver, from_domain: str, spf: SPFResult | None, dki
             return DMARCResult("pass", from_domain, record.policy, f"DKIM aligned ({sig.domain})")
     if spf is not None and spf.identity == "mailfrom" and spf.result == "pass" and aligned(spf.domain, from_domain, record.aspf == "s"):
         return DMARCResult("pass", from_domain, record.policy, f"SPF aligned ({spf.domain})")
-    return DMARCResult("fail", from_domain, record.policy, "neither SPF nor DKIM passed for an aligned domain")
+    reason = "neither SPF nor DKIM passed for an aligned domain"
+    sampled_out = not applies(record, sample)
+    if sampled_out:
+        reason += f"; left out by pct={record.pct}"
+    return DMARCResult("fail", from_domain, record.policy, reason, sampled_out)

@@ -86,7 +86,8 @@ class Authentication:
         if self.dkim or self.spf is not None:
             data["dkim"] = [{"result": s.result, "d": s.domain, "s": s.selector, "a": s.algorithm} for s in self.dkim]
         if self.dmarc is not None:
-            data["dmarc"] = {"result": self.dmarc.result, "from": self.dmarc.header_from, "policy": self.dmarc.policy}
+            d = self.dmarc
+            data["dmarc"] = {"result": d.result, "from": d.header_from, "policy": d.policy, "disposition": d.disposition}
         if self.arc is not None:
             data["arc"] = {"result": self.arc.result, "instances": self.arc.instances}
         return data
@@ -110,6 +111,11 @@ def summary(methods: dict) -> dict[str, str]:
         else:
             out[name] = value.get("result", "")
     return out
+
+
+def summary_line(methods: dict) -> str:
+    """`spf=pass dkim=none dmarc=fail arc=none`, or `-` for a message that was not checked."""
+    return " ".join(f"{method}={result}" for method, result in summary(methods).items()) or "-"
 
 
 def verdict(reverse_delivery: str, auth: Authentication | None) -> str:

@@ -15,6 +15,8 @@ import dns.rdatatype
 import dns.resolver
 from django.conf import settings
 
+from mailcore.dnscache import cache_for
+
 
 class RoutingError(Exception):
     """No host to deliver to. `permanent` says whether trying again later could help."""
@@ -37,7 +39,7 @@ class MailHost:
 
 
 def make_resolver(servers: list[tuple[str, int]] | None = None, timeout: float | None = None) -> dns.asyncresolver.Resolver:
-    """An async resolver that asks `MAIL_DNS_SERVERS` when set, the system's resolvers otherwise."""
+    """An async resolver that asks `MAIL_DNS_SERVERS` when set, the system's resolvers otherwise, through the DNS cache."""
     servers = settings.MAIL_DNS_SERVERS if servers is None else servers
     if servers:
         resolver = dns.asyncresolver.Resolver(configure=False)
@@ -46,6 +48,7 @@ def make_resolver(servers: list[tuple[str, int]] | None = None, timeout: float |
         resolver = dns.asyncresolver.Resolver()
     resolver.lifetime = settings.MAIL_DNS_TIMEOUT if timeout is None else timeout
     resolver.timeout = resolver.lifetime
+    resolver.cache = cache_for(servers)  # answers kept for their TTL, shared with the authentication checks
     return resolver
 
 

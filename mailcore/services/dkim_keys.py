@@ -199,7 +199,7 @@ def check_published(name: str, resolver=None) -> list[dict]:
     """
     from mailcore.authentication.resolver import DNSTemporaryError, TXTResolver
 
-    resolver = resolver or TXTResolver()
+    resolver = resolver or TXTResolver(cached=False)  # what is published now, not what was
     checked = []
     for owner, rtype, value in dns_records(name):
         host = owner.rstrip(".")

@@ -38,7 +38,8 @@ def dns():
             "mx.a.test": {"A": ["192.0.2.1"]},
             "_dmarc.a.test": {"TXT": ["v=DMARC1; p=reject; rua=mailto:dmarc@a.test"]},
             "soft.test": {"TXT": ["v=spf1 mx ~all"], "MX": [(10, "mx.a.test")]},
-        }
+        },
+        ttl=0,  # records change between lookups: nothing cached
     ) as server:
         yield server
 
@@ -105,6 +106,30 @@ def test_dmarc_alignment_and_policy(dns):
     strict = dmarc.evaluate(resolver(dns), "a.test", passing_spf, [])
     assert (strict.result, strict.disposition) == ("fail", "quarantine")
     assert dmarc.evaluate(resolver(dns), "b.test", passing_spf, []).result == "none"
+
+
+def test_dmarc_pct_applies_the_policy_to_that_share_of_failures(dns):
+    """RFC 7489 §6.6.4: p= for pct percent of failing messages, the next weaker policy for the rest."""
+    failing_spf = spf.check_host(resolver(dns), "198.51.100.9", "alice@a.test", "h")
+
+    def dispositions(record: str, draws: list[float]) -> list[str]:
+        dns.records["_dmarc.a.test"] = {"TXT": [record]}
+        return [dmarc.evaluate(resolver(dns), "a.test", failing_spf, [], sample=lambda d=d: d).disposition for d in draws]
+
+    assert dispositions("v=DMARC1; p=reject; pct=30", [0.0, 0.29, 0.3, 0.99]) == ["reject", "reject", "quarantine", "quarantine"]
+    assert dispositions("v=DMARC1; p=quarantine; pct=30", [0.29, 0.3]) == ["quarantine", "none"]
+    assert dispositions("v=DMARC1; p=reject; pct=0", [0.0]) == ["quarantine"]
+    assert dispositions("v=DMARC1; p=reject", [0.999]) == ["reject"]  # pct defaults to 100
+    dns.records["_dmarc.a.test"] = {"TXT": ["v=DMARC1; p=reject; pct=30"]}
+    left_out = dmarc.evaluate(resolver(dns), "a.test", failing_spf, [], sample=lambda: 0.5)
+    assert (left_out.result, left_out.policy, left_out.sampled_out) == ("fail", "reject", True)
+    assert "dmarc=fail header.from=a.test (p=REJECT dis=QUARANTINE)" in Authentication(dmarc=left_out).resinfo()
+    assert verdict("unverified", Authentication(dmarc=left_out)) == "unverified"  # quarantined, not refused
+    # With the default random draw, about pct percent of 400 failures get the policy.
+    dns.records["_dmarc.a.test"] = {"TXT": ["v=DMARC1; p=reject; pct=25"]}
+    record = dmarc.find_record(resolver(dns), "a.test")
+    rejected = sum(dmarc.applies(record) for _ in range(400))
+    assert 50 < rejected < 150, rejected
 
 
 def test_organizational_domain_uses_the_public_suffix_list():

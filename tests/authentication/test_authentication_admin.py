@@ -106,7 +106,7 @@ def test_authenticated_policy_per_domain_from_the_cli():
     # Default: authenticated mail is treated as verified, so a.test delivers it.
     first = arrive("alice@a.test", "dmarc passed", passing(), Verification.AUTHENTICATED)
     assert first.delivered == ["alice@a.test"] and first.message.verification == "authenticated"
-    assert first.message.auth_methods["dmarc"] == {"result": "pass", "from": "origin.test", "policy": "reject"}
+    assert first.message.auth_methods["dmarc"] == {"result": "pass", "from": "origin.test", "policy": "reject", "disposition": "none"}
     run("domain", "set", "a.test", "--authenticated", "unverified")
     assert Domain.objects.get(name="a.test").authenticated_policy == "unverified"
     second = arrive("alice@a.test", "dmarc passed again", passing(), Verification.AUTHENTICATED)
@@ -117,6 +117,22 @@ def test_authenticated_policy_per_domain_from_the_cli():
     held = arrive("carol@b.test", "dmarc failed", failing(), Verification.UNVERIFIED)
     assert held.quarantined == ["carol@b.test"]
     assert held.message.deliveries.get().reason == "DMARC policy quarantine"
+
+
+def test_authenticated_policy_is_editable_in_the_web_ui():
+    w.make_accounts()
+    client = Client()
+    client.force_login(w.make_users()["superuser"])
+    domain = Domain.objects.get(name="a.test")
+    url = f"/admin/mailcore/domain/{domain.pk}/change/"
+    form = {"unverified_policy": "quarantine", "active": "on", "_save": "Save"}
+    page = client.get(url).content.decode()
+    assert 'name="authenticated_policy"' in page and "as unverified: the unverified policy and spam threshold" in page
+    assert client.post(url, {**form, "authenticated_policy": "unverified"}).status_code == 302
+    assert Domain.objects.get(name="a.test").authenticated_policy == "unverified"
+    refused = client.post(url, {**form, "authenticated_policy": "maybe"})
+    assert refused.status_code == 200 and "Select a valid choice" in refused.content.decode()
+    assert Domain.objects.get(name="a.test").authenticated_policy == "unverified"
 
 
 def test_web_ui_shows_results_and_counts_the_classes(settings):
@@ -137,6 +153,19 @@ def test_web_ui_shows_results_and_counts_the_classes(settings):
     assert got["authenticated-1"] == 1 and got["unverified-1"] == 1
     assert 'class="bar-authenticated"' in dashboard
     assert held.deliveries.get().state == DeliveryState.QUARANTINED
+    # The CLI's quarantine list: the verdict and each method's result, before the subject.
+    [line] = run("quarantine", "list").splitlines()
+    assert line.endswith("\tDMARC policy quarantine\tunverified\tspf=fail dkim=none dmarc=fail arc=none\tdmarc failed"), line
+    # The mailbox owner's quarantine list and message view.
+    owner = Client()
+    assert owner.post("/mailbox/login/", {"address": "carol@b.test", "password": w.PASSWORD}).status_code == 302
+    home = owner.get("/mailbox/").content.decode()
+    held_row = home[home.index(f'data-delivery="{held.deliveries.get().pk}"'):]
+    held_row = held_row[: held_row.index("</tr>")]
+    assert 'mail-unverified">unverified<' in held_row
+    assert 'data-auth="spf">spf=fail<' in held_row and 'data-auth="dmarc">dmarc=fail<' in held_row
+    view = owner.get(f"/mailbox/message/{held.deliveries.get().pk}/").content.decode()
+    assert 'data-auth="dmarc">dmarc=fail<' in view and "dmarc=fail header.from=bank.example" in view
 
 
 def test_domain_page_checks_each_record_against_live_dns(settings):
@@ -156,6 +185,11 @@ def test_domain_page_checks_each_record_against_live_dns(settings):
         client.force_login(users["superuser"])
         domain = Domain.objects.get(name="a.test")
         page = client.get(f"/admin/mailcore/domain/{domain.pk}/change/").content.decode()
+        # Published a moment later: the next look asks DNS afresh, not the cache of the last one.
+        dmarc_value = "".join(re.findall(r'"([^"]*)"', records["_dmarc.a.test."]))
+        dns.records["_dmarc.a.test"] = {"TXT": [dmarc_value]}
+        again = client.get(f"/admin/mailcore/domain/{domain.pk}/change/").content.decode()
+        assert re.search(r'<tr data-record="TXT _dmarc.a.test.">.*?mail-dns-published"', again, re.S)
     rows = dict(re.findall(r'<tr data-record="(\w+ [^"]+)">.*?mail-dns-(\w+)"', page, re.S))
     assert rows["MX a.test."] == "published"
     assert rows[f"TXT {rsa}"] == "published"

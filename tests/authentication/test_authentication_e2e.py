@@ -154,6 +154,17 @@ def test_dmarc_failures_spf_fail_quarantine_reject_and_timeouts(start_instances)
     assert code == 550 and text.startswith(b"5.7.1 ") and b"DMARC policy of reject" in text
     assert b.query("SELECT count(*) FROM mailcore_message WHERE subject = 'rejected'") == [(0,)]
 
+    # p=reject with pct=0: no failing message is in the sample, each gets the next weaker
+    # policy, quarantine (RFC 7489 §6.6.4).
+    dns.records["_dmarc.c.test"] = {"TXT": ["v=DMARC1; p=reject; pct=0"]}
+    code, _ = send(b"sampled out", alter=True)
+    assert code == 250
+    held = b.wait_for_messages("bob@b.test", count=2, state="quarantined", timeout=60)
+    assert any("dmarc=fail header.from=c.test (p=REJECT dis=QUARANTINE)" in auth_results(raw) for raw in held)
+    [(reason,)] = b.query("SELECT d.reason FROM mailcore_delivery d JOIN mailcore_message m ON m.id = d.message_id"
+                          " WHERE m.subject = 'sampled out'")
+    assert reason == "DMARC policy quarantine"
+
     # DNS that never answers: temperror, and the message is still taken (not held, not refused).
     dns.silent.update({"c.test", "sel._domainkey.c.test", "_dmarc.c.test"})
     started = time.monotonic()

@@ -10,7 +10,9 @@ class Command(MailCommand):
 
     def add_arguments(self, parser):
         sub = parser.add_subparsers(dest="action", required=True)
-        sub.add_parser("list", help="list held mail")
+        sub.add_parser(
+            "list", help="list held mail: id, held at, mailbox, envelope sender, client, reason, verdict, authentication, subject"
+        )
         for name in ("release", "delete"):
             action = sub.add_parser(name, help=f"{name} a held message")
             action.add_argument("id", type=int)
@@ -22,11 +24,13 @@ class Command(MailCommand):
 
     def handle(self, *args, action, **options):
         if action == "list":
+            from mailcore.authentication.results import summary_line
+
             for d in quarantine.held():
                 m = d.message
                 self.stdout.write(
                     f"{d.pk}\t{d.delivered_at:%Y-%m-%d %H:%M:%S}\t{d.mailbox.address}\t<{m.mail_from}>\t"
-                    f"{m.client_address}\t{d.reason}\t{m.subject}"
+                    f"{m.client_address}\t{d.reason}\t{m.verification}\t{summary_line(m.auth_methods or {})}\t{m.subject}"
                 )
         elif action == "release":
             d = quarantine.release(options["id"])

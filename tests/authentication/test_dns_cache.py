@@ -1,0 +1,183 @@
+"""The DNS cache: answers reused within their TTL and asked again after it, negative answers per
+RFC 2308 with our cap, and a message's independent lookups sent at once.
+
+The test DNS server counts the questions it receives: a cached answer is one it never sees.
+"""
+
+from __future__ import annotations
+
+import smtplib
+import time
+
+import dns.message
+import dns.name
+import dns.rcode
+import dns.rdata
+import dns.rdataclass
+import dns.rdatatype
+import dns.resolver
+import dns.rrset
+import pytest
+
+from mailcore import dnscache
+from mailcore.authentication import checks, keys
+from mailcore.authentication.resolver import TXTResolver
+from mailcore.authentication.signing import SigningKey, dkim_signatures
+from mailcore.models import Message
+from mailcore.services.accounts import add_domain, add_mailbox
+from tests import smtp_wire
+from tests.dnsserver import TestDNSServer
+
+mx = smtp_wire.mx  # the fixture that starts `runsmtp`
+
+RECORDS = {
+    "c.test": {"TXT": ["v=spf1 ip4:127.0.0.0/8 -all"]},
+    "_dmarc.c.test": {"TXT": ["v=DMARC1; p=none"]},
+}
+
+MESSAGE = b"From: <carol@c.test>\r\nTo: <bob@b.test>\r\nSubject: %d\r\nMessage-ID: <%d@c.test>\r\n\r\nHello.\r\n"
+
+
+def servers(server: TestDNSServer) -> list[tuple[str, int]]:
+    return [(server.host, server.port)]
+
+
+def wait_until(moment: float) -> None:
+    """Until the monotonic clock reaches `moment`: TTLs are seconds of real time."""
+    while time.monotonic() < moment:
+        time.sleep(min(0.1, max(moment - time.monotonic(), 0)))
+
+
+def first_change(ask, before, seconds: float = 30) -> tuple[object, float]:
+    """Ask every 0.1 s until the answer is no longer `before`: (the new answer, when it came)."""
+    deadline = time.monotonic() + seconds
+    while (answer := ask()) == before:
+        assert time.monotonic() < deadline, f"still {before!r}"
+        wait_until(time.monotonic() + 0.1)
+    return answer, time.monotonic()
+
+
+def test_an_answer_is_reused_within_its_ttl_and_asked_again_after_it(settings):
+    settings.MAIL_DNS_CACHE_SIZE = 100
+    with TestDNSServer(RECORDS, ttl=2) as server:
+        first = time.monotonic()
+        assert TXTResolver(servers(server)).txt("c.test") == [b"v=spf1 ip4:127.0.0.0/8 -all"]
+        assert TXTResolver(servers(server)).txt("c.test") == [b"v=spf1 ip4:127.0.0.0/8 -all"]
+        assert server.queries[("c.test", "TXT")] == 1
+        # Another type, or the same name from other servers, is another question.
+        assert TXTResolver(servers(server)).query("c.test", "MX") == []
+        assert server.queries[("c.test", "MX")] == 1
+        # A changed record is seen once the TTL of the old one has passed, not before.
+        server.records["c.test"] = {"TXT": ["v=spf1 -all"]}
+        answer, seen = first_change(lambda: TXTResolver(servers(server)).txt("c.test"), [b"v=spf1 ip4:127.0.0.0/8 -all"])
+        assert answer == [b"v=spf1 -all"] and seen - first >= 2
+        assert server.queries[("c.test", "TXT")] == 2
+        # Checking what is published (the domain page) always asks.
+        assert TXTResolver(servers(server), cached=False).txt("c.test") == [b"v=spf1 -all"]
+        assert server.queries[("c.test", "TXT")] == 3
+
+
+def test_negative_answers_are_kept_for_the_soa_ttl_and_at_most_the_cap(settings):
+    settings.MAIL_DNS_CACHE_SIZE = 100
+    settings.MAIL_DNS_CACHE_NEGATIVE_TTL = 1
+    with TestDNSServer(RECORDS, ttl=3600) as server:
+        first = time.monotonic()
+        for _ in range(3):
+            assert TXTResolver(servers(server)).txt("_dmarc.nowhere.test") == []  # NXDOMAIN
+            assert TXTResolver(servers(server)).query("c.test", "A") == []  # NODATA
+        assert server.queries[("_dmarc.nowhere.test", "TXT")] == 1
+        assert server.queries[("c.test", "A")] == 1
+        # The SOA says an hour; our cap says a second: a record published meanwhile counts soon.
+        server.records["_dmarc.nowhere.test"] = {"TXT": ["v=DMARC1; p=reject"]}
+        answer, seen = first_change(lambda: TXTResolver(servers(server)).txt("_dmarc.nowhere.test"), [], seconds=10)
+        assert answer == [b"v=DMARC1; p=reject"] and seen - first >= 1
+        assert server.queries[("_dmarc.nowhere.test", "TXT")] == 2
+
+
+def answer(ttl: int | None) -> dns.resolver.Answer:
+    """dnspython's Answer for TXT of nowhere.test: a record with `ttl`, or NXDOMAIN without an SOA (None)."""
+    qname = dns.name.from_text("nowhere.test")
+    response = dns.message.make_response(dns.message.make_query(qname, "TXT"))
+    if ttl is None:
+        response.set_rcode(dns.rcode.NXDOMAIN)
+        return dns.resolver.Answer(qname, dns.rdatatype.ANY, dns.rdataclass.IN, response)
+    rrset = response.find_rrset(response.answer, qname, dns.rdataclass.IN, dns.rdatatype.TXT, create=True)
+    rrset.add(dns.rdata.from_text(dns.rdataclass.IN, dns.rdatatype.TXT, '"v=spf1 -all"'), ttl)
+    return dns.resolver.Answer(qname, dns.rdatatype.TXT, dns.rdataclass.IN, response)
+
+
+def test_ttl_zero_and_negative_answers_without_soa_are_not_kept():
+    cache = dnscache.CappedCache(10, negative_ttl=300)
+    key = (dns.name.from_text("nowhere.test"), dns.rdatatype.TXT, dns.rdataclass.IN)
+    nxdomain_key = (key[0], dns.rdatatype.ANY, dns.rdataclass.IN)
+    # NXDOMAIN without an SOA: RFC 2308 §5 says not to cache it (dnspython alone keeps it 300 s).
+    cache.put(nxdomain_key, answer(None))
+    assert cache.get(nxdomain_key) is None
+    # A TTL of 0 is for the transaction in progress only (RFC 1035 §3.2.1).
+    cache.put(key, answer(0))
+    assert cache.get(key) is None
+    # A TTL of a minute is kept a minute; one of months is cut to a day.
+    cache.put(key, answer(60))
+    assert 55 < cache.get(key).expiration - time.time() <= 60
+    cache.put(key, answer(10**7))
+    assert dnscache.MAX_TTL - 5 < cache.get(key).expiration - time.time() <= dnscache.MAX_TTL
+
+
+def test_spf_dkim_keys_and_dmarc_record_are_asked_at_once(settings):
+    settings.MAIL_DNS_CACHE_SIZE = 100
+    rsa, ed = keys.generate(keys.RSA), keys.generate(keys.ED25519)
+    records = {**RECORDS, "r1._domainkey.c.test": {"TXT": [keys.key_record(keys.RSA, rsa.public)]},
+               "e1._domainkey.c.test": {"TXT": [keys.key_record(keys.ED25519, ed.public)]}}
+    content = MESSAGE % (0, 0)
+    signed = dkim_signatures(content, "c.test", [SigningKey("r1", keys.RSA, rsa.private), SigningKey("e1", keys.ED25519, ed.private)])
+    with TestDNSServer(records, ttl=60) as server:
+        # Each answer takes a second: asked one after the other, the server would never hold
+        # two questions at once.
+        server.delay.update({name: 1.0 for name in records})
+        auth = checks.check(TXTResolver(servers(server), budget=10), signed + content, "127.0.0.1", "carol@c.test", "[127.0.0.1]")
+        assert (auth.spf.result, [s.result for s in auth.dkim], auth.dmarc.result) == ("pass", ["pass", "pass"], "pass")
+        assert server.most_at_once >= 4, server.queries
+        # The same message again: every answer is cached, nothing is asked.
+        asked = sum(server.queries.values())
+        checks.check(TXTResolver(servers(server), budget=10), signed + content, "127.0.0.1", "carol@c.test", "[127.0.0.1]")
+        assert sum(server.queries.values()) == asked
+
+
+def test_dns_cache_off(settings):
+    settings.MAIL_DNS_CACHE_SIZE = 0
+    with TestDNSServer(RECORDS, ttl=60) as server:
+        for _ in range(2):
+            TXTResolver(servers(server)).txt("c.test")
+        assert server.queries[("c.test", "TXT")] == 2
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_mx_asks_for_a_senders_records_once_per_ttl(mx):
+    """runsmtp with the checks on: messages from one sender within the TTL cost one lookup of each record."""
+    add_domain("b.test")
+    add_mailbox("bob@b.test", "pw")
+    with TestDNSServer(RECORDS, ttl=6) as server:
+        smtpd = mx(MAIL_AUTH_CHECKS="1", MAIL_DNS_SERVERS=server.address)
+
+        def send(n: int) -> None:
+            with smtplib.SMTP("127.0.0.1", smtpd.port, timeout=30) as client:
+                client.ehlo("client.c.test")
+                assert client.sendmail("carol@c.test", ["bob@b.test"], MESSAGE % (n, n)) == {}
+
+        first = time.monotonic()
+        for n in range(3):
+            send(n)
+        assert server.queries[("c.test", "TXT")] == 1, server.queries
+        assert server.queries[("_dmarc.c.test", "TXT")] == 1, server.queries
+        # A message every 0.2 s until both records have been asked for again: not before their
+        # TTL has passed, and soon after.
+        sent = 3
+        while server.queries[("c.test", "TXT")] < 2 or server.queries[("_dmarc.c.test", "TXT")] < 2:
+            assert time.monotonic() < first + 30, server.queries
+            wait_until(time.monotonic() + 0.2)
+            send(sent)
+            sent += 1
+        assert time.monotonic() - first >= 6
+        assert server.queries[("_dmarc.c.test", "TXT")] == 2
+    # Every message was checked: SPF passed for each (the cached answer is the right one).
+    assert [m.auth_methods["spf"]["result"] for m in Message.objects.order_by("id")] == ["pass"] * sent
