@@ -37,7 +37,7 @@ from tests.instances import DatabaseFactory, Instance, _base_env, common_port
 NODE_ADDRESSES = {"node1": "127.0.0.2", "node2": "127.0.0.12"}
 B_ADDRESS = "127.0.0.3"
 MAILBOXES = {
-    "a.test": {f"{name}@a.test": f"{name}-password" for name in ("alice", "carol", "dave", "erin")},
+    "a.test": {f"{name}@a.test": f"{name}-password" for name in ("alice", "carol", "dave", "erin", "frank", "grace")},
     "b.test": {"bob@b.test": "bob-password"},
 }
 
@@ -179,7 +179,12 @@ class Cluster:
         return [self.node1, self.node2]
 
     def stop(self) -> None:
-        for node in (self.node1, self.node2, self.b):
+        servers = (self.node1, self.node2, self.b)
+        for node in servers:  # all asked at once: each takes seconds to wind down
+            for process in node.processes:
+                if process.proc is not None and process.proc.poll() is None:
+                    process.proc.terminate()
+        for node in servers:
             node.stop()
 
 
@@ -253,13 +258,17 @@ def stop_cluster(cluster: Cluster, databases: PostgresDatabases) -> None:
         shutil.rmtree(node.data_dir, ignore_errors=True)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def cluster(cluster_databases, s3_endpoint, tmp_path_factory):
-    """One cluster for a whole module: its tests use mailboxes and client addresses of their own."""
+    """One cluster for every test of the `cluster` xdist group (they run in one worker, in file
+    order): each test uses mailboxes and client addresses of its own, and a fault test puts back
+    what it broke. Its Redis is its own; the S3 endpoint is the worker's, paused only within a test."""
     workdir = tmp_path_factory.mktemp("cluster")
     redis = RedisServer(workdir / "redis.log").start()
     try:
-        started = start_cluster(cluster_databases, s3_endpoint, redis, workdir)
+        # A hung store costs a message two seconds (one try), and the queue is swept every minute.
+        env = {"MAIL_QUEUE_SWEEP_MINUTES": "1", "MAIL_S3_TIMEOUT": "2", "MAIL_S3_MAX_ATTEMPTS": "1"}
+        started = start_cluster(cluster_databases, s3_endpoint, redis, workdir, env=env)
         yield started
         stop_cluster(started, cluster_databases)
     finally:

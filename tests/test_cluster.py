@@ -13,6 +13,8 @@ import pytest
 from tests.sockets import wait_until
 
 pytest_plugins = ["tests.s3_server", "tests.cluster"]
+# One cluster for this module and tests/test_cluster_faults.py, in one worker (tests/cluster.py).
+pytestmark = pytest.mark.xdist_group("cluster")
 
 
 def message(subject: str, sender: str = "bob@b.test", to: str = "alice@a.test") -> bytes:

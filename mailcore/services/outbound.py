@@ -177,7 +177,10 @@ def forwarding_reverse_path(message: Message) -> str:
 def _kick(domain: str) -> None:
     from mailcore import tasks
 
-    tasks.enqueue_delivery(domain)
+    try:
+        tasks.enqueue_delivery(domain)
+    except Exception:  # the broker is down: the items are committed, and the queue's sweep sends them
+        log.exception("could not enqueue the delivery to %s; the queue sweep will send it", domain)
 
 
 _HEADER_NAME = re.compile(rb"^([!-9;-~]+):", re.M)
