@@ -22,7 +22,8 @@ from storages.backends.s3 import S3Storage
 from storages.utils import clean_name
 
 # PUTs of one group commit go out at once: an object store's latency is per request, not per byte.
-_PUT_THREADS = ThreadPoolExecutor(max_workers=16, thread_name_prefix="store-put")
+PUT_CONCURRENCY = 16
+_PUT_THREADS = ThreadPoolExecutor(max_workers=PUT_CONCURRENCY, thread_name_prefix="store-put")
 _MISSING = {"404", "NoSuchKey", "NotFound"}
 
 
@@ -100,7 +101,7 @@ class ObjectStoreBodies(S3Storage):
                 connect_timeout=timeout,
                 read_timeout=timeout,
                 retries={"max_attempts": attempts, "mode": "standard"},
-                max_pool_connections=_PUT_THREADS._max_workers + 16,
+                max_pool_connections=PUT_CONCURRENCY + 16,  # and the listeners' reads besides
                 s3={"addressing_style": options.get("addressing_style") or "auto"},
                 signature_version=options.get("signature_version"),
                 proxies=options.get("proxies"),
