@@ -13,16 +13,17 @@ from django.db import connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
+from mailcore import jobs
 from mailcore.addresses import AddressError, domain_of, normalize_address
 from mailcore.delivery import dsn
-from mailcore.models import Alias, Message, QueueItem, QueueState, Transport, Verification
+from mailcore.headers import strip_return_path
+from mailcore.models import ACTIVE_STATES, PENDING_STATES, Alias, Message, QueueItem, QueueState, Transport, Verification
 from mailcore.models.message import new_queue_id
 from mailcore.services import accounts, inbound
 from mailcore.store import message_store
 
 log = logging.getLogger("mailcore.outbound")
 
-PENDING_STATES = (QueueState.QUEUED, QueueState.DEFERRED)
 CLAIM_BATCH = 100
 
 
@@ -67,7 +68,6 @@ def forward(message: Message, recipients: list[str], delivered_to: str = "", *, 
     in the queue, held, until the message is released (`release_forwards`), and is never sent if
     it is not (spec §6, Forwarding: only mail accepted for delivery is forwarded).
     """
-    from mailcore.delivery.queue import strip_return_path
     from mailcore.services import dkim_keys
 
     store = message_store()
@@ -175,10 +175,8 @@ def forwarding_reverse_path(message: Message) -> str:
 
 
 def _kick(domain: str) -> None:
-    from mailcore import tasks
-
     try:
-        tasks.enqueue_delivery(domain)
+        jobs.enqueue_delivery(domain)
     except Exception:  # the broker is down: the items are committed, and the queue's sweep sends them
         log.exception("could not enqueue the delivery to %s; the queue sweep will send it", domain)
 
@@ -570,7 +568,7 @@ def listing(include_finished: bool = False):
     """The queue as `mailq` shows it: oldest first."""
     items = QueueItem.objects.select_related("message").order_by("created_at", "id")
     if not include_finished:
-        items = items.filter(state__in=[QueueState.QUEUED, QueueState.DEFERRED, QueueState.HELD])
+        items = items.filter(state__in=ACTIVE_STATES)
     return items
 
 
