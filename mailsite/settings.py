@@ -214,6 +214,34 @@ STORAGES = {
     },
 }
 
+# An S3-compatible object store for bodies instead, shared by every node (docs/scaling.md): set
+# the bucket (which must exist), and the endpoint unless it is AWS itself. Unset credentials
+# come from boto3's usual sources (AWS_ACCESS_KEY_ID, an instance role). A request that is not
+# answered within MAIL_S3_TIMEOUT seconds is tried MAIL_S3_MAX_ATTEMPTS times in all, then the
+# message gets a 451: a dead endpoint never holds a listener for long.
+MAIL_S3_BUCKET = env.get("MAIL_S3_BUCKET", "")
+MAIL_S3_ENDPOINT_URL = env.get("MAIL_S3_ENDPOINT_URL", "") or None
+MAIL_S3_REGION = env.get("MAIL_S3_REGION", "us-east-1")
+MAIL_S3_ACCESS_KEY = env.get("MAIL_S3_ACCESS_KEY", "") or None
+MAIL_S3_SECRET_KEY = env.get("MAIL_S3_SECRET_KEY", "") or None
+MAIL_S3_PREFIX = env.get("MAIL_S3_PREFIX", "")
+MAIL_S3_TIMEOUT = env.get_float("MAIL_S3_TIMEOUT", 10.0)
+MAIL_S3_MAX_ATTEMPTS = env.get_int("MAIL_S3_MAX_ATTEMPTS", 3)
+if MAIL_S3_BUCKET:
+    STORAGES["mailbodies"] = {
+        "BACKEND": "mailcore.store.s3.ObjectStoreBodies",
+        "OPTIONS": {
+            "bucket_name": MAIL_S3_BUCKET,
+            "endpoint_url": MAIL_S3_ENDPOINT_URL,
+            "region_name": MAIL_S3_REGION,
+            "access_key": MAIL_S3_ACCESS_KEY,
+            "secret_key": MAIL_S3_SECRET_KEY,
+            "location": MAIL_S3_PREFIX,
+            "timeout": MAIL_S3_TIMEOUT,
+            "max_attempts": MAIL_S3_MAX_ATTEMPTS,
+        },
+    }
+
 # --- the web UI behind a TLS proxy ("Putting the web UI on the internet" in the README) -------
 
 # MAIL_WEB_URL (above): an https public URL turns on the secure settings below.

@@ -215,3 +215,21 @@ def manage(
         cwd=ROOT,
         timeout=timeout,
     )
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """Tests marked `xdist_group(NAME)` run in one worker under `--dist loadgroup` (pytest.ini).
+
+    pytest-xdist names the group in the node id (`...::test@NAME`) by setting `item._nodeid`, which
+    pytest 9 no longer reads (a node's id is `item._id`), so the tests of a group were spread over
+    the workers, each starting what the group shares (the two-node cluster): it is done here.
+    """
+    if not getattr(config.option, "loadgroup", False):  # set in each worker under --dist loadgroup
+        return
+    from _pytest.nodeid import coerce_node_id
+
+    for item in items:
+        marks = item.iter_markers("xdist_group")
+        names = sorted({str(mark.args[0] if mark.args else mark.kwargs.get("name", "default")) for mark in marks})
+        if names and "@" not in item.nodeid.rpartition("]")[2] and hasattr(item, "_id"):
+            item._id = coerce_node_id(f"{item.nodeid}@{'_'.join(names)}")

@@ -44,7 +44,7 @@ def enqueue(message: Message, recipients: list[str]) -> list[QueueItem]:
         QueueItem(message=message, recipient=rcpt, domain=domain_of(rcpt)) for rcpt in recipients
     )
     for domain in {item.domain for item in items}:
-        transaction.on_commit(lambda d=domain: jobs.enqueue_delivery(d))
+        transaction.on_commit(lambda d=domain: _kick(d))
     return items
 
 
@@ -129,7 +129,7 @@ def release_forwards(message_id: int) -> int:
             state=QueueState.QUEUED, next_attempt_at=now, last_reply="", updated_at=now
         )
     for domain in {item.domain for item in items}:
-        transaction.on_commit(lambda d=domain: jobs.enqueue_delivery(d))
+        transaction.on_commit(lambda d=domain: _kick(d))
     if items:
         log.info("%s released: forwarded to %s", items[0].message.queue_id, ", ".join(i.recipient for i in items))
     return len(items)
@@ -172,6 +172,13 @@ def forwarding_reverse_path(message: Message) -> str:
         if accounts.is_local_domain(domain):
             return f"postmaster@{domain}"
     return f"postmaster@{settings.MAIL_HOSTNAME}"
+
+
+def _kick(domain: str) -> None:
+    try:
+        jobs.enqueue_delivery(domain)
+    except Exception:  # the broker is down: the items are committed, and the queue's sweep sends them
+        log.exception("could not enqueue the delivery to %s; the queue sweep will send it", domain)
 
 
 _HEADER_NAME = re.compile(rb"^([!-9;-~]+):", re.M)
