@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-$(shell cksum < requirements.txt | cut -d' ' -f1)
 # Independent tests run in parallel; PYTEST_WORKERS=0 runs them in one process.
 PYTEST_WORKERS ?= 2
 
-.PHONY: run test lint migrate clean bench bench-peers
+.PHONY: run test lint migrate clean bench bench-quick bench-peers
 
 $(STAMP): requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -36,6 +36,11 @@ BENCH_ARGS ?=
 bench: $(STAMP)
 	bench/install-peers.sh
 	$(PY) bench/run.py $(BENCH_ARGS)
+
+# One SMTP measurement against Postfix on SQLite, about two minutes: a smoke run of the runner.
+bench-quick: $(STAMP)
+	bench/install-peers.sh
+	$(PY) bench/run.py --quick $(BENCH_ARGS)
 
 bench-peers: $(STAMP)
 	bench/install-peers.sh --peers

@@ -40,10 +40,11 @@ SESSIONS = (1, 10, 50)
 WARM_UP = 50
 
 
-# Messages per SMTP measurement: enough for one to last a second or more at these rates (run 10
-# on). At 300 (runs 5 to 9) one session's measurement lasted under half a second, and a single
-# stall of the VM decided a round's ratio.
-MESSAGES = {1: 1000, 10: 2000, 50: 3000}
+# Messages per SMTP measurement (x --scale): a few seconds each at these rates, so that a full
+# `make bench` (2 rounds, both databases, every size and session count) stays near 20 minutes on
+# a 2-core VM; longer measurements (--scale 3 gives runs 10 to 14's 1,000/2,000/3,000) are
+# steadier, shorter ones are decided by a single stall of the VM.
+MESSAGES = {1: 200, 10: 600, 50: 1000}
 # How long Postfix may take to deliver what it accepted before the next measurement starts.
 DRAIN_SECONDS = 120
 
@@ -263,6 +264,13 @@ def smtp_round(args, workdir: Path, template, results: Results, database: str, r
             project.wait_for_port(HOST, bare_port, bare.proc)
             servers[BARE] = bare_port
         order = list(servers) if round_no % 2 == 0 else list(reversed(servers))
+        # The CPU each server's whole process tree spends: on a machine shared with other work the
+        # rates depend on the share of the CPUs a server gets, its CPU per message does not.
+        pids = {MAILCORE: lambda: checked.process.pid, UNCHECKED: lambda: unchecked.process.pid}
+        if postfix is not None:
+            pids[POSTFIX] = postfix.master_pid
+        if bare is not None:
+            pids[BARE] = lambda: bare.pid
         # Each server's first connections pay for what a running one no longer does (its
         # worker processes or threads, database connections, caches): warm every one up
         # alike, so that the first measurement of a round is not also a start-up's.
@@ -273,19 +281,27 @@ def smtp_round(args, workdir: Path, template, results: Results, database: str, r
         for size_name, size in chosen_sizes(args):
             for sessions in chosen_sessions(args):
                 count = messages_for(sessions, args.scale)
-                rates = {}
+                rates, cpu = {}, {}
                 for name in order:
                     wait_for_delivery(postfix, expected)
+                    cpu_before = clients.cpu_seconds(pids[name]())
                     result = clients.smtp_source(
                         HOST, servers[name], sessions=sessions, messages=count, size=size,
                         sender="sender@example.test", recipient=recipient,
                     )
                     rates[name] = result.rate
+                    if name == POSTFIX:
+                        wait_for_delivery(postfix, expected + count)  # its delivery is part of its cost
+                    cpu[name] = (clients.cpu_seconds(pids[name]()) - cpu_before) * 1000 / count
                 expected += count
                 load = os.getloadavg()[0]
                 label = f"{size_name}, {sessions} session{'s' if sessions > 1 else ''}"
                 for name in servers:
                     results.add(section, f"{label}: {name}", "messages/s", rates[name], load)
+                    results.add(section, f"{label}: {name}, CPU", "ms per message", cpu[name], load)
+                for name in (MAILCORE, UNCHECKED):
+                    if POSTFIX in cpu:
+                        results.ratio(section, f"{label}: {name}, CPU", POSTFIX, cpu[name], cpu[POSTFIX])
                 for name in (MAILCORE, UNCHECKED):
                     for baseline in (POSTFIX, BARE):
                         if baseline in rates:
@@ -297,7 +313,7 @@ def smtp_round(args, workdir: Path, template, results: Results, database: str, r
                     if stored != expected:
                         results.note(section, f"{label}: {name}", f"MISSING: {stored} of {expected} in mailbox")
                         log(f"  {label}: {name}: {stored} of {expected} accepted messages in the mailbox")
-                log(f"  {label} (load {load:.1f}): " + ", ".join(f"{n} {rates[n]:.0f}/s" for n in order))
+                log(f"  {label} (load {load:.1f}): " + ", ".join(f"{n} {rates[n]:.0f}/s ({cpu[n]:.1f} ms CPU)" for n in order))
         if postfix is not None:
             wait_for_delivery(postfix, expected)
             delivered = postfix.delivered()
@@ -715,7 +731,7 @@ def versions() -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--peers", action="store_true", help="also measure Postfix and Dovecot (installed from Debian)")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--database", default="sqlite,postgres",
                         help="SMTP: sqlite (the ORM broker), postgres (127.0.0.1:5432, with Redis), or both (default)")
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/10", help="the Redis of --database postgres")
@@ -762,20 +778,23 @@ def main() -> int:
     template.build()
     results = Results()
     started = datetime.now(UTC)
-    for section, run in (
-        ("smtp", bench_smtp), ("pop3", bench_pop3), ("source", bench_source), ("pull", bench_pull), ("memory", bench_memory)
-    ):
-        if section in sections:
-            run(args, workdir, template, results)
-    report = (
-        f"Machine: {machine()}\nDate: {started:%Y-%m-%d %H:%M} UTC\nPeers: {versions()}\n"
-        f"Rounds: {args.rounds}; figures are median [min-max] over rounds; ratios are per round.\n\n{table(results)}\n"
-    )
-    print("\n" + report)
-    (workdir.parent / "bench-results.md").write_text(report)
-    (workdir.parent / "bench-results.json").write_text(json.dumps(
-        {f"{r.section}: {r.name}": {"unit": r.unit, "values": r.values, "ratios": r.ratios, "loads": r.loads, "note": r.note}
-         for r in results.rows.values()}, indent=1))
+    try:
+        for section, run in (
+            ("smtp", bench_smtp), ("pop3", bench_pop3), ("source", bench_source), ("pull", bench_pull), ("memory", bench_memory)
+        ):
+            if section in sections:
+                run(args, workdir, template, results)
+    finally:
+        # Whatever was measured is kept, also when a later section fails.
+        report = (
+            f"Machine: {machine()}\nDate: {started:%Y-%m-%d %H:%M} UTC\nPeers: {versions()}\n"
+            f"Rounds: {args.rounds}; figures are median [min-max] over rounds; ratios are per round.\n\n{table(results)}\n"
+        )
+        print("\n" + report)
+        (workdir.parent / "bench-results.md").write_text(report)
+        (workdir.parent / "bench-results.json").write_text(json.dumps(
+            {f"{r.section}: {r.name}": {"unit": r.unit, "values": r.values, "ratios": r.ratios, "loads": r.loads, "note": r.note}
+             for r in results.rows.values()}, indent=1))
     shutil.rmtree(workdir, ignore_errors=True)
     return 0
 
