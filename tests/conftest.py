@@ -38,7 +38,7 @@ def mail_store(settings, tmp_path):
             "OPTIONS": {"location": str(data_dir)},
         },
     }
-    settings.CACHES = {"default": {**settings.CACHES["default"], "KEY_PREFIX": cache_prefix(data_dir)}}
+    settings.CACHES = {**settings.CACHES, "default": {**settings.CACHES["default"], "KEY_PREFIX": cache_prefix(data_dir)}}
     settings.MAIL_AUTH_CHECKS = False  # as in child_env: no lookups in the machine's own DNS
     return data_dir
 
