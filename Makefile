@@ -29,8 +29,9 @@ lint: $(STAMP)
 migrate: $(STAMP)
 	$(PY) manage.py migrate
 
-# Benchmarks (docs/benchmarks.md): smtp-source comes from Debian's postfix package (installed, never
-# started, by `make bench`); bench-peers also installs dovecot-pop3d and runs Postfix and Dovecot.
+# Benchmarks (docs/benchmarks.md): Debian's postfix package gives the SMTP client (smtp-source) and
+# the SMTP baseline, a private Postfix the runner starts and stops (installing the package starts
+# nothing); bench-peers also installs dovecot-pop3d and runs Dovecot for POP3.
 BENCH_ARGS ?=
 
 bench: $(STAMP)

@@ -159,7 +159,7 @@ def count_inbox(db: Path, address: str) -> int:
 
 
 def remove_copy(db: Path, data_dir: Path) -> None:
-    for suffix in ("", "-wal", "-shm"):
+    for suffix in ("", "-wal", "-shm", ".writer-lock"):
         Path(str(db) + suffix).unlink(missing_ok=True)
     shutil.rmtree(str(db) + "-qcluster-stats", ignore_errors=True)
     shutil.rmtree(data_dir, ignore_errors=True)
