@@ -3,7 +3,7 @@
 `make bench` (section `pull`) serves the same 25 MB of octets in two shapes, lines of 2 octets
 (CRLF alone) and lines of 1,000 (998 and CRLF), from a scripted origin in the bench's own
 process, and pulls each in a child process of its own that runs the project's GET client
-(`mailcore.verification.pull.pull_from_host`, which reads with the DATA reader and checks).
+(`mailcore.reverse_delivery.pull.pull_from_host`, which reads with the DATA reader and checks).
 The child reports its CPU time and the growth of its peak resident memory over its state before
 the pull; the ratio short/long is taken within one round.
 
@@ -116,8 +116,8 @@ def _peak_rss_kib() -> int:
 
 def _child(port: int, source_id: str) -> None:
     sys.path.insert(0, str(ROOT))
-    from mailcore.verification.origins import OriginHost
-    from mailcore.verification.pull import pull_from_host
+    from mailcore.reverse_delivery.origins import OriginHost
+    from mailcore.reverse_delivery.pull import pull_from_host
 
     got: list = []
 

@@ -399,7 +399,7 @@ from django.conf import settings
 from django.utils import timezone
 from mailcore.models import Message, SourcedMessage
 from mailcore.store import message_store
-from mailcore.verification.ids import new_source_id
+from mailcore.reverse_delivery.ids import new_source_id
 spec = json.loads(sys.stdin.read())
 ids = []
 for i in range(spec["count"]):

@@ -550,7 +550,7 @@ class QueueItemAdmin(ReadOnlyAdmin):
 
     @admin.display(description="")
     def row_actions(self, obj):
-        if obj.state not in queue_control.ACTIVE_STATES:
+        if obj.state not in models.ACTIVE_STATES:
             return ""
         buttons = [("retry", "Retry now")]
         if obj.state != models.QueueState.HELD:

@@ -7,7 +7,7 @@ from django.db.models.signals import post_migrate
 def register_schedules(sender, **kwargs) -> None:
     """After `migrate`: the periodic django-q2 jobs exist, once each (registered by name)."""
     from mailcore import tasks
-    from mailcore.verification import sweep
+    from mailcore.reverse_delivery import sweep
 
     sweep.register_schedule()
     tasks.register_schedules()

@@ -5,6 +5,16 @@ from __future__ import annotations
 import logging
 
 from django.conf import settings
+from django.db import close_old_connections
+from django_q.models import Schedule
+
+from mailcore import jobs
+from mailcore.delivery import queue
+from mailcore.quarantine.digest import send_due
+from mailcore.quarantine.retention import expire_held
+from mailcore.reverse_delivery.sweep import run_sweep
+from mailcore.services import outbound, reverse_delivery
+from mailcore.services.bodies import collect_orphans
 
 log = logging.getLogger("mailcore.tasks")
 
@@ -19,28 +29,17 @@ DIGEST_SCHEDULE = "mailcore quarantine digests"
 RETENTION_SCHEDULE = "mailcore quarantine retention"
 
 
-def enqueue_delivery(domain: str) -> None:
-    """Ask the cluster to deliver the due queue items of one destination domain."""
-    from django_q.tasks import async_task
-
-    async_task("mailcore.tasks.deliver_domain", domain, group="outbound", task_name=f"deliver {domain}"[:100])
-
-
 def deliver_domain(domain: str) -> dict:
     """Task: one delivery run for `domain` (two workers on one domain never share an item)."""
-    from mailcore.delivery.queue import deliver_domain as run
-
-    counts = run(domain)
+    counts = queue.deliver_domain(domain)
     return {"sent": counts.sent, "deferred": counts.deferred, "bounced": counts.bounced}
 
 
 def deliver_due() -> list[str]:
     """Scheduled task: one delivery task per destination domain that has items due now."""
-    from mailcore.services import outbound
-
     domains = outbound.due_domains()
     for domain in domains:
-        enqueue_delivery(domain)
+        jobs.enqueue_delivery(domain)
     return domains
 
 
@@ -54,8 +53,6 @@ def register_schedules() -> None:
     (a message just queued) are tasks enqueued on commit, not this schedule; each item keeps its
     own due time (`next_attempt_at`) and is retried at the first sweep after it.
     """
-    from django_q.models import Schedule
-
     periodic = [
         (QUEUE_SWEEP_SCHEDULE, "mailcore.tasks.deliver_due", settings.MAIL_QUEUE_SWEEP_MINUTES),
         (SOURCE_EXPIRY_SCHEDULE, "mailcore.tasks.expire_sourced", settings.MAIL_SOURCE_EXPIRY_MINUTES),
@@ -72,62 +69,35 @@ def register_schedules() -> None:
         )
 
 
-def enqueue_pull(sender_domain: str) -> None:
-    """Ask the cluster to pull the pending announcements of one sender domain now (spec §5.2)."""
-    from django_q.tasks import async_task
-
-    async_task("mailcore.tasks.pull_domain", sender_domain, group="pull", task_name=f"pull {sender_domain}"[:100])
-
-
 def pull_domain(sender_domain: str) -> str:
     """Task: pull the due announcements of `sender_domain` now, one connection per origin host."""
-    from mailcore.verification.sweep import run_sweep
-
     return run_sweep([sender_domain]).summary()
 
 
 def sweep() -> str:
-    """Scheduled task (mailcore.verification.sweep.SCHEDULE): pull what is due, fail what is too old."""
-    from mailcore.verification.sweep import run_sweep
-
+    """Scheduled task (mailcore.reverse_delivery.sweep.SCHEDULE): pull what is due, fail what is too old."""
     return run_sweep().summary()
 
 
 def expire_sourced() -> str:
     """Scheduled task: end the retention of sourced messages; notify local senders of unfetched ones."""
-    from django.db import close_old_connections
-
-    from mailcore.services.verification import expire_sourced as expire
-
     close_old_connections()
-    return expire().summary()
+    return reverse_delivery.expire_sourced().summary()
 
 
 def collect_orphaned_bodies() -> str:
     """Scheduled task: remove bodies older than MAIL_STORE_GC_GRACE that no message refers to."""
-    from django.db import close_old_connections
-
-    from mailcore.services.bodies import collect_orphans
-
     close_old_connections()
     return collect_orphans().summary()
 
 
 def send_digests() -> list[str]:
     """Scheduled task: a quarantine digest to each mailbox with newly held mail, at most every MAIL_DIGEST_INTERVAL."""
-    from django.db import close_old_connections
-
-    from mailcore.quarantine.digest import send_due
-
     close_old_connections()
     return send_due()
 
 
 def expire_quarantine() -> int:
     """Scheduled task: delete held mail older than MAIL_QUARANTINE_RETENTION_DAYS."""
-    from django.db import close_old_connections
-
-    from mailcore.quarantine.retention import expire_held
-
     close_old_connections()
     return expire_held()

@@ -26,6 +26,13 @@ def cache_prefix(data_dir: Path) -> str:
     return "test-" + hashlib.sha256(str(data_dir).encode()).hexdigest()[:16]
 
 
+@pytest.fixture
+def fast_password_hashing(settings):
+    """MD5 instead of the production hasher, and a short failure delay, where logins are not what is tested."""
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+    settings.MAIL_AUTH_FAILURE_DELAY = 0.05
+
+
 @pytest.fixture(autouse=True)
 def mail_store(settings, tmp_path):
     """Each test gets its own body store and cache namespace, so no test sees another's files or counts."""

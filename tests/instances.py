@@ -242,7 +242,7 @@ class Instance:
         for (args, wait), proc in zip(specs, self.processes, strict=True):
             if wait:
                 try:
-                    wait_for_port(*wait, proc=proc.proc, timeout=30)
+                    wait_for_port(*wait, proc=proc.proc)
                 except (RuntimeError, TimeoutError) as exc:
                     raise RuntimeError(f"{self.name}: {args[0]} did not start: {exc}\n{self.logs()}") from None
 

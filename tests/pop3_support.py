@@ -7,6 +7,7 @@ import time
 
 from mailcore.models import Delivery
 from mailcore.services import accounts, inbound
+from mailcore.store import message_store
 from tests.conftest import free_port, self_signed_cert  # noqa: F401  (re-exported)
 
 ADDRESS = "alice@a.test"
@@ -107,3 +108,8 @@ class RawPop3:
 
     def close(self) -> None:
         self.sock.close()
+
+
+def stored(delivery: Delivery) -> bytes:
+    """The body of a delivery as the store holds it."""
+    return message_store().read(delivery.message.body_ref)

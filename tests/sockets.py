@@ -13,7 +13,12 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
-def wait_for_port(host: str, port: int, proc: subprocess.Popen | None = None, timeout: float = 30.0) -> None:
+# A Django process starts in seconds, but on a loaded machine (CI beside other jobs) it has taken
+# over 30: a process that fails exits, and `proc` reports that at once, so the wait may be long.
+START_TIMEOUT = 120.0
+
+
+def wait_for_port(host: str, port: int, proc: subprocess.Popen | None = None, timeout: float = START_TIMEOUT) -> None:
     """Return once something accepts on host:port; fail early if `proc` exits first."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -13,7 +13,9 @@ import re
 import ssl
 from dataclasses import dataclass, field
 
+from mailcore import tls
 from mailcore.delivery.mx import MailHost
+from mailcore.transparency import dot_stuff
 
 log = logging.getLogger("mailcore.delivery")
 
@@ -192,29 +194,6 @@ class Connection:
             pass
 
 
-def dot_stuffed(content: bytes) -> bytes:
-    """The DATA form of a message: CRLF lines, leading dots doubled, ended by "." (RFC 5321 §4.5.2)."""
-    lines = content.split(b"\n")
-    if lines and lines[-1] == b"":
-        lines.pop()
-    out = []
-    for line in lines:
-        if line.endswith(b"\r"):
-            line = line[:-1]
-        if line.startswith(b"."):
-            line = b"." + line
-        out.append(line)
-    return b"\r\n".join(out) + (b"\r\n" if out else b"") + b".\r\n"
-
-
-def opportunistic_tls_context() -> ssl.SSLContext:
-    """Opportunistic STARTTLS (RFC 7435): encrypt when offered, without authenticating the peer."""
-    context = ssl.create_default_context()
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
-    return context
-
-
 class OutboundClient:
     """Delivers messages for one destination to its hosts in order, one connection per host."""
 
@@ -232,7 +211,7 @@ class OutboundClient:
         self.port = port
         self.connect_timeout = connect_timeout
         self.timeout = timeout
-        self.tls_context = tls_context or opportunistic_tls_context()
+        self.tls_context = tls_context or tls.opportunistic_client_context()
         self.source_address = source_address
 
     async def deliver(self, hosts: list[MailHost], messages: list[OutboundMessage]) -> dict[str, list[RecipientResult]]:
@@ -403,7 +382,7 @@ class OutboundClient:
                 raise SMTPFailure(f"protocol error: DATA answered {reply}")
             await self._reset(conn)
             return reply
-        await conn.send(dot_stuffed(message.content), "the message")
+        await conn.send(dot_stuff(message.content), "the message")
         return await conn.read_reply("end of data")
 
     async def _reset(self, conn: Connection) -> None:

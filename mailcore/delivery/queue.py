@@ -12,6 +12,7 @@ from django.db import close_old_connections
 
 from mailcore.delivery.client import OutboundClient, OutboundMessage, RecipientResult
 from mailcore.delivery.mx import MXResolver, RoutingError
+from mailcore.headers import strip_return_path
 from mailcore.models import QueueItem
 from mailcore.services import outbound
 from mailcore.store import message_store
@@ -24,24 +25,11 @@ MAX_RECIPIENTS_PER_TRANSACTION = 100
 RUN_BUDGET_SECONDS = 200.0
 
 
-def strip_return_path(content: bytes) -> bytes:
-    """RFC 5321 §4.4: a message on its way out carries no Return-Path; the final MTA adds one."""
-    while content[:12].lower() == b"return-path:":
-        end = content.find(b"\r\n")
-        # A folded Return-Path continues on lines that start with white space.
-        while end >= 0 and content[end + 2 : end + 3] in (b" ", b"\t"):
-            end = content.find(b"\r\n", end + 2)
-        if end < 0:
-            return content
-        content = content[end + 2 :]
-    return content
-
-
 def default_client() -> OutboundClient:
     """The client of a queue run: it announces with SOURCE where it can unless MAIL_USE_SOURCE is off."""
     client_class = OutboundClient
     if settings.MAIL_USE_SOURCE:
-        from mailcore.verification.source import SourcingClient
+        from mailcore.reverse_delivery.source import SourcingClient
 
         client_class = SourcingClient
     return client_class(

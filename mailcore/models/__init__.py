@@ -6,7 +6,7 @@ from mailcore.models.dkim import DKIMKey, DKIMKeyState
 from mailcore.models.domain import Alias, AuthenticatedPolicy, Domain, Mailbox, MailboxLock, UnverifiedPolicy
 from mailcore.models.limits import FailureCount
 from mailcore.models.message import Delivery, DeliveryState, Message, SpamStatus, Transport, Verification
-from mailcore.models.outbound import QueueItem, QueueState
+from mailcore.models.outbound import ACTIVE_STATES, PENDING_STATES, QueueItem, QueueState
 from mailcore.models.senders import SenderAction, SenderRule, SenderScope
 from mailcore.models.verification import Announcement, AnnouncementState, SourcedMessage, SourcePin
 
@@ -33,6 +33,8 @@ __all__ = [
     "QuarantineDigest",
     "QueueItem",
     "QueueState",
+    "ACTIVE_STATES",
+    "PENDING_STATES",
     "SourcedMessage",
     "SourcePin",
     "SpamStatus",

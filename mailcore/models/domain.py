@@ -111,10 +111,6 @@ class Alias(models.Model):
     def __str__(self) -> str:
         return f"{self.source} -> {self.target}"
 
-    @property
-    def is_catch_all(self) -> bool:
-        return self.source.startswith("@")
-
 
 class MailboxLock(models.Model):
     """RFC 1939 §4: one POP3 session holds a maildrop; kept in the database so it spans nodes."""

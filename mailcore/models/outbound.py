@@ -15,6 +15,12 @@ class QueueState(models.TextChoices):
     BOUNCED = "bounced", "bounced"
 
 
+# Items waiting for a delivery attempt.
+PENDING_STATES = (QueueState.QUEUED, QueueState.DEFERRED)
+# Items not yet over: pending, or held by an operator. Sent, sourced and bounced ones are history.
+ACTIVE_STATES = (*PENDING_STATES, QueueState.HELD)
+
+
 class QueueItem(models.Model):
     message = models.ForeignKey("mailcore.Message", on_delete=models.PROTECT, related_name="queue_items")
     recipient = models.CharField(max_length=320)

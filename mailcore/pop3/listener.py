@@ -37,16 +37,6 @@ def config_from_settings() -> Pop3Config:
     )
 
 
-def tls_context_from_settings() -> ssl.SSLContext | None:
-    """A server context from MAIL_TLS_CERT and MAIL_TLS_KEY, or None when they are not set."""
-    if not (settings.MAIL_TLS_CERT and settings.MAIL_TLS_KEY):
-        return None
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.load_cert_chain(settings.MAIL_TLS_CERT, settings.MAIL_TLS_KEY)
-    return context
-
-
 async def serve(
     config: Pop3Config,
     binds: list[tuple[str, int]],

@@ -12,11 +12,12 @@ from typing import Protocol
 
 from asgiref.sync import sync_to_async
 
-from mailcore.pop3.wire import TERMINATOR, retr_reply
+from mailcore.pop3.wire import retr_reply
 from mailcore.services import maildrop as service
 from mailcore.services.accounts import LoginBlocked
 from mailcore.services.login_failures import LoginFailures
 from mailcore.services.maildrop import Account, LockLost, MaildropEntry
+from mailcore.transparency import TERMINATOR
 
 log = logging.getLogger("mailcore.pop3")
 

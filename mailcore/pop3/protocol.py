@@ -16,7 +16,8 @@ import ssl
 from dataclasses import dataclass
 
 from mailcore.pop3.maildrop import Account, LockLost, LoginBlocked, Maildrop, MaildropEntry, ReadAhead
-from mailcore.pop3.wire import CRLF, TERMINATOR, BodyEncoder
+from mailcore.sasl import parse_plain
+from mailcore.transparency import CRLF, TERMINATOR, BodyEncoder
 
 log = logging.getLogger("mailcore.pop3")
 
@@ -497,17 +498,12 @@ class Pop3Session(asyncio.BufferedProtocol):
         except (binascii.Error, ValueError):
             self.bad(AUTH_BAD_BASE64)
             return
-        parts = decoded.split(b"\0")
-        try:
-            authzid, authcid, password = (part.decode("utf-8") for part in parts) if len(parts) == 3 else ("", "", "")
-        except UnicodeDecodeError:
-            authzid, authcid, password = "", "", ""
-        if not authcid or (authzid and authzid != authcid):
-            # RFC 4616 §2: we authorise no one to act as another mailbox.
+        plain = parse_plain(decoded)
+        if plain is None or plain.acts_for_another():
             await self.fail_login()
             return
-        self.attempted = authcid
-        await self.login(authcid, password)
+        self.attempted = plain.authcid
+        await self.login(plain.authcid, plain.password)
 
     async def take_lock(self, account: Account) -> bool:
         deadline = self.loop.time() + LOCK_WAIT

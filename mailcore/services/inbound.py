@@ -238,7 +238,7 @@ _PLAIN_HEADER_BLOCK = re.compile(rb"[\x21-\x39\x3b-\x7e]+:[^\r\n]*(?:\r\n(?:[\x2
 _SUMMARY_FIELD = re.compile(rb"^(subject|from):([^\r\n]*(?:\r\n[\t ][^\r\n]*)*)", re.IGNORECASE | re.MULTILINE)
 # A From of the usual shape, `Name <local@domain>`, `<local@domain>` or `local@domain`, of
 # plain atoms (RFC 5322 §3.2.3), trailing blanks allowed: parseaddr finds exactly that address
-# (tests/test_inbound_rows.py compares the two), at a fifteenth of its cost (1.4 against 22 µs).
+# (tests/smtp/test_inbound_rows.py compares the two), at a fifteenth of its cost (1.4 against 22 µs).
 # Any other From (quoted names, comments, folding, several addresses) still goes to parseaddr.
 _ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]"
 _PLAIN_ADDRESS = rf"{_ATEXT}+(?:\.{_ATEXT}+)*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*"

@@ -12,7 +12,7 @@ from datetime import timedelta
 from django.db import IntegrityError, close_old_connections, connection, transaction
 from django.utils import timezone
 
-from mailcore.models import Delivery, DeliveryState, MailboxLock, Message, QueueState
+from mailcore.models import ACTIVE_STATES, Delivery, DeliveryState, MailboxLock, Message
 from mailcore.pop3.wire import wire_size
 from mailcore.services import accounts, quota
 from mailcore.services.login_failures import LoginFailures
@@ -21,9 +21,8 @@ from mailcore.store.bodies import CHUNK_SIZE
 
 log = logging.getLogger("mailcore.pop3")
 
-# Deliveries and queue items in these states still need the body; anything else has let it go.
+# Deliveries in these states still need the body (and queue items in ACTIVE_STATES).
 LIVE_DELIVERY_STATES = [DeliveryState.INBOX, DeliveryState.QUARANTINED]
-LIVE_QUEUE_STATES = [QueueState.QUEUED, QueueState.DEFERRED, QueueState.HELD]
 
 
 @dataclass(frozen=True)
@@ -267,7 +266,7 @@ def release_unreferenced_bodies(message_ids: list[int]) -> int:
             .filter(pk__in=message_ids)
             .exclude(body_ref="")
             .exclude(deliveries__state__in=LIVE_DELIVERY_STATES)
-            .exclude(queue_items__state__in=LIVE_QUEUE_STATES)
+            .exclude(queue_items__state__in=ACTIVE_STATES)
             .exclude(sourced__expired=False)
         )
         for message in candidates:

@@ -13,16 +13,17 @@ from django.db import connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
+from mailcore import jobs
 from mailcore.addresses import AddressError, domain_of, normalize_address
 from mailcore.delivery import dsn
-from mailcore.models import Alias, Message, QueueItem, QueueState, Transport, Verification
+from mailcore.headers import strip_return_path
+from mailcore.models import ACTIVE_STATES, PENDING_STATES, Alias, Message, QueueItem, QueueState, Transport, Verification
 from mailcore.models.message import new_queue_id
 from mailcore.services import accounts, inbound
 from mailcore.store import message_store
 
 log = logging.getLogger("mailcore.outbound")
 
-PENDING_STATES = (QueueState.QUEUED, QueueState.DEFERRED)
 CLAIM_BATCH = 100
 
 
@@ -43,7 +44,7 @@ def enqueue(message: Message, recipients: list[str]) -> list[QueueItem]:
         QueueItem(message=message, recipient=rcpt, domain=domain_of(rcpt)) for rcpt in recipients
     )
     for domain in {item.domain for item in items}:
-        transaction.on_commit(lambda d=domain: _kick(d))
+        transaction.on_commit(lambda d=domain: jobs.enqueue_delivery(d))
     return items
 
 
@@ -67,7 +68,6 @@ def forward(message: Message, recipients: list[str], delivered_to: str = "", *, 
     in the queue, held, until the message is released (`release_forwards`), and is never sent if
     it is not (spec §6, Forwarding: only mail accepted for delivery is forwarded).
     """
-    from mailcore.delivery.queue import strip_return_path
     from mailcore.services import dkim_keys
 
     store = message_store()
@@ -129,7 +129,7 @@ def release_forwards(message_id: int) -> int:
             state=QueueState.QUEUED, next_attempt_at=now, last_reply="", updated_at=now
         )
     for domain in {item.domain for item in items}:
-        transaction.on_commit(lambda d=domain: _kick(d))
+        transaction.on_commit(lambda d=domain: jobs.enqueue_delivery(d))
     if items:
         log.info("%s released: forwarded to %s", items[0].message.queue_id, ", ".join(i.recipient for i in items))
     return len(items)
@@ -172,12 +172,6 @@ def forwarding_reverse_path(message: Message) -> str:
         if accounts.is_local_domain(domain):
             return f"postmaster@{domain}"
     return f"postmaster@{settings.MAIL_HOSTNAME}"
-
-
-def _kick(domain: str) -> None:
-    from mailcore import tasks
-
-    tasks.enqueue_delivery(domain)
 
 
 _HEADER_NAME = re.compile(rb"^([!-9;-~]+):", re.M)
@@ -567,7 +561,7 @@ def listing(include_finished: bool = False):
     """The queue as `mailq` shows it: oldest first."""
     items = QueueItem.objects.select_related("message").order_by("created_at", "id")
     if not include_finished:
-        items = items.filter(state__in=[QueueState.QUEUED, QueueState.DEFERRED, QueueState.HELD])
+        items = items.filter(state__in=ACTIVE_STATES)
     return items
 
 

@@ -5,14 +5,8 @@ from __future__ import annotations
 from django.db import transaction
 from django.utils import timezone
 
-from mailcore.models import QueueItem, QueueState
-
-# Items an operator may still act on: sent, sourced and bounced ones are history.
-ACTIVE_STATES = (QueueState.QUEUED, QueueState.DEFERRED, QueueState.HELD)
-
-
-class QueueControlError(Exception):
-    pass
+from mailcore import jobs
+from mailcore.models import ACTIVE_STATES, QueueItem, QueueState
 
 
 def _active(item_ids):
@@ -29,7 +23,7 @@ def retry_now(item_ids) -> int:
             item.next_attempt_at = now
             item.save(update_fields=["state", "next_attempt_at", "updated_at"])
         for domain in {item.domain for item in items}:
-            transaction.on_commit(lambda d=domain: _kick(d))
+            transaction.on_commit(lambda d=domain: jobs.enqueue_delivery(d))
     return len(items)
 
 
@@ -49,9 +43,3 @@ def delete(item_ids) -> int:
     with transaction.atomic():
         deleted, _ = QueueItem.objects.filter(pk__in=list(item_ids), state__in=ACTIVE_STATES).delete()
     return deleted
-
-
-def _kick(domain: str) -> None:
-    from mailcore import tasks
-
-    tasks.enqueue_delivery(domain)

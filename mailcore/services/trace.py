@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from mailcore.models import Announcement, Delivery, DeliveryState, Message, QueueItem, QueueState, SourcedMessage
+from mailcore.models import PENDING_STATES, Announcement, Delivery, DeliveryState, Message, QueueItem, QueueState, SourcedMessage
 
 
 @dataclass(frozen=True)
@@ -94,7 +94,7 @@ def _queue_events(item: QueueItem) -> list[TraceEvent]:
     if item.attempts or item.state not in (QueueState.QUEUED,):
         where = f" via {item.remote_host}" if item.remote_host else ""
         summary = f"{item.get_state_display()} for {item.recipient}{where} after {item.attempts} attempt(s)"
-        if item.state in (QueueState.DEFERRED, QueueState.QUEUED):
+        if item.state in PENDING_STATES:
             summary += f"; next try {item.next_attempt_at:%Y-%m-%d %H:%M:%S}"
         ok = {QueueState.SENT: True, QueueState.SOURCED: True, QueueState.BOUNCED: False}.get(item.state)
         events.append(TraceEvent(item.updated_at, "queue", summary, item.last_reply, ok=ok))

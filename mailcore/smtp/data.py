@@ -8,7 +8,6 @@ incomplete line.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 from mailcore.smtp import replies
@@ -168,45 +167,3 @@ def has_long_line(raw: bytes, limit: int = MAX_LINE_OCTETS) -> bool:
             return True
         start = line_end + 1
     return False
-
-
-_LINE_END = re.compile(rb"\r?\n")
-
-
-class DotStuffer:
-    """Turns stored message octets into DATA form: CRLF line ends, leading dots doubled, final dot."""
-
-    def __init__(self) -> None:
-        self._at_line_start = True
-        self._held = b""
-
-    def feed(self, chunk: bytes) -> bytes:
-        data = self._held + chunk
-        # A CR at the end of a chunk may be half of a CRLF that the next chunk completes.
-        if data.endswith(b"\r"):
-            data, self._held = data[:-1], b"\r"
-        else:
-            self._held = b""
-        if not data:
-            return b""
-        data = _LINE_END.sub(b"\r\n", data)
-        stuffed = data.replace(b"\r\n.", b"\r\n..")
-        if self._at_line_start and stuffed.startswith(b"."):
-            stuffed = b"." + stuffed
-        self._at_line_start = stuffed.endswith(b"\r\n")
-        return stuffed
-
-    def finish(self) -> bytes:
-        tail = self._held
-        self._held = b""
-        if tail:
-            tail = tail + b"\n"
-            self._at_line_start = True
-        elif not self._at_line_start:
-            tail = b"\r\n"
-        return tail + b".\r\n"
-
-
-def dot_stuff(content: bytes) -> bytes:
-    stuffer = DotStuffer()
-    return stuffer.feed(content) + stuffer.finish()

@@ -24,7 +24,7 @@ from django.db import DatabaseError, connections
 
 from mailcore.addresses import domain_of
 from mailcore.models import UnverifiedPolicy
-from mailcore.services import inbound, senders, verification
+from mailcore.services import inbound, reverse_delivery, senders
 from mailcore.services.login_failures import AddressCounter
 from mailcore.smtp import replies
 from mailcore.smtp.groupcommit import GroupCommit
@@ -319,7 +319,7 @@ class InboundHandler:
         envelope = server.envelope
         try:
             result = await self.call(
-                verification.announce,
+                reverse_delivery.announce,
                 source_id,
                 envelope.mail_from,
                 list(envelope.rcpt_tos),
@@ -328,19 +328,19 @@ class InboundHandler:
             )
         except TemporaryFault:
             return replies.TEMPORARY_FAILURE
-        if result is verification.AnnounceResult.ALREADY_ANNOUNCED:
+        if result is reverse_delivery.AnnounceResult.ALREADY_ANNOUNCED:
             return replies.SOURCE_ALREADY_ANNOUNCED(id=source_id)
-        if result is verification.AnnounceResult.TOO_MANY_FROM_CLIENT:
+        if result is reverse_delivery.AnnounceResult.TOO_MANY_FROM_CLIENT:
             return replies.SOURCE_TOO_MANY_PENDING(what="your address")
-        if result is verification.AnnounceResult.TOO_MANY_FROM_CLIENT_FOR_DOMAIN:
+        if result is reverse_delivery.AnnounceResult.TOO_MANY_FROM_CLIENT_FOR_DOMAIN:
             return replies.SOURCE_TOO_MANY_PENDING(what=f"your address for the domain {domain_of(envelope.mail_from)}")
-        if result is verification.AnnounceResult.TOO_MANY_FROM_DOMAIN:
+        if result is reverse_delivery.AnnounceResult.TOO_MANY_FROM_DOMAIN:
             return replies.SOURCE_TOO_MANY_PENDING(what=f"the domain {domain_of(envelope.mail_from)}")
         return replies.SOURCE_ACCEPTED(id=source_id)
 
     # --- GET (reverse-delivery.md §4, origin role) ---------------------------------------------
 
-    async def fetch(self, server: InboundSMTP, source_id: str) -> tuple[Reply, verification.SourcedBody | None]:
+    async def fetch(self, server: InboundSMTP, source_id: str) -> tuple[Reply, reverse_delivery.SourcedBody | None]:
         """The reply to `GET <id>` and the body to send; GET_TOO_MANY_UNKNOWN means: close now."""
         try:
             first = not server.asked_for_ids
@@ -348,7 +348,7 @@ class InboundHandler:
             server.asked_for_ids = server.asked_for_ids or body is None
         except TooManyUnknownIds:
             return replies.GET_TOO_MANY_UNKNOWN, None
-        except verification.FetchRefused:
+        except reverse_delivery.FetchRefused:
             return replies.GET_REFUSED(id=source_id), None
         except TemporaryFault:
             return replies.TEMPORARY_FAILURE, None
@@ -361,7 +361,7 @@ class InboundHandler:
 
     def fetch_unless_guessing(
         self, source_id: str, client_address: str, first_of_session: bool = True
-    ) -> verification.SourcedBody | None:
+    ) -> reverse_delivery.SourcedBody | None:
         """(worker thread) The sourced body, unless this address asked for too many unknown ids.
 
         reverse-delivery.md §6 "Guessing ids": unknown-id GETs are counted per client address in
@@ -370,7 +370,7 @@ class InboundHandler:
         # Spec §6, Fair pulls: an id we know is served whatever the count, so that a receiver
         # whose address reached the limit (bogus ids announced to it in our name) still gets
         # genuine mail on its next connection; only the next unknown id gets 421 again.
-        body = verification.fetch_sourced(source_id, client_address)
+        body = reverse_delivery.fetch_sourced(source_id, client_address)
         if body is not None:
             return body
         # The shared count is read at a session's first unknown id, and then only while this

@@ -24,12 +24,14 @@ from typing import TYPE_CHECKING
 from aiosmtpd.smtp import MISSING, SMTP, Envelope, TLSSetupException
 from django.conf import settings
 
+from mailcore import tls
 from mailcore.models import Transport, Verification
+from mailcore.reverse_delivery.ids import EHLO_KEYWORD, is_valid_id
 from mailcore.services import inbound
-from mailcore.services.verification import SOURCE_KEYWORD, is_source_id
 from mailcore.smtp import replies
-from mailcore.smtp.data import DataReceiver, DotStuffer
+from mailcore.smtp.data import DataReceiver
 from mailcore.smtp.replies import Reply
+from mailcore.transparency import BodyEncoder
 
 if TYPE_CHECKING:
     from mailcore.smtp.handler import InboundHandler
@@ -113,16 +115,8 @@ class SMTPConfig:
             command_timeout=settings.MAIL_SMTP_COMMAND_TIMEOUT,
             data_timeout=settings.MAIL_SMTP_DATA_TIMEOUT,
             max_bad_commands=settings.MAIL_SMTP_MAX_BAD_COMMANDS,
-            tls_context=tls_context_from_settings(),
+            tls_context=tls.server_context(),
         )
-
-
-def tls_context_from_settings() -> ssl.SSLContext | None:
-    if not (settings.MAIL_TLS_CERT and settings.MAIL_TLS_KEY):
-        return None
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(settings.MAIL_TLS_CERT, settings.MAIL_TLS_KEY)
-    return context
 
 
 class Transaction(Envelope):
@@ -447,7 +441,7 @@ class InboundSMTP(SMTP):
         if self.tls_context and not self.tls_active():
             keywords.append("STARTTLS")  # RFC 3207
         if self.offers_source:
-            keywords.append(SOURCE_KEYWORD)  # reverse-delivery.md §2: "SOURCE 2"
+            keywords.append(EHLO_KEYWORD)  # reverse-delivery.md §2: "SOURCE 2"
         return keywords
 
     async def smtp_EXPN(self, arg: str | None) -> None:
@@ -671,7 +665,7 @@ class InboundSMTP(SMTP):
             return str(replies.SOURCE_NEED_MAIL)
         if not self.envelope.rcpt_tos:
             return str(replies.SOURCE_NEED_RCPT)
-        if not arg or not is_source_id(arg):
+        if not arg or not is_valid_id(arg):
             return str(replies.SOURCE_BAD_ID)
         if self.envelope.mail_from == "":
             return str(replies.SOURCE_NULL_SENDER)
@@ -686,7 +680,7 @@ class InboundSMTP(SMTP):
         if self.in_transaction:
             await self.reply(replies.GET_IN_TRANSACTION)
             return
-        if not arg or not is_source_id(arg):
+        if not arg or not is_valid_id(arg):
             await self.reply(replies.GET_BAD_ID)
             return
         reply, body = await self.event_handler.fetch(self, arg)
@@ -709,10 +703,10 @@ class InboundSMTP(SMTP):
         # Spec §4: the status line, then the envelope the id names, then the message.
         for line in replies.multiline(reply, body.envelope_lines()).split("\r\n"):
             await self.push(line)  # the continuation lines are held and written with the last one
-        stuffer = DotStuffer()
+        encoder = BodyEncoder()
         try:
             async for chunk in self.event_handler.body_chunks(stream):
-                self._writer.write(stuffer.feed(chunk))
+                self._writer.write(encoder.feed(chunk))
                 self._reset_timeout(self.config.data_timeout)
                 await self._writer.drain()
         except OSError:
@@ -720,7 +714,7 @@ class InboundSMTP(SMTP):
             log.exception("GET %s: reading the stored body failed mid-transfer, closing", arg)
             self.close()
             return
-        await self.push(stuffer.finish()[:-2])
+        await self.push(encoder.finish() + b".")  # push() ends the terminator line
         log.info("GET %s: client=[%s], size=%s, result=%s", arg, self.client_address, body.size, reply)
 
 

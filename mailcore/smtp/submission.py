@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 from aiosmtpd.smtp import MISSING, AuthResult
 from django.conf import settings
 
+from mailcore.sasl import parse_plain
 from mailcore.services import accounts, inbound, outbound
 from mailcore.services.login_failures import LoginFailures
 from mailcore.smtp import replies
@@ -78,15 +79,13 @@ class SubmissionHandler(InboundHandler):
         decoded = await _initial_or_challenge(server, args, "")
         if decoded is None:
             return AuthResult(success=False, handled=True)
-        parts = decoded.split(b"\x00")
-        if len(parts) != 3 or not parts[1]:
+        plain = parse_plain(decoded)
+        if plain is None:
             await server.reply(AUTH_MALFORMED)
             return AuthResult(success=False, handled=True)
-        authzid, authcid, password = (p.decode("utf-8", "replace") for p in parts)
-        if authzid and authzid.lower() != authcid.lower():
-            # Acting as another user is not offered: only the mailbox that logs in.
+        if plain.acts_for_another():
             return AuthResult(success=False, handled=False)  # aiosmtpd's 535 5.7.8
-        return await self._check(server, "PLAIN", authcid, password)
+        return await self._check(server, "PLAIN", plain.authcid, plain.password)
 
     async def auth_LOGIN(self, server: SubmissionSMTP, args: list[str]) -> AuthResult:
         """The LOGIN mechanism (draft-murchison-sasl-login): username and password prompts."""

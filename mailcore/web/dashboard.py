@@ -11,6 +11,7 @@ from django.utils import timezone
 from django.utils.html import escape
 
 from mailcore.models import (
+    ACTIVE_STATES,
     Announcement,
     AnnouncementState,
     Delivery,
@@ -84,7 +85,7 @@ def pending_announcements() -> int:
 def queue_counts(now: datetime | None = None) -> QueueCounts:
     now = now or timezone.now()
     rows = (
-        QueueItem.objects.filter(state__in=[QueueState.QUEUED, QueueState.DEFERRED, QueueState.HELD])
+        QueueItem.objects.filter(state__in=ACTIVE_STATES)
         .values("state").annotate(n=Count("id"))
     )
     by_state = {row["state"]: row["n"] for row in rows}

@@ -1,4 +1,4 @@
-"""Loaded by Python at start-up (PYTHONPATH) in the dkimverify process of tests/test_authentication_e2e.py.
+"""Loaded by Python at start-up (PYTHONPATH) in the dkimverify process of tests/authentication/test_authentication_e2e.py.
 
 dkimpy's command line tool resolves with dnspython's default resolver and has no option for
 another: this points that resolver at the test DNS server named in TEST_DNS_SERVER.

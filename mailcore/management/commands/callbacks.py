@@ -5,7 +5,7 @@ from django.core.management.base import CommandError
 from mailcore.addresses import AddressError, normalize_domain
 from mailcore.management.base import MailCommand
 from mailcore.models import AnnouncementState
-from mailcore.services import callbacks, pins
+from mailcore.services import pins, pulls
 
 
 class Command(MailCommand):
@@ -31,9 +31,9 @@ class Command(MailCommand):
             raise CommandError(f"unexpected argument {options['domain']!r}")
         if options["run"]:
             return self.run_sweep()
-        totals = callbacks.counts()
+        totals = pulls.counts()
         self.stdout.write("  ".join(f"{state}: {totals[state]}" for state in AnnouncementState.values))
-        for a in callbacks.listing(options["state"]):
+        for a in pulls.listing(options["state"]):
             line = (
                 f"{a.source_id}\t{a.state}\t{a.received_at:%Y-%m-%d %H:%M:%S}\t<{a.mail_from}>\t"
                 f"{a.client_address}\t{a.helo_name}\tattempts={a.attempts}"
@@ -47,7 +47,7 @@ class Command(MailCommand):
             self.stdout.write(line)
 
     def run_sweep(self):
-        from mailcore.verification.sweep import run_sweep
+        from mailcore.reverse_delivery.sweep import run_sweep
 
         report = run_sweep()
         for connection in report.connections:

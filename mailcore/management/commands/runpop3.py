@@ -8,6 +8,7 @@ import ssl
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
+from mailcore import tls
 from mailcore.pop3 import listener
 from mailsite.env import parse_binds
 
@@ -26,7 +27,7 @@ class Command(BaseCommand):
             binds = parse_binds(",".join(options["bind"])) if options["bind"] else settings.MAIL_POP3_BIND
             tls_binds = parse_binds(",".join(options["tls_bind"])) if options["tls_bind"] else settings.MAIL_POP3_TLS_BIND
             config = listener.config_from_settings()
-            tls_context = listener.tls_context_from_settings()
+            tls_context = tls.server_context()
         except (ValueError, OSError, ssl.SSLError) as exc:
             raise CommandError(f"runpop3: {exc}") from None
         if tls_binds and tls_context is None:

@@ -1,0 +1,1 @@
+"""Reverse delivery: SOURCE ids, the SOURCE and GET clients, and the sweep that pulls announced bodies."""

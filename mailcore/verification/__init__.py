@@ -1,1 +1,0 @@
-"""Reverse delivery: SOURCE ids, the GET client that pulls bodies, and the verification sweep."""
