@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-$(shell cksum < requirements.txt | cut -d' ' -f1)
 # Independent tests run in parallel; PYTEST_WORKERS=0 runs them in one process.
 PYTEST_WORKERS ?= 2
 
-.PHONY: run test lint migrate clean bench bench-peers
+.PHONY: run test lint migrate clean bench bench-quick bench-peers
 
 $(STAMP): requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,13 +29,19 @@ lint: $(STAMP)
 migrate: $(STAMP)
 	$(PY) manage.py migrate
 
-# Benchmarks (docs/benchmarks.md): smtp-source comes from Debian's postfix package (installed, never
-# started, by `make bench`); bench-peers also installs dovecot-pop3d and runs Postfix and Dovecot.
+# Benchmarks (docs/benchmarks.md): Debian's postfix package gives the SMTP client (smtp-source) and
+# the SMTP baseline, a private Postfix the runner starts and stops (installing the package starts
+# nothing); bench-peers also installs dovecot-pop3d and runs Dovecot for POP3.
 BENCH_ARGS ?=
 
 bench: $(STAMP)
 	bench/install-peers.sh
 	$(PY) bench/run.py $(BENCH_ARGS)
+
+# One SMTP measurement against Postfix on SQLite, about two minutes: a smoke run of the runner.
+bench-quick: $(STAMP)
+	bench/install-peers.sh
+	$(PY) bench/run.py --quick $(BENCH_ARGS)
 
 bench-peers: $(STAMP)
 	bench/install-peers.sh --peers

@@ -151,6 +151,20 @@ def process_tree(pid: int) -> list[int]:
     return tree
 
 
+def cpu_seconds(root_pid: int) -> float:
+    """CPU time (user and system) of a process and all its descendants, those that exited and
+    were waited for included (their parent's cutime and cstime)."""
+    ticks = 0
+    for pid in process_tree(root_pid):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        ticks += sum(int(value) for value in fields[11:15])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 def pss_kib(root_pid: int) -> int:
     """Proportional set size of a process and all its descendants (shared pages counted once)."""
     total = 0

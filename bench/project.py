@@ -73,6 +73,9 @@ def base_env(workdir: Path, db: Path, data_dir: Path, **extra: str) -> dict[str,
         MAIL_POP3_MAX_CONNECTIONS_PER_CLIENT="20000",
         MAIL_POP3_PLAINTEXT="always",
         MAIL_AUTH_FAILURE_DELAY="0",
+        # Each login is counted as a possible failure until its password is judged: 20 clients
+        # logging in at once from one address would otherwise pass the failure limit.
+        MAIL_AUTH_MAX_FAILURES="100000",
     )
     env.update(extra)
     return env
@@ -142,40 +145,72 @@ class Process:
         self.log_file.close()
 
 
+INBOX_COUNT = (
+    "SELECT COUNT(*) FROM mailcore_delivery d JOIN mailcore_mailbox b ON b.id = d.mailbox_id"
+    " WHERE b.address = '{address}' AND d.state = 'inbox'"
+)
+# Task results that qcluster saved: its first scheduler pass, 30 s after it starts, runs every
+# schedule that is due at once (all of them on a fresh database) and saves each one's result.
+TASKS_DONE = "SELECT COUNT(*) FROM django_q_task"
+
+
 def count_inbox(db: Path, address: str) -> int:
-    with sqlite3.connect(db, timeout=30) as conn:
-        (count,) = conn.execute(
-            "SELECT COUNT(*) FROM mailcore_delivery d JOIN mailcore_mailbox b ON b.id = d.mailbox_id"
-            " WHERE b.address = ? AND d.state = 'inbox'",
-            (address,),
-        ).fetchone()
-    return count
+    return SqliteCopy.query(db, INBOX_COUNT.format(address=address))
 
 
 def remove_copy(db: Path, data_dir: Path) -> None:
-    for suffix in ("", "-wal", "-shm"):
+    for suffix in ("", "-wal", "-shm", ".writer-lock"):
         Path(str(db) + suffix).unlink(missing_ok=True)
+    shutil.rmtree(str(db) + "-qcluster-stats", ignore_errors=True)
     shutil.rmtree(data_dir, ignore_errors=True)
+
+
+class SqliteCopy:
+    """A fresh copy of the template on SQLite, with the ORM broker and the database cache: `make run`'s shape."""
+
+    label = "SQLite + ORM broker"
+
+    def __init__(self, workdir: Path, template: Template, label: str):
+        self.workdir, self.template, self.name = workdir, template, label
+
+    def create(self) -> dict[str, str]:
+        self.db, self.data_dir = self.template.fresh(self.name)
+        return base_env(self.workdir, self.db, self.data_dir)
+
+    def scalar(self, sql: str) -> int:
+        return self.query(self.db, sql)
+
+    def count_inbox(self, address: str) -> int:
+        return self.scalar(INBOX_COUNT.format(address=address))
+
+    def drop(self) -> None:
+        remove_copy(self.db, self.data_dir)
+
+    @staticmethod
+    def query(db: Path, sql: str) -> int:
+        with sqlite3.connect(db, timeout=30) as conn:
+            (value,) = conn.execute(sql).fetchone()
+        return value
 
 
 class PostgresCopy:
     """A fresh PostgreSQL database (127.0.0.1:5432, trust auth) with the SMTP user, and Redis as the
-    broker and cache: the many-node shape of operations.md, for one SMTP round (`--database postgres`)."""
+    broker and cache: the many-node shape of operations.md (`--database postgres`)."""
+
+    label = "PostgreSQL + Redis"
 
     def __init__(self, workdir: Path, label: str, redis_url: str):
-        self.name = f"mailbench_{label}_{os.getpid()}"
+        self.workdir = workdir
+        self.name = f"mailbench_{label}_{os.getpid()}".replace("-", "_")
         self.url = f"postgres://postgres@127.0.0.1:5432/{self.name}"
         self.data_dir = workdir / f"{self.name}-mail"
         self.redis_url = redis_url
 
-    def env(self, workdir: Path) -> dict[str, str]:
-        return base_env(workdir, Path("unused"), self.data_dir, DATABASE_URL=self.url, REDIS_URL=self.redis_url,
-                        MAIL_Q_NAME=self.name)
-
-    def create(self, workdir: Path) -> dict[str, str]:
+    def create(self) -> dict[str, str]:
         self._psql(f"DROP DATABASE IF EXISTS {self.name}")
         self._psql(f"CREATE DATABASE {self.name}")
-        env = self.env(workdir)
+        env = base_env(self.workdir, Path("unused"), self.data_dir, DATABASE_URL=self.url, REDIS_URL=self.redis_url,
+                       MAIL_Q_NAME=self.name)
         manage(["migrate", "--no-input", "-v", "0"], env)
         spec = {"domain": DOMAIN, "users": [SMTP_USER, RETR_USER], "password": PASSWORD, "retr": RETR_USER,
                 "count": 0, "body": ""}
@@ -183,16 +218,23 @@ class PostgresCopy:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         return env
 
+    def scalar(self, sql: str) -> int:
+        return int(self._psql(sql, database=self.name).strip())
+
     def count_inbox(self, address: str) -> int:
-        out = self._psql(
-            "SELECT COUNT(*) FROM mailcore_delivery d JOIN mailcore_mailbox b ON b.id = d.mailbox_id"
-            f" WHERE b.address = '{address}' AND d.state = 'inbox'", database=self.name,
-        )
-        return int(out.strip())
+        return self.scalar(INBOX_COUNT.format(address=address))
 
     def drop(self) -> None:
         self._psql(f"DROP DATABASE IF EXISTS {self.name}")
         shutil.rmtree(self.data_dir, ignore_errors=True)
+
+    @staticmethod
+    def available() -> bool:
+        try:
+            PostgresCopy._psql("SELECT 1")
+            return True
+        except (OSError, subprocess.CalledProcessError):
+            return False
 
     @staticmethod
     def _psql(sql: str, database: str = "postgres") -> str:

@@ -305,8 +305,22 @@ else:
             # Culling drops a third of the entries once this many exist: keep it far above the
             # number of addresses failing at once, or a flood of addresses would wipe counts.
             "OPTIONS": {"MAX_ENTRIES": 100000},
-        }
+        },
     }
+
+# qcluster's guard saves the cluster's statistics (what `qinfo` and `qmonitor` show) every guard
+# cycle, 0.5 s, to Q_CLUSTER's "cache". In SQLite's database cache each save is a write
+# transaction with an fsync of its own, holding the one write lock that the MX's commits then
+# wait for. The statistics expire after 3 s and need no durability: on SQLite they go to files
+# beside the database. PostgreSQL takes concurrent writers, and Redis keeps them in Redis.
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3" and not REDIS_URL:
+    _database = Path(DATABASES["default"]["NAME"])
+    CACHES["qcluster_stats"] = {
+        "BACKEND": "django.core.cache.backends.filebased.FileBasedCache",
+        "LOCATION": str(_database.with_name(_database.name + "-qcluster-stats")),
+        "KEY_PREFIX": MAIL_CACHE_PREFIX,
+    }
+    Q_CLUSTER["cache"] = "qcluster_stats"
 
 LOGGING = {
     "version": 1,

@@ -13,6 +13,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 import pytest
+from django.conf import settings
 from django.db import connection
 
 from tests.sockets import free_port, wait_for_port  # noqa: F401  (re-exported: tests import them from here)
@@ -26,10 +27,13 @@ def cache_prefix(data_dir: Path) -> str:
     return "test-" + hashlib.sha256(str(data_dir).encode()).hexdigest()[:16]
 
 
+FAST_HASHER = "django.contrib.auth.hashers.MD5PasswordHasher"
+
+
 @pytest.fixture
 def fast_password_hashing(settings):
     """MD5 instead of the production hasher, and a short failure delay, where logins are not what is tested."""
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+    settings.PASSWORD_HASHERS = [FAST_HASHER]
     settings.MAIL_AUTH_FAILURE_DELAY = 0.05
 
 
@@ -45,7 +49,7 @@ def mail_store(settings, tmp_path):
             "OPTIONS": {"location": str(data_dir)},
         },
     }
-    settings.CACHES = {"default": {**settings.CACHES["default"], "KEY_PREFIX": cache_prefix(data_dir)}}
+    settings.CACHES = {**settings.CACHES, "default": {**settings.CACHES["default"], "KEY_PREFIX": cache_prefix(data_dir)}}
     settings.MAIL_AUTH_CHECKS = False  # as in child_env: no lookups in the machine's own DNS
     return data_dir
 
@@ -144,6 +148,8 @@ def child_env(data_dir: Path, **extra: str) -> dict[str, str]:
         # server. The two instances of tests/instances.py check everything against theirs.
         MAIL_AUTH_CHECKS="0",
     )
+    if settings.PASSWORD_HASHERS[:1] == [FAST_HASHER]:  # fast_password_hashing made this test's users
+        env["DJANGO_SETTINGS_MODULE"] = "tests.fast_hasher_settings"
     env.update(extra)
     return env
 
