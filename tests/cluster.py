@@ -30,7 +30,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from tests.conftest import ServerProcess, free_port, require_program, wait_for_port
+from tests.conftest import ServerProcess, free_port, require_program, unavailable, wait_for_port
 from tests.dnsserver import TestDNSServer
 from tests.instances import DatabaseFactory, Instance, _base_env, common_port
 
@@ -40,12 +40,6 @@ MAILBOXES = {
     "a.test": {f"{name}@a.test": f"{name}-password" for name in ("alice", "carol", "dave", "erin", "frank", "grace")},
     "b.test": {"bob@b.test": "bob-password"},
 }
-
-
-def _unavailable(reason: str):
-    if os.environ.get("CI"):
-        pytest.fail(f"{reason} (under CI the two-node tests must run)")
-    pytest.skip(reason)
 
 
 def dns_records() -> dict[str, dict[str, list]]:
@@ -113,7 +107,7 @@ class RedisServer:
             wait_for_port("127.0.0.1", self.port, proc=self.proc, timeout=20)
         except (RuntimeError, TimeoutError) as exc:
             self.stop()
-            _unavailable(f"redis-server did not start: {exc}")
+            unavailable(f"redis-server did not start: {exc}")
         return self
 
     def stop(self) -> None:
@@ -131,7 +125,7 @@ def cluster_databases(tmp_path_factory):
     factory = PostgresDatabases(tmp_path_factory.mktemp("cluster-dbs"), os.environ.get("MAIL_TEST_POSTGRES", "postgres://postgres@127.0.0.1:5432"))
     why = factory.reachable()
     if why:
-        _unavailable(why)
+        unavailable(why)
     yield factory
     factory.close()
 
