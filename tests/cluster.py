@@ -30,9 +30,9 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from tests.conftest import ServerProcess, free_port, require_program, unavailable, wait_for_port
+from tests.conftest import end_process, free_port, require_program, unavailable, wait_for_port
 from tests.dnsserver import TestDNSServer
-from tests.instances import DatabaseFactory, Instance, _base_env, common_port
+from tests.instances import COMMANDS, DatabaseFactory, Instance, common_port, make_instance, provision, stop_instances
 
 NODE_ADDRESSES = {"node1": "127.0.0.2", "node2": "127.0.0.12"}
 B_ADDRESS = "127.0.0.3"
@@ -111,13 +111,8 @@ class RedisServer:
         return self
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.proc is not None:
+            end_process(self.proc)
 
 
 @pytest.fixture(scope="session")
@@ -135,26 +130,14 @@ def cluster_databases(tmp_path_factory):
 
 @dataclass
 class Node(Instance):
-    """One server of the cluster (or b.test): Instance's processes and runpop3; bodies in the bucket when `bucket` is set."""
+    """One server of the cluster (or b.test): an Instance with runpop3 too; bodies in the bucket when `bucket` is set."""
 
-    pop3_port: int = 0
+    commands: tuple[str, ...] = (*COMMANDS, "runpop3")
     s3: object = None
     bucket: str = ""
 
-    def start(self) -> None:
-        super().start()
-        server = ServerProcess(["runpop3"], self.env, self.log_dir / "runpop3.log").start()
-        self.processes.append(server)
-        wait_for_port(self.address, self.pop3_port, proc=server.proc, timeout=30)
-
-    def process(self, command: str) -> ServerProcess:
-        return next(p for p in self.processes if p.args[0] == command)
-
     def body(self, ref: str) -> bytes:
         return self.s3.get(self.bucket, ref) if self.bucket else super().body(ref)
-
-    def log_of(self, command: str) -> str:
-        return (self.log_dir / f"{command}.log").read_text(errors="replace")
 
 
 @dataclass
@@ -173,13 +156,7 @@ class Cluster:
         return [self.node1, self.node2]
 
     def stop(self) -> None:
-        servers = (self.node1, self.node2, self.b)
-        for node in servers:  # all asked at once: each takes seconds to wind down
-            for process in node.processes:
-                if process.proc is not None and process.proc.poll() is None:
-                    process.proc.terminate()
-        for node in servers:
-            node.stop()
+        stop_instances([self.node1, self.node2, self.b])
 
 
 def start_cluster(databases: PostgresDatabases, s3, redis: RedisServer, workdir: Path, env: dict[str, str] | None = None) -> Cluster:
@@ -194,32 +171,13 @@ def start_cluster(databases: PostgresDatabases, s3, redis: RedisServer, workdir:
     bucket = s3.new_bucket()
     queue = f"cluster-{uuid.uuid4().hex[:10]}"
 
+    # Small nodes, quick to stop: one SMTP process and one task worker each, two seconds of grace.
+    node_env = {"MAIL_SMTP_PROCESSES": "1", "MAIL_Q_WORKERS": "1", "MAIL_POP3_SHUTDOWN_GRACE": "2", "MAIL_SMTP_SHUTDOWN_GRACE": "2"}
+
     def node(name: str, address: str, hostname: str, domain: str, database_url: str, extra: dict[str, str]) -> Node:
-        log_dir = workdir / f"{name}-logs"
-        log_dir.mkdir(parents=True)
-        submission_port, pop3_port = free_port(address), free_port(address)
-        child = _base_env()
-        child.update(
-            DATABASE_URL=database_url,
-            MAIL_DATA_DIR=str(workdir / f"{name}-data"),
-            MAIL_HOSTNAME=hostname,
-            MAIL_DNS_SERVERS=dns.address,
-            MAIL_REMOTE_SMTP_PORT=str(smtp_port),
-            MAIL_ALLOW_PRIVATE_DESTINATIONS="1",
-            MAIL_SMTP_SOURCE_ADDRESS=address,
-            MAIL_SMTP_BIND=f"{address}:{smtp_port}",
-            MAIL_SUBMISSION_BIND=f"{address}:{submission_port}",
-            MAIL_POP3_BIND=f"{address}:{pop3_port}",
-            MAIL_SMTP_PROCESSES="1",
-            MAIL_Q_WORKERS="1",
-            MAIL_POP3_SHUTDOWN_GRACE="2",
-            MAIL_SMTP_SHUTDOWN_GRACE="2",
-        )
-        child.update(extra)
-        child.update(env or {})
-        return Node(
-            name, domain, address, hostname, smtp_port, submission_port, database_url, workdir / f"{name}-data",
-            log_dir, child, pop3_port=pop3_port, s3=s3, bucket=extra.get("MAIL_S3_BUCKET", ""),
+        return make_instance(
+            name, domain, address, hostname, database_url, workdir, dns.address, smtp_port, {**node_env, **extra, **(env or {})},
+            kind=Node, s3=s3, bucket=extra.get("MAIL_S3_BUCKET", ""),
         )
 
     shared = {"REDIS_URL": redis.url, "MAIL_Q_NAME": queue, "MAIL_CACHE_PREFIX": queue, **s3.env(bucket)}
@@ -229,11 +187,7 @@ def start_cluster(databases: PostgresDatabases, s3, redis: RedisServer, workdir:
     b = node("b", B_ADDRESS, "mx.b.test", "b.test", b_db, {"REDIS_URL": redis.url, "MAIL_Q_NAME": b_queue, "MAIL_CACHE_PREFIX": b_queue})
     cluster = Cluster(node1, node2, b, dns, smtp_port, redis, s3, bucket)
     try:
-        provisioning = [node1.provision(["a.test"], MAILBOXES["a.test"]), b.provision(["b.test"], MAILBOXES["b.test"])]
-        for proc in provisioning:
-            _, err = proc.communicate(timeout=60)
-            if proc.returncode:
-                raise RuntimeError(f"provisioning failed:\n{err}")
+        provision([(node1, ["a.test"], MAILBOXES["a.test"]), (b, ["b.test"], MAILBOXES["b.test"])])
         for server in (node1, node2, b):
             server.start()
     except BaseException:

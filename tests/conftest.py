@@ -16,7 +16,8 @@ import pytest
 from django.conf import settings
 from django.db import connection
 
-from tests.sockets import free_port, wait_for_port  # noqa: F401  (re-exported: tests import them from here)
+from tests.factories import alice, b_test, mx  # noqa: F401  (fixtures of every test)
+from tests.sockets import free_port, wait_for_port, wait_until  # noqa: F401  (re-exported: tests import them from here)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -160,6 +161,17 @@ def child_env(data_dir: Path, **extra: str) -> dict[str, str]:
     return env
 
 
+def end_process(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int:
+    """Stop a child process with `sig` (unless it has exited), killing it if it hangs; its exit status."""
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            return proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    return proc.wait()
+
+
 class ServerProcess:
     """A `manage.py <command>` child process; stopped with SIGTERM, killed if it hangs."""
 
@@ -185,17 +197,19 @@ class ServerProcess:
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int:
         if self.proc is None or self.proc.poll() is not None:
             return self.proc.returncode if self.proc else 0
-        self.proc.send_signal(sig)
         try:
-            return self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            return self.proc.wait()
+            return end_process(self.proc, sig, timeout)
         finally:
             self.log.close()
 
     def output(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+    def wait_for_output(self, text: str, count: int = 1, seconds: float = 10.0) -> str:
+        """The log once `text` stands in it `count` times (log lines come after the fact); fails if it never does."""
+        if not wait_until(lambda: self.output().count(text) >= count, seconds):
+            raise AssertionError(f"{text!r} not {count} times in the log of {self.args[0]}:\n{self.output()}")
+        return self.output()
 
 
 @pytest.fixture

@@ -45,7 +45,7 @@ class DictResolver(BaseResolver):
         try:
             if qname in server.silent:
                 raise DNSError(f"{qname} is silent")  # dnslib sends nothing: the client times out
-            time.sleep(server.delay.get(qname, 0))
+            time.sleep(server.delay.get(qname, 0))  # not a wait: a slow server, as the test asks
             return self.answer(request, qname, qtype)
         finally:
             with server.lock:

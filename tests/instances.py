@@ -12,9 +12,11 @@ Use it from a test module with
 or, to change the defaults, the factory:
 
     def test_other(start_instances):
-        pair = start_instances(env={"MAIL_QUEUE_RETRY_DELAYS": "1"}, mailboxes={"a": {"carol@a.test": "pw"}})
+        pair = start_instances(env={"MAIL_QUEUE_RETRY_DELAYS": "1"}, mailboxes={"a": {"carol@a.test": "pw"}},
+                               commands=("runsmtp", "qcluster"))
 
-Each instance is `runsmtp` + `runsubmission` + `qcluster` with its OWN database (a copy of a
+Each instance is `runsmtp` + `runsubmission` + `qcluster` (or the `commands` given; `runpop3`
+too, or later with `Instance.start_process`) with its OWN database (a copy of a
 database migrated once per test session: a SQLite file copy, or on PostgreSQL a
 `CREATE DATABASE ... TEMPLATE`), its own MAIL_DATA_DIR and MAIL_HOSTNAME (mx.a.test, mx.b.test),
 MAIL_DNS_SERVERS pointing at a test DNS server (`instances.dns`, whose records a test may change),
@@ -31,13 +33,14 @@ and failure messages.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import smtplib
 import socket
 import sqlite3
 import subprocess
 import sys
-import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,7 +48,7 @@ from pathlib import Path
 import pytest
 from django.db import connection
 
-from tests.conftest import ROOT, ServerProcess, free_port, manage, wait_for_port
+from tests.conftest import ROOT, ServerProcess, free_port, manage, wait_for_port, wait_until
 from tests.dnsserver import TestDNSServer
 
 # The loopback addresses of the instances and of a third, scripted peer (tests/smtppeer.py).
@@ -184,6 +187,11 @@ def instance_databases(tmp_path_factory):
 # --- instances ---------------------------------------------------------------------------------
 
 
+# The server processes of an instance, and the port each listens on (an Instance attribute).
+LISTENERS = {"runsmtp": "smtp_port", "runsubmission": "submission_port", "runpop3": "pop3_port"}
+COMMANDS = ("runsmtp", "runsubmission", "qcluster")
+
+
 @dataclass
 class Instance:
     """One complete server: its address, ports, environment and processes."""
@@ -198,6 +206,8 @@ class Instance:
     data_dir: Path
     log_dir: Path
     env: dict[str, str]
+    pop3_port: int = 0
+    commands: tuple[str, ...] = COMMANDS
     processes: list[ServerProcess] = field(default_factory=list)
 
     # -- commands
@@ -215,8 +225,6 @@ class Instance:
             "for d in domains: accounts.add_domain(d)\n"
             "for a, p in mailboxes.items(): accounts.add_mailbox(a, p)\n"
         )
-        import json
-
         proc = subprocess.Popen(
             [sys.executable, str(ROOT / "manage.py"), "shell", "-c", script],
             stdin=subprocess.PIPE,
@@ -231,27 +239,48 @@ class Instance:
         proc.stdin = None  # communicate() would flush the closed pipe and raise ValueError
         return proc
 
+    def submit(self, sender: str, recipients: list[str], content: bytes, password: str = "", timeout: float = 30) -> None:
+        """Send `content` through this instance's submission port from laptop.<domain>, logged in as
+        `sender` (with `password`, else `<local part>-password`, as the tests' mailboxes have)."""
+        with smtplib.SMTP(self.address, self.submission_port, timeout=timeout) as client:
+            client.ehlo(f"laptop.{self.domain}")
+            client.login(sender, password or sender.partition("@")[0] + "-password")
+            client.sendmail(sender, recipients, content)
+
+    def launch(self, command: str) -> ServerProcess:
+        """Start one server process (it listens where the environment's MAIL_*_BIND says), not waiting for it."""
+        server = ServerProcess([command], self.env, self.log_dir / f"{command}.log").start()
+        self.processes.append(server)
+        return server
+
+    def wait_listening(self, server: ServerProcess) -> None:
+        """Return once `server` accepts on its port (a server without one: at once)."""
+        command = server.args[0]
+        if command in LISTENERS:
+            try:
+                wait_for_port(self.address, getattr(self, LISTENERS[command]), proc=server.proc)
+            except (RuntimeError, TimeoutError) as exc:
+                raise RuntimeError(f"{self.name}: {command} did not start: {exc}\n{self.logs()}") from None
+
+    def start_process(self, command: str) -> ServerProcess:
+        """One more server process of this instance, listening; stopped with the others."""
+        server = self.launch(command)
+        self.wait_listening(server)
+        return server
+
     def start(self) -> None:
-        specs = [
-            (["runsmtp", "--bind", f"{self.address}:{self.smtp_port}"], (self.address, self.smtp_port)),
-            (["runsubmission", "--bind", f"{self.address}:{self.submission_port}"], (self.address, self.submission_port)),
-            (["qcluster"], None),
-        ]
-        for args, _ in specs:
-            self.processes.append(ServerProcess(args, self.env, self.log_dir / f"{args[0]}.log").start())
-        for (args, wait), proc in zip(specs, self.processes, strict=True):
-            if wait:
-                try:
-                    wait_for_port(*wait, proc=proc.proc)
-                except (RuntimeError, TimeoutError) as exc:
-                    raise RuntimeError(f"{self.name}: {args[0]} did not start: {exc}\n{self.logs()}") from None
+        """Every process of `commands`, all started before any is waited for."""
+        for server in [self.launch(command) for command in self.commands]:
+            self.wait_listening(server)
 
     def stop(self) -> None:
-        for server in self.processes:
-            if server.proc is not None and server.proc.poll() is None:
-                server.proc.terminate()  # SIGTERM to the main process only (qcluster hangs otherwise)
-        for server in self.processes:
-            server.stop()
+        stop_instances([self])
+
+    def process(self, command: str) -> ServerProcess:
+        return next(p for p in self.processes if p.args[0] == command)
+
+    def log_of(self, command: str) -> str:
+        return (self.log_dir / f"{command}.log").read_text(errors="replace")
 
     def logs(self) -> str:
         return "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')}" for p in sorted(self.log_dir.glob("*.log")))
@@ -289,12 +318,9 @@ class Instance:
         return (self.data_dir / ref).read_bytes()
 
     def wait_for_messages(self, address: str, count: int = 1, timeout: float = 20.0, state: str = "inbox") -> list[bytes]:
-        deadline = time.monotonic() + timeout
-        while True:
-            found = self.messages(address, state)
-            if len(found) >= count or time.monotonic() > deadline:
-                break
-            time.sleep(0.1)
+        """The mailbox's messages once it has `count` of them."""
+        wait_until(lambda: len(self.messages(address, state)) >= count, timeout, interval=0.1)
+        found = self.messages(address, state)
         if len(found) < count:
             raise AssertionError(f"{address} on {self.name}: {len(found)} of {count} messages after {timeout} s\n{self.logs()}")
         return found
@@ -308,15 +334,68 @@ class Instance:
         return [dict(zip(("recipient", "state", "attempts", "last_reply", "mail_from"), r, strict=True)) for r in rows]
 
     def wait_for_queue(self, predicate, timeout: float = 20.0) -> list[dict]:
-        """Poll the queue until `predicate(rows)` holds."""
-        deadline = time.monotonic() + timeout
-        while True:
+        """The queue once `predicate(rows)` holds."""
+
+        def matched() -> list[list[dict]]:
             rows = self.queue()
-            if predicate(rows):
-                return rows
-            if time.monotonic() > deadline:
-                raise AssertionError(f"queue of {self.name} never matched: {rows}\n{self.logs()}")
-            time.sleep(0.1)
+            return [rows] if predicate(rows) else []
+
+        found = wait_until(matched, timeout, interval=0.1)
+        if not found:
+            raise AssertionError(f"queue of {self.name} never matched: {self.queue()}\n{self.logs()}")
+        return found[0]
+
+
+def make_instance(
+    name: str, domain: str, address: str, hostname: str, database_url: str, workdir: Path, dns_address: str, smtp_port: int,
+    env: dict[str, str], kind: type[Instance] = Instance, **fields,
+) -> Instance:
+    """An instance, not started: the tests' environment (TEST_ENV) with its own database, store,
+    hostname, DNS server and addresses, then `env`; its store and logs under `workdir`."""
+    data_dir = workdir / f"{name}-mail"
+    log_dir = workdir / f"{name}-logs"
+    log_dir.mkdir(parents=True)
+    submission_port, pop3_port = free_port(address), free_port(address)
+    child_env = _base_env()
+    child_env.update(
+        DATABASE_URL=database_url,
+        MAIL_DATA_DIR=str(data_dir),
+        MAIL_HOSTNAME=hostname,
+        MAIL_DNS_SERVERS=dns_address,
+        MAIL_REMOTE_SMTP_PORT=str(smtp_port),
+        MAIL_ALLOW_PRIVATE_DESTINATIONS="1",
+        # Outbound mail leaves from the instance's own address, as SPF's `mx` expects.
+        MAIL_SMTP_SOURCE_ADDRESS=address,
+        MAIL_SMTP_BIND=f"{address}:{smtp_port}",
+        MAIL_SUBMISSION_BIND=f"{address}:{submission_port}",
+        MAIL_POP3_BIND=f"{address}:{pop3_port}",
+        MAIL_Q_NAME=f"mailtest-{name}-{uuid.uuid4().hex[:10]}",
+    )
+    child_env.update(env)
+    return kind(
+        name, domain, address, hostname, smtp_port, submission_port, database_url, data_dir, log_dir, child_env,
+        pop3_port=pop3_port, **fields,
+    )
+
+
+def provision(plan: list[tuple[Instance, list[str], dict[str, str]]]) -> None:
+    """Create each instance's domains and mailboxes, (instance, domains, mailboxes), all at once."""
+    running = [(instance, instance.provision(domains, mailboxes)) for instance, domains, mailboxes in plan]
+    for instance, proc in running:
+        _, err = proc.communicate(timeout=60)
+        if proc.returncode:
+            raise RuntimeError(f"provisioning {instance.name} failed:\n{err}")
+
+
+def stop_instances(instances: list[Instance]) -> None:
+    """Stop every process of `instances`: all asked at once (each takes seconds to wind down), then each waited for."""
+    for instance in instances:
+        for server in instance.processes:
+            if server.proc is not None and server.proc.poll() is None:
+                server.proc.terminate()  # SIGTERM to the main process only (qcluster hangs otherwise)
+    for instance in instances:
+        for server in instance.processes:
+            server.stop()
 
 
 @dataclass
@@ -340,66 +419,43 @@ def dns_server():
 
 @pytest.fixture
 def start_instances(instance_databases, dns_server, tmp_path):
-    """Factory: start the two instances, with optional extra settings and mailboxes."""
+    """Factory: start the two instances, with optional extra settings, mailboxes and server processes."""
     started: list[Instance] = []
     made_dbs: list[str] = []
 
-    def start(env: dict[str, str] | None = None, mailboxes: dict[str, dict[str, str]] | None = None) -> InstancePair:
+    def start(
+        env: dict[str, str] | None = None, mailboxes: dict[str, dict[str, str]] | None = None, commands: tuple[str, ...] = COMMANDS
+    ) -> InstancePair:
         if not instance_databases.template:
             instance_databases.prepare_template()
         smtp_port = common_port([*ADDRESSES.values(), PEER_ADDRESS])
         instances = []
         for name, address in ADDRESSES.items():
-            data_dir = tmp_path / f"{name}-mail"
-            log_dir = tmp_path / f"{name}-logs"
-            log_dir.mkdir()
             database_url = instance_databases.create(name)
             made_dbs.append(database_url)
-            child_env = _base_env()
-            submission_port = free_port(address)
-            child_env.update(
-                DATABASE_URL=database_url,
-                MAIL_DATA_DIR=str(data_dir),
-                MAIL_HOSTNAME=f"mx.{name}.test",
-                MAIL_DNS_SERVERS=dns_server.address,
-                MAIL_REMOTE_SMTP_PORT=str(smtp_port),
-                MAIL_ALLOW_PRIVATE_DESTINATIONS="1",
-                # Outbound mail leaves from the instance's own address, as SPF's `mx` expects.
-                MAIL_SMTP_SOURCE_ADDRESS=address,
-                MAIL_SMTP_BIND=f"{address}:{smtp_port}",
-                MAIL_SUBMISSION_BIND=f"{address}:{submission_port}",
-                MAIL_POP3_BIND=f"{address}:{free_port(address)}",
-                MAIL_Q_NAME=f"mailtest-{name}-{uuid.uuid4().hex[:10]}",
-            )
-            child_env.update(env or {})
             instances.append(
-                Instance(
-                    name, f"{name}.test", address, f"mx.{name}.test", smtp_port, submission_port,
-                    database_url, data_dir, log_dir, child_env,
+                make_instance(
+                    name, f"{name}.test", address, f"mx.{name}.test", database_url, tmp_path, dns_server.address, smtp_port,
+                    env or {}, commands=commands,
                 )
             )
         boxes = {**DEFAULT_MAILBOXES, **(mailboxes or {})}
-        provisioning = [(i, i.provision([i.domain], boxes.get(i.name, {}))) for i in instances]
-        for instance, proc in provisioning:
-            _, err = proc.communicate(timeout=60)
-            if proc.returncode:
-                raise RuntimeError(f"provisioning {instance.name} failed:\n{err}")
+        provision([(i, [i.domain], boxes.get(i.name, {})) for i in instances])
         for instance in instances:
             started.append(instance)
             instance.start()
         return InstancePair(instances[0], instances[1], dns_server, smtp_port)
 
     yield start
-    for instance in started:
-        instance.stop()
+    stop_instances(started)
     for url in made_dbs:
         if instance_databases.vendor == "postgresql":
             instance_databases.drop(url.rsplit("/", 1)[1])
         else:
             for suffix in ("", "-wal", "-shm"):
                 Path(url[len("sqlite:///"):] + suffix).unlink(missing_ok=True)
-    shutil.rmtree(tmp_path / "a-mail", ignore_errors=True)
-    shutil.rmtree(tmp_path / "b-mail", ignore_errors=True)
+    for instance in started:
+        shutil.rmtree(instance.data_dir, ignore_errors=True)
 
 
 @pytest.fixture

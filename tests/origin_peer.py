@@ -33,13 +33,13 @@ class ScriptedOrigin:
     550); an id in `hang_after` keeps the connection open, silent, after its answer."""
 
     def __init__(self, answers: dict[str, bytes] | None = None, keywords=("PIPELINING", "SOURCE 2"), host="127.0.0.1",
-                 name="mx.origin.test", hang_after=(), pipeline_wait: float = 0.0, tls=None, answer_delay: float = 0.0):
+                 name="mx.origin.test", hang_after=(), pipelined: int = 0, tls=None, answer_delay: float = 0.0):
         self.answers = answers or {}
         self.keywords = list(keywords)
         self.host = host
         self.name = name
         self.hang_after = set(hang_after)
-        self.pipeline_wait = pipeline_wait
+        self.pipelined = pipelined  # GETs to see on the wire behind the first before answering it
         self.tls = tls  # an ssl.SSLContext: offer STARTTLS (RFC 3207)
         self.commands_under_tls: list[str] = []
         self.connections = 0
@@ -75,6 +75,21 @@ class ScriptedOrigin:
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(5)
 
+    @staticmethod
+    async def _pipelined_gets(reader: asyncio.StreamReader, count: int, seconds: float = 5.0) -> bytes:
+        """What is on the wire, unread, once `count` more GETs are there (or `seconds` have passed,
+        or the client has closed): woken by each arrival, not polled."""
+
+        async def arrived() -> None:
+            while reader._buffer.count(b"GET ") < count and not reader.at_eof() and not reader._eof:
+                await reader._wait_for_data("pipelined GETs")
+
+        try:
+            await asyncio.wait_for(arrived(), seconds)
+        except TimeoutError:
+            pass
+        return bytes(reader._buffer)
+
     async def _session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
         self.active += 1
@@ -97,13 +112,11 @@ class ScriptedOrigin:
                     lines = [self.name, *self.keywords, *(["STARTTLS"] if self.tls and not secure else [])]
                     writer.write("".join(f"250{'-' if i < len(lines) - 1 else ' '}{text}\r\n" for i, text in enumerate(lines)).encode())
                 elif verb == "GET":
-                    await asyncio.sleep(self.answer_delay)
-                    if self.pipeline_wait:
-                        # Let every pipelined GET arrive before the first answer, so the test can see them together.
-                        await asyncio.sleep(self.pipeline_wait)
-                        self.pipeline_wait = 0.0
+                    await asyncio.sleep(self.answer_delay)  # not a wait: a slow origin, as a test asks
+                    if self.pipelined:
                         # What the client sent beyond this GET before seeing any answer (RFC 2920).
-                        self.buffered_before_first_answer = bytes(reader._buffer)
+                        self.buffered_before_first_answer = await self._pipelined_gets(reader, self.pipelined)
+                        self.pipelined = 0
                     writer.write(self.answers.get(arg, f"550 5.1.0 {arg} unknown\r\n".encode()))
                     if arg in self.hang_after:
                         await writer.drain()

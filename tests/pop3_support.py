@@ -1,31 +1,14 @@
-"""What the POP3 tests share: a mailbox with mail, a runpop3 process, a raw POP3 socket, a TLS certificate."""
+"""What the POP3 tests share: a runpop3 process, a raw POP3 socket, a TLS certificate (mailboxes and mail: tests/factories.py)."""
 
 from __future__ import annotations
 
 import socket
-import time
 
-from mailcore.models import Delivery
-from mailcore.services import accounts, inbound
-from mailcore.store import message_store
 from tests.conftest import free_port, self_signed_cert  # noqa: F401  (re-exported)
+from tests.factories import ADDRESS, PASSWORD
 
-ADDRESS = "alice@a.test"
-PASSWORD = "correct horse battery"
 # Short enough for a fast suite, long enough to be measured.
 FAST_ENV = {"MAIL_AUTH_FAILURE_DELAY": "0.3", "MAIL_POP3_SHUTDOWN_GRACE": "3"}
-
-
-def make_mailbox(address: str = ADDRESS, password: str = PASSWORD) -> None:
-    domain = address.rpartition("@")[2]
-    if not accounts.list_domains().filter(name=domain).exists():
-        accounts.add_domain(domain)
-    accounts.add_mailbox(address, password)
-
-
-def deliver(content: bytes, address: str = ADDRESS) -> Delivery:
-    receipt = inbound.receive(inbound.Envelope(mail_from="bob@b.test", rcpt_tos=[address]), content)
-    return Delivery.objects.get(message=receipt.message, mailbox__address=address)
 
 
 def start_pop3_process(server_factory, *extra_args: str, **env: str):
@@ -39,14 +22,6 @@ def start_pop3_process(server_factory, *extra_args: str, **env: str):
 
 def start_pop3(server_factory, *extra_args: str, **env: str) -> int:
     return start_pop3_process(server_factory, *extra_args, **env)[0]
-
-
-def wait_for_log(server, text: str, count: int, timeout: float = 10) -> str:
-    """The server's log once `text` appears `count` times in it (log lines come after the fact)."""
-    deadline = time.monotonic() + timeout
-    while (log := server.output()).count(text) < count and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return log
 
 
 class RawPop3:
@@ -109,7 +84,3 @@ class RawPop3:
     def close(self) -> None:
         self.sock.close()
 
-
-def stored(delivery: Delivery) -> bytes:
-    """The body of a delivery as the store holds it."""
-    return message_store().read(delivery.message.body_ref)

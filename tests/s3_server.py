@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import unavailable
+from tests.conftest import end_process, unavailable
 from tests.sockets import free_port, wait_for_port
 
 ACCESS_KEY = "testing"
@@ -95,13 +95,8 @@ class S3Endpoint:
 
     def stop(self) -> None:
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGCONT)
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+            self.proc.send_signal(signal.SIGCONT)  # a paused endpoint would not act on SIGTERM
+        end_process(self.proc)
 
 
 def start_s3_endpoint(log_path: Path, host: str = "127.0.0.1") -> S3Endpoint:
@@ -119,8 +114,7 @@ def start_s3_endpoint(log_path: Path, host: str = "127.0.0.1") -> S3Endpoint:
     try:
         wait_for_port(host, port, proc=proc, timeout=60)
     except (RuntimeError, TimeoutError) as exc:
-        proc.kill()
-        proc.wait()
+        end_process(proc, signal.SIGKILL)
         message = f"the S3 test server (moto) did not start: {exc}\n{log_path.read_text(errors='replace')}"
         unavailable(message)
     return S3Endpoint(proc, host, port, log_path)

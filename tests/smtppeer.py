@@ -99,9 +99,9 @@ class ScriptedPeer(ThreadedPeer):
         if how == "garbage":
             writer.write(b"HTTP/1.1 400 Bad Request\r\n\r\n")
             await writer.drain()
-            await asyncio.sleep(3600)
+            await asyncio.sleep(3600)  # not a wait: a peer that says nothing more, for the client's timeout
         elif how == "stall":
-            await asyncio.sleep(3600)
+            await asyncio.sleep(3600)  # not a wait: a peer that says nothing, for the client's timeout
         elif how == "close":
             writer.close()
             return True

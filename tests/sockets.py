@@ -18,28 +18,35 @@ def free_port(host: str = "127.0.0.1") -> int:
 START_TIMEOUT = 120.0
 
 
+def accepts(host: str, port: int) -> bool:
+    """Whether something accepts a connection on host:port now."""
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def wait_until(condition, seconds: float = 10.0, interval: float = 0.05):
+    """The first true value of `condition()` within `seconds` (polled every `interval`), else that last
+    false value. The one way the tests wait for something; to show that something does NOT happen
+    within a window, `assert not wait_until(happened, window)`."""
+    deadline = time.monotonic() + seconds
+    while not (value := condition()) and time.monotonic() < deadline:
+        time.sleep(interval)
+    return value
+
+
 def wait_for_port(host: str, port: int, proc: subprocess.Popen | None = None, timeout: float = START_TIMEOUT) -> None:
     """Return once something accepts on host:port; fail early if `proc` exits first."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+
+    def listening() -> bool:
         if proc is not None and proc.poll() is not None:
             raise RuntimeError(f"server exited with {proc.returncode} before listening on {host}:{port}")
-        try:
-            with socket.create_connection((host, port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(f"nothing listens on {host}:{port}")
+        return accepts(host, port)
 
-
-def wait_until(condition, seconds: float = 10.0) -> bool:
-    """Whether `condition()` became true within `seconds` (polled every 50 ms)."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return False
+    if not wait_until(listening, timeout):
+        raise TimeoutError(f"nothing listens on {host}:{port}")
 
 
 def peak_rss_kb(pid: int) -> int:

@@ -8,10 +8,10 @@ import shutil
 import socket
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 
-from tests.conftest import free_port, require_program
+from tests.conftest import end_process, free_port, require_program
+from tests.sockets import wait_until
 
 GTUBE = "XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X"
 
@@ -61,13 +61,14 @@ class Spamd:
             args.append("--username=nobody")  # spamd refuses to keep running as root
         self.log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT, cwd=self.dir)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+
+        def answering() -> bool:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"spamd exited with {self.proc.returncode}:\n{self.output()}")
-            if self.ping():
-                return self
-            time.sleep(0.1)
+            return self.ping()
+
+        if wait_until(answering, timeout, interval=0.1):
+            return self
         self.stop()
         raise TimeoutError(f"spamd did not answer PING within {timeout} s:\n{self.output()}")
 
@@ -81,13 +82,8 @@ class Spamd:
             return False
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()  # the parent stops its children on SIGTERM
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.proc is not None:
+            end_process(self.proc)  # the parent stops its children on SIGTERM
         if hasattr(self, "log"):
             self.log.close()
         shutil.rmtree(self.dir, ignore_errors=True)

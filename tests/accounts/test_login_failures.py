@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import base64
-import socket
 
 import pytest
 
 from mailcore.services.login_failures import LoginFailures
 from tests.conftest import free_port
-from tests.pop3_support import ADDRESS, PASSWORD, RawPop3, make_mailbox, start_pop3
+from tests.factories import ADDRESS, PASSWORD, make_mailbox
+from tests.pop3_support import RawPop3, start_pop3
+from tests.smtp_wire import RawSMTP
 
 AUTH_BLOCKED = b"-ERR [AUTH] too many failed logins from your address; try again later"
 
@@ -63,27 +64,6 @@ def test_reservations_stop_at_the_limit_and_a_release_gives_one_back():
     assert failures.reserve("192.0.2.9") is not None
 
 
-class RawSMTP:
-    def __init__(self, port: int):
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-        self.file = self.sock.makefile("rb")
-        self.reply()
-
-    def reply(self) -> bytes:
-        lines = []
-        while (line := self.file.readline()) and line[3:4] == b"-":
-            lines.append(line)
-        return b"".join([*lines, line])
-
-    def cmd(self, text: str) -> bytes:
-        self.sock.sendall(text.encode() + b"\r\n")
-        return self.reply()
-
-    def close(self) -> None:
-        self.file.close()
-        self.sock.close()
-
-
 @pytest.mark.django_db(transaction=True)
 def test_failures_on_one_pop3_process_lock_out_the_other_and_submission(server_factory):
     make_mailbox()
@@ -109,8 +89,8 @@ def test_failures_on_one_pop3_process_lock_out_the_other_and_submission(server_f
         assert raw.closed()
     # Nor does submission: the same passwords, the same count.
     smtp = RawSMTP(smtp_port)
-    smtp.cmd("EHLO client.a.test")
+    smtp.greet("client.a.test")
     token = base64.b64encode(f"\0{ADDRESS}\0{PASSWORD}".encode()).decode()
-    assert smtp.cmd(f"AUTH PLAIN {token}") == (b"421 4.7.0 Too many failed authentications from your address, try again later\r\n")
+    assert smtp.cmd(f"AUTH PLAIN {token}") == b"421 4.7.0 Too many failed authentications from your address, try again later"
     assert smtp.file.readline() == b""
     smtp.close()

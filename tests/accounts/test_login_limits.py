@@ -15,8 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import free_port
-from tests.pop3_support import ADDRESS, PASSWORD, RawPop3, make_mailbox
+from mailcore.models import FailureCount
+from tests.conftest import free_port, wait_until
+from tests.factories import ADDRESS, PASSWORD, make_mailbox
+from tests.pop3_support import RawPop3
 from tests.web_client import WebClient, start_web
 
 ATTEMPTS = 30
@@ -160,7 +162,7 @@ def test_a_failed_web_sign_in_holds_no_thread_for_the_delay(server_factory):
 
     guesser = threading.Thread(target=wrong)
     guesser.start()
-    time.sleep(0.2)
+    assert wait_until(FailureCount.objects.filter(count__gt=0).exists)  # the wrong password is being handled
     started = time.monotonic()
     assert "Sign in to your mailbox" in WebClient(base).get("/mailbox/login/")
     waited = time.monotonic() - started

@@ -9,11 +9,9 @@ import pytest
 
 from mailcore.models import Delivery
 from mailcore.services import accounts
-from tests import smtp_wire
 from tests.web_client import WebClient, start_web
 
 pytest_plugins = ["tests.instances"]
-mx = smtp_wire.mx
 
 BLIND = (
     "From: <alice@a.test>\r\nTo: <bob@b.test>\r\nBcc: <alice@a.test>,\r\n <secret@elsewhere.test>\r\n"

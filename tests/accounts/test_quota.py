@@ -11,10 +11,7 @@ import pytest
 
 from mailcore.models import Mailbox
 from mailcore.services import accounts, inbound
-from tests import smtp_wire
 from tests.conftest import free_port
-
-mx = smtp_wire.mx  # the fixture that starts `runsmtp`
 
 PASSWORD = "correct horse battery"
 
@@ -37,12 +34,6 @@ def rcpt_reply(port: int, address: str = "alice@a.test") -> tuple[int, bytes]:
         smtp.ehlo("client.x.test")
         smtp.mail("sender@x.test")
         return smtp.rcpt(address)
-
-
-@pytest.fixture
-def alice():
-    accounts.add_domain("a.test")
-    return accounts.add_mailbox("alice@a.test", PASSWORD)
 
 
 @pytest.mark.django_db(transaction=True)

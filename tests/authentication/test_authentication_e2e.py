@@ -15,7 +15,7 @@ from pathlib import Path
 
 from mailcore.authentication import keys
 from mailcore.authentication.signing import SigningKey, dkim_signatures
-from tests.conftest import ROOT, require_program
+from tests.conftest import ROOT, require_program, wait_until
 
 pytest_plugins = ["tests.instances"]
 
@@ -44,9 +44,7 @@ def submit(instance, sender: str, password: str, rcpt: str, subject: str, body: 
         f"From: Alice <{sender}>\r\nTo: <{rcpt}>\r\nSubject: {subject}\r\n"
         f"Message-ID: <{subject.replace(' ', '-')}@a.test>\r\n\r\n{body}"
     ).encode()
-    with smtplib.SMTP(instance.address, instance.submission_port, timeout=60) as client:
-        client.login(sender, password)
-        client.sendmail(sender, [rcpt], message)
+    instance.submit(sender, [rcpt], message, password, timeout=60)
     return message
 
 
@@ -214,9 +212,7 @@ def test_mail_to_postfix_carries_a_signature_that_dkimverify_accepts(instances):
     try:
         postfix.start()
         sent = submit(a, "alice@a.test", "alice-password", "carol@c.test", "to postfix")
-        deadline = time.monotonic() + 40
-        while postfix.delivered() < 1 and time.monotonic() < deadline:
-            time.sleep(0.2)
+        wait_until(lambda: postfix.delivered() >= 1, 40, interval=0.2)
         assert postfix.delivered() == 1, f"{a.queue()}\n{a.logs()[-3000:]}"
         [path] = [p for sub in ("new", "cur") for p in (postfix.maildir / sub).iterdir()]
         raw = path.read_bytes()

@@ -137,15 +137,12 @@ def test_dot_stuffing():
 
 
 @pytest.mark.django_db(transaction=True)
-def test_opportunistic_starttls_against_the_real_mx(server_factory, tmp_path):
+def test_opportunistic_starttls_against_the_real_mx(server_factory, tmp_path, b_test):
     """STARTTLS when offered (RFC 3207), EHLO again, then the message; B's trace says ESMTPS."""
 
     from mailcore.models import Delivery
-    from mailcore.services import accounts
     from mailcore.store import message_store
 
-    accounts.add_domain("b.test")
-    accounts.add_mailbox("bob@b.test", "pw")
     cert, key = self_signed_cert(tmp_path, "mx.b.test")
     port = free_port()
     server_factory("runsmtp", "--bind", f"127.0.0.1:{port}", wait=("127.0.0.1", port), MAIL_TLS_CERT=str(cert), MAIL_TLS_KEY=str(key))

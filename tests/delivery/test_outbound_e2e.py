@@ -7,6 +7,7 @@ import email
 import smtplib
 import subprocess
 
+from tests.factories import parse_report
 from tests.smtppeer import ScriptedPeer
 
 pytest_plugins = ["tests.instances"]
@@ -16,17 +17,6 @@ MESSAGE = "From: Alice <alice@a.test>\r\nTo: Bob <bob@b.test>\r\nSubject: {subje
 
 def subjects(raws: list[bytes]) -> set[str]:
     return {email.message_from_bytes(raw)["Subject"] for raw in raws}
-
-
-def parse_report(raw: bytes):
-    """(per-recipient fields, returned headers) of a DSN; fails unless it is an RFC 3464 report."""
-    report = email.message_from_bytes(raw)
-    assert report.get_content_type() == "multipart/report"
-    assert report.get_param("report-type") == "delivery-status"
-    _, status, headers = report.get_payload()
-    assert status.get_content_type() == "message/delivery-status"
-    _, *recipients = status.get_payload()
-    return recipients, headers.get_payload()
 
 
 def test_submission_sendmail_and_curl_reach_the_other_server(instances, tmp_path):
@@ -102,8 +92,8 @@ def test_permanent_failure_and_unresolvable_domain_bounce_to_the_sender(instance
     by_recipient = {}
     for raw in bounces:
         assert raw.startswith(b"Return-Path: <>")
-        [recipient], headers = parse_report(raw)
-        by_recipient[recipient["Final-Recipient"]] = (recipient, str(headers))
+        _, _, [recipient], headers = parse_report(raw)
+        by_recipient[recipient["Final-Recipient"]] = (recipient, str(headers.get_payload()))
     nobody, nobody_headers = by_recipient["rfc822; nobody@b.test"]
     assert nobody["Action"] == "failed" and nobody["Status"] == "5.1.1"
     assert nobody["Remote-MTA"] == "dns; mx.b.test" and "550 5.1.1" in nobody["Diagnostic-Code"]

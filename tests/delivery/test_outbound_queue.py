@@ -19,6 +19,7 @@ from mailcore.store import message_store
 from tests.conftest import free_port
 from tests.dkim_support import unsigned
 from tests.dnsserver import TestDNSServer
+from tests.factories import parse_report
 from tests.smtppeer import ScriptedPeer
 
 CONTENT = b"From: alice@a.test\r\nTo: bob@remote.test\r\nSubject: queued\r\nMessage-ID: <q1@a.test>\r\n\r\nbody\r\n"
@@ -39,12 +40,6 @@ def remote(settings):
         peer.start("127.0.0.1", port)
         yield peer
         peer.stop()
-
-
-@pytest.fixture
-def alice(db):
-    accounts.add_domain("a.test")
-    return accounts.add_mailbox("alice@a.test", "secret")
 
 
 def submit(*rcpts, sender="alice@a.test", content=CONTENT):
@@ -105,16 +100,6 @@ def test_temporary_failure_defers_with_growing_delays_then_delivers(alice, remot
     assert run("remote.test").sent == 1
     item.refresh_from_db()
     assert item.state == QueueState.SENT and item.attempts == 3
-
-
-def parse_report(raw: bytes):
-    report = email.message_from_bytes(raw)
-    assert report.get_content_type() == "multipart/report"
-    assert report.get_param("report-type") == "delivery-status"
-    text, status, headers = report.get_payload()
-    assert status.get_content_type() == "message/delivery-status"
-    per_message, *per_recipient = status.get_payload()
-    return report, per_message, per_recipient, headers
 
 
 @pytest.mark.django_db

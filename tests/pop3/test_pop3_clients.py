@@ -10,7 +10,8 @@ import pytest
 from mailcore.models import Delivery, DeliveryState
 from mailcore.store import message_store
 from tests.conftest import require_program
-from tests.pop3_support import ADDRESS, PASSWORD, deliver, start_pop3
+from tests.factories import ADDRESS, PASSWORD, deliver
+from tests.pop3_support import start_pop3
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -23,7 +24,7 @@ def curl(port: int, path: str = "", *args: str, password: str = PASSWORD) -> sub
     )
 
 
-def test_curl_lists_retrieves_and_deletes(mailbox, server_factory):
+def test_curl_lists_retrieves_and_deletes(alice, server_factory):
     require_program("curl")
     first = deliver(b"Subject: one\r\n\r\n.dot first\r\nbody one\r\n")
     second = deliver(b"Subject: two\r\n\r\nbody two\r\n")
@@ -48,14 +49,14 @@ def test_curl_lists_retrieves_and_deletes(mailbox, server_factory):
     assert curl(port).stdout == f"1 {len(bodies[1])}\r\n".encode()
 
 
-def test_curl_wrong_password_exits_67(mailbox, server_factory):
+def test_curl_wrong_password_exits_67(alice, server_factory):
     require_program("curl")
     port = start_pop3(server_factory)
     result = curl(port, password="wrong")
     assert result.returncode == 67  # CURLE_LOGIN_DENIED
 
 
-def test_fetchmail_downloads_several_messages_and_deletes_them(mailbox, server_factory, tmp_path):
+def test_fetchmail_downloads_several_messages_and_deletes_them(alice, server_factory, tmp_path):
     require_program("fetchmail")
     contents = [b"Subject: fetch %d\r\n\r\n.line with a dot\r\nmessage %d\r\n" % (i, i) for i in range(4)]
     refs = [deliver(c).message.body_ref for c in contents]

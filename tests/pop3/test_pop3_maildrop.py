@@ -12,7 +12,8 @@ from mailcore.models import Delivery, DeliveryState, Mailbox, MailboxLock, Messa
 from mailcore.models.message import Transport, Verification
 from mailcore.services import maildrop
 from mailcore.store import message_store
-from tests.pop3_support import ADDRESS, RawPop3, deliver, make_mailbox, start_pop3
+from tests.factories import ADDRESS, deliver, make_mailbox
+from tests.pop3_support import RawPop3, start_pop3
 
 pytestmark = pytest.mark.django_db
 
@@ -28,7 +29,7 @@ def test_lock_is_exclusive_refreshable_and_lapses(mailbox_id):
     assert not maildrop.acquire_lock(mailbox_id, "two", ttl=60)
     assert maildrop.refresh_lock(mailbox_id, "one", ttl=0.2)
     assert not maildrop.refresh_lock(mailbox_id, "two", ttl=60)
-    time.sleep(0.3)
+    time.sleep(0.3)  # not a wait: the 0.2 s the lock was refreshed for run out, which is what is tested
     assert maildrop.acquire_lock(mailbox_id, "two", ttl=60)  # the first holder's lock lapsed
     assert not maildrop.refresh_lock(mailbox_id, "one", ttl=60)
     maildrop.release_lock(mailbox_id, "one")  # not the holder: nothing happens

@@ -13,7 +13,8 @@ from mailcore.pop3.maildrop import READ_AHEAD_COUNT, WHOLE_READ, ReadAhead, Serv
 from mailcore.pop3.wire import encode
 from mailcore.services import maildrop
 from mailcore.store import message_store
-from tests.pop3_support import RawPop3, deliver, make_mailbox, start_pop3, stored
+from tests.factories import deliver, make_mailbox, stored
+from tests.pop3_support import RawPop3, start_pop3
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -93,16 +94,16 @@ def listing(count: int, size: int = 10_240) -> list[maildrop.MaildropEntry]:
     return [maildrop.MaildropEntry(n, n, f"uid{n}", size, f"ref{n}") for n in range(1, count + 1)]
 
 
-async def retrieve_in_order(read_ahead: ReadAhead, entries, skip=frozenset()) -> list[bytes]:
+async def retrieve_in_order(read_ahead: ReadAhead, entries, skip=frozenset(), start: int = 1) -> list[bytes]:
     sent = []
-    for n in range(1, len(entries) + 1):
+    for n in range(start, len(entries) + 1):
         if n in skip:
             continue
         reply = read_ahead.ready(entries, n, set(skip))
         if reply is None:
             reply = await read_ahead.take(entries, n, set(skip))
         sent.append(reply)
-        await asyncio.sleep(0)  # the loop turns between commands: batches read ahead arrive
+        await asyncio.sleep(0)  # not a wait: the loop turns between commands, as a session's does
     return sent
 
 
@@ -131,14 +132,7 @@ def test_a_cold_body_then_a_warm_cache_stops_reading_ahead():
     async def scenario():
         first = await read_ahead.take(entries, 1, set())
         drop.cached = True
-        return [first] + await retrieve_in_order_from(read_ahead, entries, 2)
-
-    async def retrieve_in_order_from(read_ahead, entries, start):
-        sent = []
-        for n in range(start, len(entries) + 1):
-            sent.append(read_ahead.ready(entries, n, set()) or await read_ahead.take(entries, n, set()))
-            await asyncio.sleep(0)
-        return sent
+        return [first] + await retrieve_in_order(read_ahead, entries, start=2)
 
     sent = asyncio.run(scenario())
     assert len(sent) == 100 and sent[0] == b"read 1"

@@ -17,7 +17,8 @@ from mailcore.models import Delivery, DeliveryState, MailboxLock, Message
 from mailcore.pop3 import protocol as replies
 from mailcore.pop3.wire import encode
 from mailcore.store import message_store
-from tests.pop3_support import ADDRESS, PASSWORD, RawPop3, deliver, make_mailbox, start_pop3, start_pop3_process, stored, wait_for_log
+from tests.factories import ADDRESS, PASSWORD, deliver, make_mailbox, stored
+from tests.pop3_support import RawPop3, start_pop3, start_pop3_process
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -27,7 +28,7 @@ DOTTED = (
 )
 
 
-def test_retr_returns_the_stored_message_byte_for_byte_with_dot_lines(mailbox, server_factory):
+def test_retr_returns_the_stored_message_byte_for_byte_with_dot_lines(alice, server_factory):
     first = deliver(DOTTED)
     second = deliver(b"Subject: two\r\n\r\nhello\r\n")
     port = start_pop3(server_factory)
@@ -56,7 +57,7 @@ def test_retr_returns_the_stored_message_byte_for_byte_with_dot_lines(mailbox, s
     assert raw.cmd("QUIT").startswith(b"+OK")
 
 
-def test_bare_lf_bodies_are_sent_with_crlf_and_counted_as_sent(mailbox, server_factory):
+def test_bare_lf_bodies_are_sent_with_crlf_and_counted_as_sent(alice, server_factory):
     deliver(b"Subject: lf\n\nline one\n.dot\nno end")
     port = start_pop3(server_factory)
     raw = RawPop3(port)
@@ -71,7 +72,7 @@ def test_bare_lf_bodies_are_sent_with_crlf_and_counted_as_sent(mailbox, server_f
     raw.cmd("QUIT")
 
 
-def test_top_sends_headers_blank_line_and_exactly_n_body_lines(mailbox, server_factory):
+def test_top_sends_headers_blank_line_and_exactly_n_body_lines(alice, server_factory):
     deliver(b"Subject: top\r\n\r\nline 1\r\n.line 2\r\nline 3\r\n")
     port = start_pop3(server_factory)
     raw = RawPop3(port)
@@ -87,7 +88,7 @@ def test_top_sends_headers_blank_line_and_exactly_n_body_lines(mailbox, server_f
     raw.cmd("QUIT")
 
 
-def test_dele_takes_effect_on_quit_in_one_go_and_releases_the_body(mailbox, server_factory):
+def test_dele_takes_effect_on_quit_in_one_go_and_releases_the_body(alice, server_factory):
     deliveries = [deliver(b"Subject: %d\r\n\r\nbody\r\n" % i) for i in range(3)]
     refs = [d.message.body_ref for d in deliveries]
     port = start_pop3(server_factory)
@@ -108,7 +109,7 @@ def test_dele_takes_effect_on_quit_in_one_go_and_releases_the_body(mailbox, serv
     assert Delivery.objects.get(pk=deliveries[1].pk).retrieved_at is None
 
 
-def test_rset_unmarks_and_a_dropped_connection_deletes_nothing(mailbox, server_factory):
+def test_rset_unmarks_and_a_dropped_connection_deletes_nothing(alice, server_factory):
     deliver(b"Subject: 1\r\n\r\nx\r\n")
     deliver(b"Subject: 2\r\n\r\ny\r\n")
     port = start_pop3(server_factory)
@@ -144,7 +145,7 @@ def test_message_shared_with_another_mailbox_keeps_its_body(server_factory):
     assert Message.objects.get(pk=receipt.message.pk).body_ref == ""
 
 
-def test_uids_are_stable_across_sessions_and_never_reused(mailbox, server_factory):
+def test_uids_are_stable_across_sessions_and_never_reused(alice, server_factory):
     for i in range(3):
         deliver(b"Subject: %d\r\n\r\nx\r\n" % i)
     port = start_pop3(server_factory)
@@ -174,7 +175,7 @@ def test_uids_are_stable_across_sessions_and_never_reused(mailbox, server_factor
     assert Delivery.objects.filter(uid=first[1], state=DeliveryState.DELETED).exists()
 
 
-def test_quarantined_mail_is_invisible(mailbox, server_factory):
+def test_quarantined_mail_is_invisible(alice, server_factory):
     visible = deliver(b"Subject: ok\r\n\r\nx\r\n")
     held = deliver(b"Subject: held\r\n\r\nx\r\n")
     Delivery.objects.filter(pk=held.pk).update(state=DeliveryState.QUARANTINED)
@@ -187,7 +188,7 @@ def test_quarantined_mail_is_invisible(mailbox, server_factory):
     raw.cmd("QUIT")
 
 
-def test_capa_in_each_state(mailbox, server_factory):
+def test_capa_in_each_state(alice, server_factory):
     port = start_pop3(server_factory)
     raw = RawPop3(port)
     assert raw.cmd("CAPA") == b"+OK capability list follows"
@@ -201,7 +202,7 @@ def test_capa_in_each_state(mailbox, server_factory):
     raw.cmd("QUIT")
 
 
-def test_pipelined_commands_are_answered_in_order(mailbox, server_factory):
+def test_pipelined_commands_are_answered_in_order(alice, server_factory):
     deliver(b"Subject: p\r\n\r\nx\r\n")
     port = start_pop3(server_factory)
     raw = RawPop3(port)
@@ -216,7 +217,7 @@ def test_pipelined_commands_are_answered_in_order(mailbox, server_factory):
 
 
 @pytest.fixture
-def session(mailbox, server_factory):
+def session(alice, server_factory):
     """A logged-in raw session on a maildrop of two messages."""
     deliver(b"Subject: 1\r\n\r\nx\r\n")
     deliver(b"Subject: 2\r\n\r\ny\r\n")
@@ -227,7 +228,7 @@ def session(mailbox, server_factory):
     raw.close()
 
 
-def test_commands_sent_before_the_client_shuts_down_its_side_are_all_answered(mailbox, server_factory):
+def test_commands_sent_before_the_client_shuts_down_its_side_are_all_answered(alice, server_factory):
     deliver(b"Subject: 1\r\n\r\nx\r\n")
     raw = RawPop3(start_pop3(server_factory))
     raw.send(f"USER {ADDRESS}\r\nPASS {PASSWORD}\r\nSTAT\r\nDELE 1\r\nQUIT\r\n".encode())
@@ -239,7 +240,7 @@ def test_commands_sent_before_the_client_shuts_down_its_side_are_all_answered(ma
     assert Delivery.objects.get().state == DeliveryState.DELETED
 
 
-def test_unknown_command(mailbox, server_factory):
+def test_unknown_command(alice, server_factory):
     raw = RawPop3(start_pop3(server_factory))
     assert raw.cmd("HELO there") == b"-ERR unknown command"
     assert raw.cmd("APOP alice@a.test 0123456789abcdef") == b"-ERR unknown command"  # not offered: see README
@@ -247,7 +248,7 @@ def test_unknown_command(mailbox, server_factory):
     assert raw.cmd("CAPA").startswith(b"+OK")  # the session goes on
 
 
-def test_commands_in_the_wrong_state(mailbox, server_factory):
+def test_commands_in_the_wrong_state(alice, server_factory):
     raw = RawPop3(start_pop3(server_factory, MAIL_POP3_MAX_BAD_COMMANDS="20"))
     for command in ("STAT", "LIST", "RETR 1", "DELE 1", "TOP 1 0", "UIDL", "RSET", "NOOP"):
         assert raw.cmd(command) == b"-ERR command not valid in this state", command
@@ -293,7 +294,7 @@ def test_an_overlong_line_is_refused_and_the_session_goes_on(session):
     assert session.cmd("NOOP") == b"+OK"
 
 
-def test_too_many_bad_commands_close_the_connection(mailbox, server_factory):
+def test_too_many_bad_commands_close_the_connection(alice, server_factory):
     raw = RawPop3(start_pop3(server_factory, MAIL_POP3_MAX_BAD_COMMANDS="3"))
     assert raw.cmd("BOGUS") == b"-ERR unknown command"
     assert raw.cmd("STAT") == b"-ERR command not valid in this state"
@@ -312,7 +313,7 @@ def test_login_while_another_session_holds_the_lock(session, server_factory):
     other.cmd("QUIT")
 
 
-def test_a_login_waits_a_moment_for_a_lock_being_released(mailbox, server_factory):
+def test_a_login_waits_a_moment_for_a_lock_being_released(alice, server_factory):
     # The last session of a client that reconnects at once may release its lock a moment after
     # the new login arrives (the close is seen later, or by another process): no IN-USE for that.
     from mailcore.models import Mailbox
@@ -333,7 +334,7 @@ def test_a_login_waits_a_moment_for_a_lock_being_released(mailbox, server_factor
         release.join()
 
 
-def test_an_expired_lock_of_a_crashed_session_lapses(mailbox, server_factory):
+def test_an_expired_lock_of_a_crashed_session_lapses(alice, server_factory):
     from mailcore.models import Mailbox
 
     MailboxLock.objects.create(
@@ -360,10 +361,10 @@ def test_quit_with_arguments_is_a_syntax_error(session):
     assert session.cmd("QUIT").startswith(b"+OK")
 
 
-def test_a_client_that_vanishes_mid_retr(mailbox, server_factory):
+def test_a_client_that_vanishes_mid_retr(alice, server_factory):
     big = b"Subject: big\r\n\r\n" + b"0123456789abcdefghijklmnopqrstuvwxyz\r\n" * 300_000  # about 11 MB
     deliver(big)
-    port = start_pop3(server_factory)
+    port, server = start_pop3_process(server_factory)
     raw = RawPop3(port)
     raw.login()
     raw.cmd("DELE 1")
@@ -372,31 +373,31 @@ def test_a_client_that_vanishes_mid_retr(mailbox, server_factory):
     # An abortive close (RST): the server is mid-write when the connection dies.
     raw.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     raw.close()
-    time.sleep(0.3)
+    server.wait_for_output("pop3 session", 2)  # the readiness probe's session and this one have ended
     again = RawPop3(port)  # the listener lives, the lock is released, nothing was deleted
     assert again.login().startswith(b"+OK alice@a.test has 1 messages")
     again.cmd("QUIT")
     assert Delivery.objects.get().state == DeliveryState.INBOX
 
 
-def test_a_client_that_pipelines_without_reading_then_vanishes(mailbox, server_factory):
+def test_a_client_that_pipelines_without_reading_then_vanishes(alice, server_factory):
     deliver(b"Subject: 1\r\n\r\n" + b"0123456789abcdefghijklmnopqrstuvwxyz\r\n" * 3000)  # about 110 KB
-    port = start_pop3(server_factory)
+    port, server = start_pop3_process(server_factory)
     raw = RawPop3(port)
     raw.login()
     # Replies answered from memory pile up until the server stops writing (and reading) for this client.
     raw.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     raw.send(b"RETR 1\r\n" * 3000)
-    time.sleep(0.5)
+    time.sleep(0.5)  # not a wait: the client reads nothing for a while, which is what is tested
     raw.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     raw.close()
-    time.sleep(0.3)
+    server.wait_for_output("pop3 session", 2)  # the readiness probe's session and this one have ended
     again = RawPop3(port)  # the session ended at once: its lock is released, not held until the idle timer
     assert again.login().startswith(b"+OK alice@a.test has 1 messages")
     again.cmd("QUIT")
 
 
-def test_idle_session_is_closed_without_update(mailbox, server_factory):
+def test_idle_session_is_closed_without_update(alice, server_factory):
     deliver(b"Subject: 1\r\n\r\nx\r\n")
     raw = RawPop3(start_pop3(server_factory, MAIL_POP3_IDLE_TIMEOUT="1"))
     raw.login()
@@ -412,7 +413,7 @@ def test_idle_session_is_closed_without_update(mailbox, server_factory):
 # --- authentication -------------------------------------------------------------------------------
 
 
-def test_wrong_password_gets_auth_code_after_a_delay(mailbox, server_factory):
+def test_wrong_password_gets_auth_code_after_a_delay(alice, server_factory):
     raw = RawPop3(start_pop3(server_factory, MAIL_AUTH_FAILURE_DELAY="0.5"))
     raw.cmd(f"USER {ADDRESS}")
     started = time.monotonic()
@@ -423,14 +424,14 @@ def test_wrong_password_gets_auth_code_after_a_delay(mailbox, server_factory):
     assert raw.login().startswith(b"+OK alice@a.test has 0 messages")
 
 
-def test_password_with_spaces_and_case_insensitive_commands(mailbox, server_factory):
+def test_password_with_spaces_and_case_insensitive_commands(alice, server_factory):
     raw = RawPop3(start_pop3(server_factory))
     assert raw.cmd(f"user {ADDRESS}").startswith(b"+OK")
     assert raw.cmd(f"pass {PASSWORD}").startswith(b"+OK")  # PASSWORD holds spaces (RFC 1939 §7)
     assert raw.cmd("quit").startswith(b"+OK")
 
 
-def test_failures_per_client_address_are_limited(mailbox, server_factory):
+def test_failures_per_client_address_are_limited(alice, server_factory):
     port = start_pop3(server_factory, MAIL_AUTH_MAX_FAILURES="3", MAIL_AUTH_FAILURE_DELAY="0.1")
     raw = RawPop3(port)
     raw.cmd(f"USER {ADDRESS}")
@@ -447,7 +448,7 @@ def test_failures_per_client_address_are_limited(mailbox, server_factory):
     assert raw.closed()
 
 
-def test_auth_plain_initial_response_and_continuation(mailbox, server_factory):
+def test_auth_plain_initial_response_and_continuation(alice, server_factory):
     port = start_pop3(server_factory)
     token = base64.b64encode(f"\0{ADDRESS}\0{PASSWORD}".encode()).decode()
     raw = RawPop3(port)
@@ -467,7 +468,7 @@ def test_auth_plain_initial_response_and_continuation(mailbox, server_factory):
     pop.quit()
 
 
-def test_auth_plain_bad_input(mailbox, server_factory):
+def test_auth_plain_bad_input(alice, server_factory):
     raw = RawPop3(start_pop3(server_factory, MAIL_AUTH_FAILURE_DELAY="0.1"))
     assert raw.cmd("AUTH PLAIN") == b"+ "
     assert raw.cmd("*") == b"-ERR authentication cancelled"
@@ -480,7 +481,7 @@ def test_auth_plain_bad_input(mailbox, server_factory):
     assert raw.cmd(f"AUTH PLAIN {wrong}") == b"-ERR [AUTH] invalid user name or password"
 
 
-def test_no_password_in_the_log_and_one_line_per_session(mailbox, server_factory):
+def test_no_password_in_the_log_and_one_line_per_session(alice, server_factory):
     deliver(b"Subject: 1\r\n\r\nx\r\n")
     port, server = start_pop3_process(server_factory)
     raw = RawPop3(port)
@@ -497,7 +498,7 @@ def test_no_password_in_the_log_and_one_line_per_session(mailbox, server_factory
     raw.cmd(f"AUTH PLAIN {token}")
     raw.cmd("QUIT")
     raw.closed()
-    log = wait_for_log(server, f"user={ADDRESS}", 2)
+    log = server.wait_for_output(f"user={ADDRESS}", 2)
     assert PASSWORD not in log and "not-the-password" not in log and token not in log
     assert f"POP3 listening on 127.0.0.1:{port}" in log
     # (the readiness probe of server_factory made one more session, without a user)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import signal
-import time
 import urllib.request
 
 from tests.conftest import free_port, wait_for_port
@@ -24,10 +23,7 @@ def test_runmail_starts_everything_and_stops_on_ctrl_c(server_factory, tmp_path)
     wait_for_port("127.0.0.1", ports["web"], server.proc)
     with urllib.request.urlopen(f"http://127.0.0.1:{ports['web']}/admin/login/", timeout=10) as response:
         assert response.status == 200
-    deadline = time.monotonic() + 20
-    while "web UI listening on" not in server.output() and time.monotonic() < deadline:
-        time.sleep(0.1)
-    output = server.output()
+    output = server.wait_for_output("web UI listening on", seconds=20)
     assert f"runmail: web UI listening on http://127.0.0.1:{ports['web']}/admin/" in output
     assert "first run: created the web UI administrator 'admin' with password" in output
     assert server.stop(signal.SIGINT, timeout=40) == 0

@@ -20,11 +20,9 @@ from django.utils import timezone
 from mailcore.models import AuditEntry, Delivery, DeliveryState, SenderRule
 from mailcore.quarantine import digest, links
 from mailcore.services import accounts
-from tests import smtp_wire
 from tests.conftest import child_env, free_port, manage
 from tests.pop3_support import start_pop3
-
-mx = smtp_wire.mx
+from tests.smtp_wire import RawSMTP
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -43,7 +41,7 @@ class Servers:
         self.smtp_port, self.pop3_port, self.web, self.env = smtp_port, pop3_port, f"http://127.0.0.1:{web_port}", env
 
     def send(self, subject: str, sender: str = "news@forger.test") -> None:
-        with smtp_wire.RawSMTP(self.smtp_port) as c:
+        with RawSMTP(self.smtp_port) as c:
             c.greet()
             assert c.cmd(f"MAIL FROM:<{sender}>").startswith(b"250 ")
             assert c.cmd("RCPT TO:<alice@a.test>").startswith(b"250 ")

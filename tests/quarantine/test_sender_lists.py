@@ -7,10 +7,8 @@ import pytest
 from mailcore.models import AuditEntry, Delivery, DeliveryState, Message, Verification
 from mailcore.services import accounts, senders
 from mailcore.services.inbound import Envelope, SenderBlocked, receive
-from tests import smtp_wire
 from tests.conftest import child_env, manage
-
-mx = smtp_wire.mx
+from tests.smtp_wire import RawSMTP
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -142,7 +140,7 @@ def test_a_blocked_from_header_refuses_the_message_or_holds_it_for_the_blocking_
 
 
 def send(server, sender, rcpts, content=None, source=None):
-    with smtp_wire.RawSMTP(server.port, source=source) as c:
+    with RawSMTP(server.port, source=source) as c:
         c.greet()
         assert c.cmd(f"MAIL FROM:<{sender}>").startswith(b"250 ")
         replies = [c.cmd(f"RCPT TO:<{r}>") for r in rcpts]

@@ -43,7 +43,7 @@ def test_ids_are_32_letters_and_digits_from_128_random_bits():
 
 def test_pipelined_gets_body_refusal_and_temporary_on_one_connection():
     answers = {ID1: body_reply(ID1, MESSAGE), ID2: b"550 5.1.0 " + ID2.encode() + b" unknown\r\n", ID3: b"451 4.3.0 try later\r\n"}
-    with ScriptedOrigin(answers, pipeline_wait=0.3) as origin:
+    with ScriptedOrigin(answers, pipelined=2) as origin:
         report, pulled = pull(origin, [ID1, ID2, ID3])
     assert origin.connections == 1
     assert origin.commands == ["EHLO mx.b.test", f"GET {ID1}", f"GET {ID2}", f"GET {ID3}", "QUIT"]

@@ -12,10 +12,8 @@ from mailcore.models import Announcement, AnnouncementState, Message, SourcedMes
 from mailcore.services.accounts import add_domain, add_mailbox
 from mailcore.smtp import replies
 from mailcore.store import message_store
-from tests import smtp_wire
 from tests.smtp_wire import RawSMTP, starts
-
-mx = smtp_wire.mx  # the fixture that starts `runsmtp`
+from tests.sockets import free_port
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -23,10 +21,9 @@ ID = "5f1c0a3e9b7d4c2a8e6f1b3d5a7c9e0f"
 
 
 @pytest.fixture
-def b_test():
-    add_domain("b.test")
+def strict_test(b_test):
+    """strict.test, which takes only verified mail, with sam@strict.test, beside b.test."""
     add_domain("strict.test", "reject")
-    add_mailbox("bob@b.test", "pw")
     add_mailbox("sam@strict.test", "pw")
 
 
@@ -36,7 +33,7 @@ def announce(c: RawSMTP, source_id: str = ID, sender: str = "alice@a.test", rcpt
     return c.cmd(f"SOURCE {source_id}")
 
 
-def test_source_is_recorded_before_250_and_ends_the_transaction(mx, b_test):
+def test_source_is_recorded_before_250_and_ends_the_transaction(mx, strict_test):
     server = mx()
     with RawSMTP(server.port) as c:
         c.greet("mx.a.test")
@@ -187,7 +184,7 @@ def test_eleven_unknown_gets_in_a_minute_get_421(mx):
 
 def test_strict_mode_with_dns_unreachable_is_temporary(mx):
     sourced(b"Subject: real\r\n\r\nx\r\n")
-    dead_dns = f"127.0.0.1:{smtp_wire.free_port()}"
+    dead_dns = f"127.0.0.1:{free_port()}"
     server = mx(MAIL_SOURCE_STRICT="1", MAIL_DNS_SERVERS=dead_dns, MAIL_DNS_TIMEOUT="0.5")
     with RawSMTP(server.port) as c:
         c.greet("mx.c.test")

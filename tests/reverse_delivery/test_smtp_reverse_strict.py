@@ -6,12 +6,9 @@ import pytest
 
 from mailcore.models import SourcedMessage
 from mailcore.smtp import replies
-from tests import smtp_wire
 from tests.dnsserver import TestDNSServer
 from tests.reverse_delivery.test_smtp_reverse import ID, read_data_form, sourced
 from tests.smtp_wire import RawSMTP, starts
-
-mx = smtp_wire.mx  # the fixture that starts `runsmtp`
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

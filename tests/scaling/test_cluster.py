@@ -42,12 +42,6 @@ def pop3_login(node, address: str, source: str = "127.0.0.1") -> POP3From:
     return pop
 
 
-def submit(node, sender: str, recipients: list[str], content: bytes) -> None:
-    with smtplib.SMTP(node.address, node.submission_port, timeout=30) as client:
-        client.login(sender, sender.partition("@")[0] + "-password")
-        client.sendmail(sender, recipients, content)
-
-
 def subjects(bodies: list[bytes]) -> list[str]:
     return sorted(re.search(rb"^Subject: (.*)$", body, re.M).group(1).decode().strip() for body in bodies)
 
@@ -101,7 +95,7 @@ def test_login_failures_are_counted_across_nodes(cluster):
 def test_message_sourced_by_node1_is_fetched_by_b_with_get_from_node2(cluster):
     before = cluster.node2.log_of("runsmtp").count("GET ")
     sent = message("sourced by node 1", sender="alice@a.test", to="bob@b.test")
-    submit(cluster.node1, "alice@a.test", ["bob@b.test"], sent)
+    cluster.node1.submit("alice@a.test", ["bob@b.test"], sent)
     [delivered] = cluster.b.wait_for_messages("bob@b.test", timeout=60)
     assert b"sourced by node 1" in delivered
     [(verification,)] = cluster.b.query(
@@ -118,9 +112,9 @@ def test_queue_items_and_announcements_are_worked_by_both_qclusters_never_twice(
     outbound, inbound = 10, 10
     for i in range(outbound):
         node = cluster.nodes[i % 2]
-        submit(node, "alice@a.test", ["bob@b.test"], message(f"out {i}", sender="alice@a.test", to="bob@b.test"))
+        node.submit("alice@a.test", ["bob@b.test"], message(f"out {i}", sender="alice@a.test", to="bob@b.test"))
     for i in range(inbound):
-        submit(cluster.b, "bob@b.test", ["alice@a.test"], message(f"in {i}", to="alice@a.test"))
+        cluster.b.submit("bob@b.test", ["alice@a.test"], message(f"in {i}", to="alice@a.test"))
 
     out_subjects = sorted(f"out {i}" for i in range(outbound))
     b_subjects = lambda: [s for s in subjects(cluster.b.messages("bob@b.test")) if s.startswith("out ")]  # noqa: E731

@@ -15,7 +15,7 @@ from email.utils import make_msgid
 
 import pytest
 
-from tests.sockets import wait_for_port, wait_until
+from tests.sockets import wait_until
 
 pytest_plugins = ["tests.s3_server", "tests.cluster"]
 pytestmark = pytest.mark.xdist_group("cluster")
@@ -36,9 +36,7 @@ def subjects(cluster, address: str) -> Counter:
 
 
 def submit(node, sender: str, recipient: str, subject: str) -> None:
-    with smtplib.SMTP(node.address, node.submission_port, timeout=30) as client:
-        client.login(sender, sender.partition("@")[0] + "-password")
-        client.sendmail(sender, [recipient], message(subject, sender, recipient))
+    node.submit(sender, [recipient], message(subject, sender, recipient))
 
 
 def test_hung_store_gets_451_and_everything_is_delivered_once_it_is_back(cluster):
@@ -156,8 +154,7 @@ def test_node_killed_under_load_every_acknowledged_message_delivered_once(cluste
     assert "Traceback" not in cluster.node2.log_of("runsmtp")
 
     # Node 1 comes back on the same address and takes mail again.
-    victim.start()
-    wait_for_port(cluster.node1.address, cluster.smtp_port, proc=victim.proc, timeout=30)
+    victim.start(wait=(cluster.node1.address, cluster.smtp_port))
     with smtplib.SMTP(cluster.node1.address, cluster.smtp_port, timeout=30) as client:
         client.sendmail(DATA_SENDER, ["grace@a.test"], message("after the restart", to="grace@a.test"))
     assert subjects(cluster, "grace@a.test")["after the restart"] == 1

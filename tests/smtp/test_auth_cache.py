@@ -12,7 +12,8 @@ from mailcore.models import Mailbox
 from mailcore.services import accounts, credentials
 from mailcore.services.credentials import VerifiedCredentials
 from tests.conftest import child_env, manage
-from tests.pop3_support import ADDRESS, PASSWORD, make_mailbox, start_pop3
+from tests.factories import ADDRESS, PASSWORD, make_mailbox
+from tests.pop3_support import start_pop3
 
 
 class Clock:

@@ -11,11 +11,9 @@ from mailcore.models import Delivery, Mailbox, Message
 from mailcore.services import inbound
 from mailcore.services.accounts import add_domain, add_mailbox
 from mailcore.store import message_store
-from tests import smtp_wire
+from tests.smtp_wire import RawSMTP
 from tests.sockets import wait_until
 from tests.store_support import files_under, record_stored
-
-mx = smtp_wire.mx  # the fixture that starts `runsmtp`
 
 
 def test_put_many_stores_every_body_durably_and_in_order(mail_store):
@@ -102,9 +100,7 @@ def test_one_message_the_database_refuses_does_not_fail_its_batch(mail_store, ma
 
 
 @pytest.mark.django_db(transaction=True)
-def test_concurrent_sessions_are_all_stored_once(mx):
-    add_domain("b.test")
-    add_mailbox("bob@b.test", "pw")
+def test_concurrent_sessions_are_all_stored_once(mx, b_test):
     server = mx(MAIL_SMTP_COMMIT_BATCH="8")
     errors: list[BaseException] = []
 
@@ -128,9 +124,7 @@ def test_concurrent_sessions_are_all_stored_once(mx):
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_lone_session_is_stored_on_the_loop_and_concurrent_ones_by_workers(mx):
-    add_domain("b.test")
-    add_mailbox("bob@b.test", "pw")
+def test_a_lone_session_is_stored_on_the_loop_and_concurrent_ones_by_workers(mx, b_test):
     server = mx(MAIL_LOG_LEVEL="DEBUG", MAIL_SMTP_PROCESSES="1")
     sent = []
     # The fixture's probe connection may still be counted for a moment after it closed: then the
@@ -142,7 +136,7 @@ def test_a_lone_session_is_stored_on_the_loop_and_concurrent_ones_by_workers(mx)
     assert "a lone message durable" in server.output()
     by_workers = server.output().count(", in worker threads")
     # Another session open: the message goes to a worker thread, and the loop serves both.
-    with smtp_wire.RawSMTP(server.port) as other, smtplib.SMTP("127.0.0.1", server.port, timeout=30) as c:
+    with RawSMTP(server.port) as other, smtplib.SMTP("127.0.0.1", server.port, timeout=30) as c:
         assert other.greet()[-1].startswith(b"250 ")
         c.sendmail("alice@remote.test", ["bob@b.test"], b"Subject: together\r\n\r\nhello\r\n")
         assert other.cmd("NOOP").startswith(b"250 ")

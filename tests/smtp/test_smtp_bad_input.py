@@ -3,25 +3,18 @@
 from __future__ import annotations
 
 import smtplib
-import time
 
 import pytest
 
 from mailcore.models import Message
-from mailcore.services.accounts import add_domain, add_mailbox
 from mailcore.smtp import replies
-from tests import smtp_wire
 from tests.smtp_wire import RawSMTP, starts
-
-mx = smtp_wire.mx  # the fixture that starts `runsmtp`
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
 @pytest.fixture
-def server(mx):
-    add_domain("b.test")
-    add_mailbox("bob@b.test", "pw")
+def server(mx, b_test):
     return mx(MAIL_SMTP_MAX_BAD_COMMANDS="50")
 
 
@@ -134,10 +127,9 @@ def test_unterminated_data_then_disconnect_stores_nothing(server):
     with RawSMTP(server.port) as c:
         open_transaction(c)
         c.send(b"Subject: cut\r\n\r\nhalf a message\r\n")
-    time.sleep(0.3)
+    server.wait_for_output("lost connection in DATA")
     still_serves(server.port)
     assert Message.objects.get().subject == "after"
-    assert "lost connection in DATA" in server.output()
 
 
 @pytest.mark.parametrize(

@@ -12,12 +12,8 @@ import pytest
 from mailcore.models import Message
 from mailcore.smtp import replies
 from mailcore.store import message_store
-from tests import smtp_wire
 from tests.smtp_wire import RawSMTP, starts
 from tests.sockets import peak_rss_kb
-
-mx = smtp_wire.mx  # the fixture that starts `runsmtp`
-b_test = smtp_wire.b_test
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -183,7 +179,7 @@ def test_three_big_messages_of_short_lines_hold_little_memory_and_block_no_one(m
                 started = time.monotonic()
                 assert starts(c.cmd("NOOP"), replies.OK)
                 noop_times.append(time.monotonic() - started)
-                time.sleep(0.05)
+                time.sleep(0.05)  # not a wait: the pace at which the watcher samples the listener
 
     watcher = threading.Thread(target=watch)
     watcher.start()

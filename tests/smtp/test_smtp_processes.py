@@ -7,19 +7,14 @@ import re
 import signal
 import smtplib
 import socket
-import time
 
 import pytest
 
 from mailcore.models import Delivery
 from mailcore.smtp import replies
 from mailcore.smtp.listener import SharedCounts, Spillover
-from tests import smtp_wire
-from tests.smtp_wire import RawSMTP, starts
+from tests.smtp_wire import RawSMTP, admitted, starts
 from tests.sockets import wait_until
-
-mx = smtp_wire.mx
-b_test = smtp_wire.b_test
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -27,20 +22,6 @@ pytestmark = pytest.mark.django_db(transaction=True)
 def children(pid: int) -> list[int]:
     with open(f"/proc/{pid}/task/{pid}/children") as f:
         return [int(p) for p in f.read().split()]
-
-
-def admitted(port: int, seconds: float = 10.0) -> RawSMTP:
-    """A session that got its 220. The fixture's probe, or a session just closed, may still be
-    counted for a moment on a loaded machine (its process has yet to see the close): retry."""
-    deadline = time.monotonic() + seconds
-    while True:
-        session = RawSMTP(port)
-        greeting = session.last()
-        if greeting.startswith(b"220 "):
-            return session
-        session.close()
-        assert time.monotonic() < deadline, greeting
-        time.sleep(0.1)
 
 
 def send(port: int, tag: str) -> None:
@@ -112,11 +93,19 @@ def _alive(pid: int) -> bool:
         return False
 
 
+def catches_sigterm(pid: int) -> bool:
+    """Whether process `pid` has a handler of its own for SIGTERM (its SigCgt mask in /proc)."""
+    with open(f"/proc/{pid}/status") as f:
+        caught = next(int(line.split()[1], 16) for line in f if line.startswith("SigCgt:"))
+    return bool(caught & 1 << (signal.SIGTERM - 1))
+
+
 def test_sigterm_stops_every_process_gracefully(mx, b_test):
     server = mx(MAIL_SMTP_PROCESSES="3")
     assert wait_until(lambda: len(children(server.proc.pid)) == 3)
-    time.sleep(0.5)  # each has started its event loop, and with it its own SIGTERM handler
     pids = children(server.proc.pid)
+    # Each has started its event loop, and with it its own SIGTERM handler.
+    assert wait_until(lambda: all(catches_sigterm(pid) for pid in pids))
     assert server.stop(signal.SIGTERM) == 0
     assert not any(_alive(pid) for pid in pids)
     assert server.output().count("inbound SMTP (MX) stopped") == 3
@@ -207,7 +196,11 @@ def test_a_light_load_stays_in_process_0_and_a_heavy_one_spills_over(mx, b_test)
         MAIL_SMTP_PROCESSES="2", MAIL_SMTP_MAX_CONNECTIONS_PER_CLIENT="100", MAIL_SMTP_MAX_CONNECTIONS="100"
     )
     assert wait_until(lambda: server.output().count(" started (pid ") == 2)
-    time.sleep(1)  # process 1 stood in until process 0 served; it has stopped since
+    # Both event loops run (each has its SIGTERM handler): process 1 stood in until process 0
+    # served, and stops accepting (one descriptor on the listening socket: no server of its own).
+    assert wait_until(
+        lambda: all(catches_sigterm(pid) for pid in process_ids(server).values()) and listening_descriptors(server, 1) == 1
+    )
     # One client, one connection after another: all in process 0 (with both accepting, the
     # kernel would hand about half of them to process 1).
     served = []

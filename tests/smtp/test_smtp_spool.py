@@ -14,14 +14,10 @@ from mailcore.reverse_delivery.sweep import run_sweep
 from mailcore.services import accounts
 from mailcore.smtp import replies
 from mailcore.store import message_store
-from tests import smtp_wire
 from tests.dnsserver import TestDNSServer
 from tests.origin_peer import ScriptedOrigin, body_reply
 from tests.smtp_wire import RawSMTP, starts
 from tests.sockets import peak_rss_kb, wait_until
-
-mx = smtp_wire.mx  # the fixture that starts `runsmtp`
-b_test = smtp_wire.b_test
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

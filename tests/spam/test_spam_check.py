@@ -26,12 +26,6 @@ def spam_on(settings, spamd):
     return spamd
 
 
-@pytest.fixture
-def alice():
-    accounts.add_domain("a.test")
-    return accounts.add_mailbox("alice@a.test", "secret")
-
-
 def thresholds(name: str = "a.test", *, verified: float = 8.0, unverified: float = 3.0, reject: float | None = None) -> None:
     Domain.objects.filter(name=name).update(
         spam_threshold_verified=verified, spam_threshold_unverified=unverified, spam_reject_score=reject

@@ -9,12 +9,9 @@ from email.utils import formatdate
 import pytest
 
 from mailcore.models import AuditEntry, Delivery, DeliveryState
-from mailcore.services.accounts import add_domain, add_mailbox
-from tests import smtp_wire
 from tests.conftest import child_env, manage, require_program
+from tests.smtp_wire import RawSMTP
 from tests.spamd_server import GTUBE, Spamd, shared_spamd
-
-mx = smtp_wire.mx
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -38,7 +35,7 @@ def learning_spamd():
 
 
 def send_spam(port: int, n: int) -> Delivery:
-    with smtp_wire.RawSMTP(port) as c:
+    with RawSMTP(port) as c:
         c.greet()
         assert c.cmd("MAIL FROM:<bob@remote.test>").startswith(b"250 ")
         assert c.cmd("RCPT TO:<alice@a.test>").startswith(b"250 ")
@@ -48,12 +45,6 @@ def send_spam(port: int, n: int) -> Delivery:
     delivery = Delivery.objects.get(message__subject=f"Cheap watches number {n}")
     assert (delivery.state, delivery.reason) == (DeliveryState.QUARANTINED, "spam")
     return delivery
-
-
-@pytest.fixture
-def alice():
-    add_domain("a.test")
-    return add_mailbox("alice@a.test", "pw")
 
 
 def test_release_reports_ham_and_delete_as_spam_reports_spam(mx, alice, learning_spamd, mail_store):

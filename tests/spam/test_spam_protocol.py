@@ -85,7 +85,7 @@ class CannedSpamd:
 def test_client_sends_the_request_half_closes_and_reads_the_whole_reply():
     def answer(conn, stopped):
         conn.sendall(GTUBE_REPLY[:30])
-        time.sleep(0.05)
+        time.sleep(0.05)  # not a wait: the reply comes in two pieces, which the client must join
         conn.sendall(GTUBE_REPLY[30:])
 
     spamd = CannedSpamd(answer)

@@ -10,12 +10,8 @@ from email.utils import formatdate
 import pytest
 
 from mailcore.models import Delivery, DeliveryState, Domain, Message, SpamStatus
-from mailcore.services.accounts import add_domain, add_mailbox
 from mailcore.store import message_store
-from tests import smtp_wire
 from tests.spamd_server import GTUBE
-
-mx = smtp_wire.mx  # the fixture that starts `runsmtp`
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -28,12 +24,6 @@ SPAM = (
     "\r\n"
     f"{GTUBE}\r\n"
 ).encode()
-
-
-@pytest.fixture
-def alice():
-    add_domain("a.test")
-    return add_mailbox("alice@a.test", "pw")
 
 
 def test_gtube_by_data_is_quarantined_as_spam(mx, spamd, alice):

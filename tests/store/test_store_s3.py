@@ -13,7 +13,8 @@ from mailcore.services.bodies import collect_orphans
 from mailcore.store import message_store
 from mailcore.store.s3 import ObjectBody
 from tests.conftest import free_port
-from tests.pop3_support import ADDRESS, PASSWORD, make_mailbox, start_pop3
+from tests.factories import ADDRESS, PASSWORD, make_mailbox
+from tests.pop3_support import start_pop3
 
 pytest_plugins = ["tests.s3_server"]
 

@@ -14,11 +14,9 @@ from mailcore.models import Message
 from mailcore.services.accounts import add_domain, add_mailbox
 from mailcore.services.bodies import collect_orphans
 from mailcore.store import message_store, segments
-from tests import smtp_wire
 from tests.pop3_support import start_pop3
+from tests.sockets import wait_until
 from tests.store_support import files_under
-
-mx = smtp_wire.mx
 
 GRACE = 3600
 
@@ -139,11 +137,9 @@ def test_smtp_to_pop3_through_a_segment_and_dele_frees_the_body(mx, server_facto
 
 
 @pytest.mark.django_db(transaction=True)
-def test_rows_written_while_the_bodies_sync_commit_only_after_the_sync(mail_store, monkeypatch):
+def test_rows_written_while_the_bodies_sync_commit_only_after_the_sync(mail_store, monkeypatch, b_test):
     from mailcore.services import inbound
 
-    add_domain("b.test")
-    add_mailbox("bob@b.test", "pw")
     syncing, release = threading.Event(), threading.Event()
     real_write = segments.SegmentWriter._write
 
@@ -158,8 +154,8 @@ def test_rows_written_while_the_bodies_sync_commit_only_after_the_sync(mail_stor
     receiving = threading.Thread(target=lambda: outcome.extend(inbound.receive_many([(envelope, message(500), None)])))
     receiving.start()
     assert syncing.wait(10)
-    time.sleep(0.3)  # the rows are written by now, and must not be visible
-    assert not Message.objects.exists()
+    # The rows are written in the moment the sync takes, and must not be visible before it ends.
+    assert not wait_until(Message.objects.exists, 0.3)
     release.set()
     receiving.join(10)
     assert isinstance(outcome[0], inbound.Receipt)
@@ -168,12 +164,10 @@ def test_rows_written_while_the_bodies_sync_commit_only_after_the_sync(mail_stor
 
 
 @pytest.fixture
-def to_bob_with_failing_sync(mail_store, monkeypatch):
+def to_bob_with_failing_sync(mail_store, monkeypatch, b_test):
     """An envelope to a local mailbox, with every segment's fdatasync failing (EIO) until monkeypatch.undo()."""
     from mailcore.services import inbound
 
-    add_domain("b.test")
-    add_mailbox("bob@b.test", "pw")
 
     def failing_fdatasync(fd):
         raise OSError(5, "Input/output error")
@@ -197,11 +191,9 @@ def test_a_failed_sync_commits_no_row_and_frees_the_space(to_bob_with_failing_sy
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_lone_batch_is_synced_in_its_own_thread_before_its_rows(mail_store, monkeypatch):
+def test_a_lone_batch_is_synced_in_its_own_thread_before_its_rows(mail_store, monkeypatch, b_test):
     from mailcore.services import inbound
 
-    add_domain("b.test")
-    add_mailbox("bob@b.test", "pw")
     synced_in: list[threading.Thread] = []
     real_fdatasync = segments.os.fdatasync
 

@@ -11,7 +11,7 @@ import pytest
 
 from mailcore.web.proxy import client_address
 from mailsite.env import parse_networks
-from tests.pop3_support import ADDRESS, PASSWORD, make_mailbox
+from tests.factories import ADDRESS, PASSWORD, make_mailbox
 from tests.web_client import WebClient, start_web
 
 LOCKED_OUT = "Too many failed sign-ins from your address."
