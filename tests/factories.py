@@ -1,4 +1,4 @@
-"""What the tests make, one way each: mailboxes, messages delivered and read back, a listener.
+"""What the tests make, one way each: mailboxes, messages delivered and read back, a server listening on a free port.
 
 The fixtures here (`alice`, `b_test`, `mx`) are every test's: tests/conftest.py imports them.
 The two-server and two-node set-ups are tests/instances.py and tests/cluster.py.
@@ -7,8 +7,11 @@ The two-server and two-node set-ups are tests/instances.py and tests/cluster.py.
 from __future__ import annotations
 
 import email
+import io
+from unittest import mock
 
 import pytest
+from django.core.management import call_command
 
 from mailcore.models import Delivery, Mailbox
 from mailcore.services import accounts, inbound
@@ -34,9 +37,27 @@ def deliver(content: bytes, address: str = ADDRESS) -> Delivery:
     return Delivery.objects.get(message=receipt.message, mailbox__address=address)
 
 
-def stored(delivery: Delivery) -> bytes:
-    """The body of a delivery as the store holds it."""
-    return message_store().read(delivery.message.body_ref)
+def stored(row) -> bytes:
+    """The body of a message (or of a delivery's or an inbound receipt's message) as the store holds it."""
+    return message_store().read(getattr(row, "message", row).body_ref)
+
+
+def call_manage(*args: str, stdin: str = "") -> str:
+    """Run a management command in this process, on the test's database, with `stdin` as its standard input: what it printed."""
+    out = io.StringIO()
+    with mock.patch("sys.stdin", io.StringIO(stdin)):
+        call_command(*args, stdout=out)
+    return out.getvalue()
+
+
+def alice_writes(subject: str, to: str = "Bob <bob@b.test>", sender: str = "Alice <alice@a.test>") -> bytes:
+    """A message as alice@a.test's mail program submits it, its Message-ID made of `subject`: lines
+    that start with a dot (stuffed on the wire, unstuffed on arrival) and a signature in the body."""
+    return (
+        f"From: {sender}\r\nTo: {to}\r\nSubject: {subject}\r\nDate: Thu, 26 Nov 2026 19:00:00 +0000\r\n"
+        f"Message-ID: <{subject.replace(' ', '-')}@a.test>\r\n\r\n"
+        "Hello,\r\n.a line that starts with a dot\r\n..and one with two\r\n\r\n-- \r\nAlice\r\n"
+    ).encode()
 
 
 def parse_report(raw: bytes):
@@ -49,6 +70,25 @@ def parse_report(raw: bytes):
     assert status.get_content_type() == "message/delivery-status"
     per_message, *per_recipient = status.get_payload()
     return report, per_message, per_recipient, headers
+
+
+def start_listener(server_factory, command: str, *args: str, **env: str):
+    """The ServerProcess of `manage.py COMMAND --bind 127.0.0.1:<a free port> ARGS` from
+    `server_factory`, once it accepts; the port is its `port`."""
+    port = free_port()
+    server = server_factory(command, "--bind", f"127.0.0.1:{port}", *args, wait=("127.0.0.1", port), **env)
+    server.port = port
+    return server
+
+
+class Clock:
+    """A clock that stands still until the test moves it (`clock.now += seconds`), for code that takes a `clock`."""
+
+    def __init__(self, now: float = 1000.0):
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
 
 
 @pytest.fixture
@@ -68,9 +108,6 @@ def mx(server_factory):
     """Start a real `manage.py runsmtp` on a free port; keyword arguments become its environment."""
 
     def start(**env: str):
-        port = free_port()
-        server = server_factory("runsmtp", "--bind", f"127.0.0.1:{port}", wait=("127.0.0.1", port), **env)
-        server.port = port
-        return server
+        return start_listener(server_factory, "runsmtp", **env)
 
     return start

@@ -42,6 +42,7 @@ import sqlite3
 import subprocess
 import sys
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -398,6 +399,20 @@ def stop_instances(instances: list[Instance]) -> None:
             server.stop()
 
 
+def assert_pulled_by_b(copy: bytes, original: bytes) -> bytes:
+    """Check B's copy of a message it pulled from A: B's trace headers, saying so, then the original
+    byte for byte. Returns the trace headers."""
+    trace, rest = copy[: len(copy) - len(original)], copy[len(copy) - len(original):]
+    assert rest == original
+    assert trace.startswith(b"Return-Path: <alice@a.test>\r\n")
+    assert (
+        b"Authentication-Results: mx.b.test; x-source=pass smtp.mailfrom=alice@a.test"
+        b" (retrieved from mx.a.test [127.0.0.2]);\r\n\tspf=" in trace
+    )
+    assert b"Received: from mx.a.test (" in trace and b"by mx.b.test with ESMTP" in trace
+    return trace
+
+
 @dataclass
 class InstancePair:
     a: Instance
@@ -408,6 +423,21 @@ class InstancePair:
 
     def __iter__(self):
         return iter((self.a, self.b))
+
+    def route_to_peer(self, domain: str) -> None:
+        """Give `domain` one MX, mx.<domain>, on the peer address."""
+        self.dns.records[domain] = {"MX": [(10, f"mx.{domain}")]}
+        self.dns.records[f"mx.{domain}"] = {"A": [self.peer_address]}
+
+    @contextmanager
+    def peer_for(self, domain: str, peer):
+        """`peer` (tests/smtppeer.py, tests/source_peer.py) listening as `domain`'s MX, for the duration."""
+        self.route_to_peer(domain)
+        peer.start(self.peer_address, self.smtp_port)
+        try:
+            yield peer
+        finally:
+            peer.stop()
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 
 from tests.conftest import free_port, self_signed_cert  # noqa: F401  (re-exported)
-from tests.factories import ADDRESS, PASSWORD
+from tests.factories import ADDRESS, PASSWORD, start_listener
 
 # Short enough for a fast suite, long enough to be measured.
 FAST_ENV = {"MAIL_AUTH_FAILURE_DELAY": "0.3", "MAIL_POP3_SHUTDOWN_GRACE": "3"}
@@ -13,11 +13,8 @@ FAST_ENV = {"MAIL_AUTH_FAILURE_DELAY": "0.3", "MAIL_POP3_SHUTDOWN_GRACE": "3"}
 
 def start_pop3_process(server_factory, *extra_args: str, **env: str):
     """(port, ServerProcess) of a runpop3 on a free loopback port."""
-    port = free_port()
-    server = server_factory(
-        "runpop3", "--bind", f"127.0.0.1:{port}", *extra_args, wait=("127.0.0.1", port), **{**FAST_ENV, **env}
-    )
-    return port, server
+    server = start_listener(server_factory, "runpop3", *extra_args, **{**FAST_ENV, **env})
+    return server.port, server
 
 
 def start_pop3(server_factory, *extra_args: str, **env: str) -> int:

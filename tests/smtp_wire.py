@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import smtplib
 import socket
+import threading
+from collections.abc import Callable
 
 from tests.sockets import wait_until
 
@@ -84,3 +87,24 @@ def admitted(port: int, seconds: float = 10.0) -> RawSMTP:
     found = wait_until(session, seconds, interval=0.1)
     assert found, refused[-1:]
     return found
+
+
+def send_from_many_clients(port: int, clients: int, each: int, content: Callable[[str], bytes], timeout: float = 60) -> list[BaseException]:
+    """`clients` smtplib clients at once, each sending `each` messages from alice@remote.test to
+    bob@b.test, `content(tag)` with tag c<client>m<message>; what any of them raised."""
+    errors: list[BaseException] = []
+
+    def client(n: int) -> None:
+        try:
+            with smtplib.SMTP("127.0.0.1", port, timeout=timeout) as c:
+                for i in range(each):
+                    c.sendmail("alice@remote.test", ["bob@b.test"], content(f"c{n}m{i}"))
+        except BaseException as exc:  # reported by the caller, with the count
+            errors.append(exc)
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return errors

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import atexit
 import os
 import shutil
 import socket
@@ -103,18 +102,3 @@ class Spamd:
 
     def output(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-
-_shared: Spamd | None = None
-
-
-def shared_spamd() -> Spamd:
-    """One spamd per test process (an xdist worker), shared by every test module that needs one.
-
-    A session fixture in each module would start one per module: spamd takes seconds to load.
-    """
-    global _shared
-    if _shared is None or _shared.proc is None or _shared.proc.poll() is not None:
-        _shared = Spamd().start()
-        atexit.register(_shared.stop)
-    return _shared

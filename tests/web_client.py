@@ -8,7 +8,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 
-from tests.conftest import free_port
+from tests.factories import start_listener
 
 
 class WebClient:
@@ -53,6 +53,5 @@ class WebClient:
 
 
 def start_web(server_factory, **env: str) -> str:
-    port = free_port()
-    server_factory("runweb", "--bind", f"127.0.0.1:{port}", wait=("127.0.0.1", port), **env)
+    port = start_listener(server_factory, "runweb", **env).port
     return f"http://127.0.0.1:{port}"

@@ -2,40 +2,26 @@
 
 from __future__ import annotations
 
-import io
-
 import pytest
-from django.core.management import call_command
 from django.core.management.base import CommandError
 
 from mailcore.models import Alias, Domain, Mailbox
 from tests.conftest import child_env, manage
-
-
-def run(*args: str, stdin: str = "") -> str:
-    out = io.StringIO()
-    old_stdin = __import__("sys").stdin
-    __import__("sys").stdin = io.StringIO(stdin)
-    try:
-        call_command(*args, stdout=out)
-    finally:
-        __import__("sys").stdin = old_stdin
-    return out.getvalue()
-
+from tests.factories import call_manage
 
 pytestmark = pytest.mark.django_db
 
 
 def test_domain_add_list_set_remove():
-    assert "added a.test (unverified mail: accept)" in run("domain", "add", "A.Test")
-    run("domain", "add", "b.test", "--unverified", "reject")
-    assert run("domain", "list").splitlines() == [
+    assert "added a.test (unverified mail: accept)" in call_manage("domain", "add", "A.Test")
+    call_manage("domain", "add", "b.test", "--unverified", "reject")
+    assert call_manage("domain", "list").splitlines() == [
         "a.test\tunverified=accept\tactive",
         "b.test\tunverified=reject\tactive",
     ]
-    run("domain", "set", "a.test", "--unverified", "quarantine")
+    call_manage("domain", "set", "a.test", "--unverified", "quarantine")
     assert Domain.objects.get(name="a.test").unverified_policy == "quarantine"
-    run("domain", "remove", "b.test")
+    call_manage("domain", "remove", "b.test")
     assert list(Domain.objects.values_list("name", flat=True)) == ["a.test"]
 
 
@@ -50,28 +36,28 @@ def test_domain_add_list_set_remove():
 )
 def test_domain_errors(args, error):
     with pytest.raises(CommandError, match=error):
-        run(*args)
+        call_manage(*args)
 
 
 def test_domain_duplicate():
-    run("domain", "add", "a.test")
+    call_manage("domain", "add", "a.test")
     with pytest.raises(CommandError, match="domain a.test already exists"):
-        run("domain", "add", "a.test")
+        call_manage("domain", "add", "a.test")
     assert Domain.objects.count() == 1
 
 
 def test_mailbox_add_hashes_password_and_passwd_changes_it():
-    run("domain", "add", "a.test")
-    assert "added alice@a.test" in run("mailbox", "add", "Alice@A.test", "--password-stdin", stdin="s3cret pass\n")
+    call_manage("domain", "add", "a.test")
+    assert "added alice@a.test" in call_manage("mailbox", "add", "Alice@A.test", "--password-stdin", stdin="s3cret pass\n")
     mailbox = Mailbox.objects.get()
     assert mailbox.address == "alice@a.test"
     assert "s3cret" not in mailbox.password and mailbox.password.startswith(("pbkdf2_", "argon2", "bcrypt", "scrypt"))
     assert mailbox.check_password("s3cret pass")
-    run("mailbox", "passwd", "alice@a.test", "--password-stdin", stdin="other\n")
+    call_manage("mailbox", "passwd", "alice@a.test", "--password-stdin", stdin="other\n")
     mailbox.refresh_from_db()
     assert mailbox.check_password("other") and not mailbox.check_password("s3cret pass")
-    assert run("mailbox", "list").splitlines() == ["alice@a.test\tquota=none\tactive"]
-    assert run("mailbox", "list", "a.test").splitlines() == ["alice@a.test\tquota=none\tactive"]
+    assert call_manage("mailbox", "list").splitlines() == ["alice@a.test\tquota=none\tactive"]
+    assert call_manage("mailbox", "list", "a.test").splitlines() == ["alice@a.test\tquota=none\tactive"]
 
 
 @pytest.mark.parametrize(
@@ -87,30 +73,30 @@ def test_mailbox_add_hashes_password_and_passwd_changes_it():
     ],
 )
 def test_mailbox_errors_write_nothing(args, stdin, error):
-    run("domain", "add", "a.test")
+    call_manage("domain", "add", "a.test")
     with pytest.raises(CommandError, match=error):
-        run(*args, stdin=stdin)
+        call_manage(*args, stdin=stdin)
     assert not Mailbox.objects.exists()
 
 
 def test_mailbox_duplicate():
-    run("domain", "add", "a.test")
-    run("mailbox", "add", "bob@a.test", "--password-stdin", stdin="x\n")
+    call_manage("domain", "add", "a.test")
+    call_manage("mailbox", "add", "bob@a.test", "--password-stdin", stdin="x\n")
     with pytest.raises(CommandError, match="mailbox bob@a.test already exists"):
-        run("mailbox", "add", "BOB@a.test", "--password-stdin", stdin="y\n")
+        call_manage("mailbox", "add", "BOB@a.test", "--password-stdin", stdin="y\n")
     assert Mailbox.objects.get().check_password("x")
 
 
 def test_alias_add_list_remove_and_catch_all():
-    run("domain", "add", "a.test")
-    run("alias", "add", "postmaster@a.test", "alice@a.test", "bob@remote.test")
-    run("alias", "add", "@a.test", "alice@a.test")
-    assert run("alias", "list").splitlines() == [
+    call_manage("domain", "add", "a.test")
+    call_manage("alias", "add", "postmaster@a.test", "alice@a.test", "bob@remote.test")
+    call_manage("alias", "add", "@a.test", "alice@a.test")
+    assert call_manage("alias", "list").splitlines() == [
         "@a.test\talice@a.test",
         "postmaster@a.test\talice@a.test",
         "postmaster@a.test\tbob@remote.test",
     ]
-    run("alias", "remove", "postmaster@a.test", "bob@remote.test")
+    call_manage("alias", "remove", "postmaster@a.test", "bob@remote.test")
     assert Alias.objects.count() == 2
 
 
@@ -124,16 +110,16 @@ def test_alias_add_list_remove_and_catch_all():
     ],
 )
 def test_alias_errors(args, error):
-    run("domain", "add", "a.test")
+    call_manage("domain", "add", "a.test")
     with pytest.raises(CommandError, match=error):
-        run(*args)
+        call_manage(*args)
     assert not Alias.objects.exists()
 
 
 def test_alias_add_is_all_or_nothing():
-    run("domain", "add", "a.test")
+    call_manage("domain", "add", "a.test")
     with pytest.raises(CommandError):
-        run("alias", "add", "x@a.test", "alice@a.test", "not an address")
+        call_manage("alias", "add", "x@a.test", "alice@a.test", "not an address")
     assert not Alias.objects.exists()
 
 

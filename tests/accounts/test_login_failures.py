@@ -7,20 +7,11 @@ import base64
 import pytest
 
 from mailcore.services.login_failures import LoginFailures
-from tests.conftest import free_port
-from tests.factories import ADDRESS, PASSWORD, make_mailbox
+from tests.factories import ADDRESS, PASSWORD, Clock, make_mailbox, start_listener
 from tests.pop3_support import RawPop3, start_pop3
 from tests.smtp_wire import RawSMTP
 
 AUTH_BLOCKED = b"-ERR [AUTH] too many failed logins from your address; try again later"
-
-
-class Clock:
-    def __init__(self, now: float):
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.mark.django_db
@@ -69,8 +60,7 @@ def test_failures_on_one_pop3_process_lock_out_the_other_and_submission(server_f
     make_mailbox()
     limits = {"MAIL_AUTH_MAX_FAILURES": "3", "MAIL_AUTH_FAILURE_DELAY": "0.1"}
     first, second = start_pop3(server_factory, **limits), start_pop3(server_factory, **limits)
-    smtp_port = free_port()
-    server_factory("runsubmission", "--bind", f"127.0.0.1:{smtp_port}", wait=("127.0.0.1", smtp_port), MAIL_HOSTNAME="mx.a.test", **limits)
+    smtp_port = start_listener(server_factory, "runsubmission", MAIL_HOSTNAME="mx.a.test", **limits).port
     raw = RawPop3(first)
     for attempt in ("bad1", "bad2"):
         raw.cmd(f"USER {ADDRESS}")

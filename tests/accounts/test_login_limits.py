@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from mailcore.models import FailureCount
-from tests.conftest import free_port, wait_until
-from tests.factories import ADDRESS, PASSWORD, make_mailbox
+from tests.conftest import wait_until
+from tests.factories import ADDRESS, PASSWORD, make_mailbox, start_listener
 from tests.pop3_support import RawPop3
 from tests.web_client import WebClient, start_web
 
@@ -67,8 +67,7 @@ def at_once(attempt, count: int = ATTEMPTS) -> list:
 def test_parallel_wrong_auth_on_submission_checks_at_most_the_limit(server_factory, tmp_path):
     make_mailbox()
     log = tmp_path / "hasher.log"
-    port = free_port()
-    server_factory("runsubmission", "--bind", f"127.0.0.1:{port}", wait=("127.0.0.1", port), **limited_env(log))
+    port = start_listener(server_factory, "runsubmission", **limited_env(log)).port
 
     def attempt(i: int):
         with smtplib.SMTP("127.0.0.1", port, timeout=60) as smtp:
@@ -96,8 +95,7 @@ def test_right_password_gives_its_reservation_back(server_factory, tmp_path):
     """Successful logins are not failures: many of them in a row never lock the address out."""
     make_mailbox()
     log = tmp_path / "hasher.log"
-    port = free_port()
-    server_factory("runsubmission", "--bind", f"127.0.0.1:{port}", wait=("127.0.0.1", port), **limited_env(log))
+    port = start_listener(server_factory, "runsubmission", **limited_env(log)).port
     for _ in range(LIMIT + 2):
         with smtplib.SMTP("127.0.0.1", port, timeout=30) as smtp:
             smtp.ehlo("client.a.test")
@@ -109,8 +107,7 @@ def test_right_password_gives_its_reservation_back(server_factory, tmp_path):
 def test_parallel_wrong_pop3_logins_check_at_most_the_limit(server_factory, tmp_path):
     make_mailbox()
     log = tmp_path / "hasher.log"
-    port = free_port()
-    server_factory("runpop3", "--bind", f"127.0.0.1:{port}", wait=("127.0.0.1", port), **limited_env(log))
+    port = start_listener(server_factory, "runpop3", **limited_env(log)).port
 
     def attempt(i: int) -> bytes:
         raw = RawPop3(port, timeout=60)
@@ -148,8 +145,7 @@ def test_a_failed_web_sign_in_holds_no_thread_for_the_delay(server_factory):
     """With one request thread and a 5 s failure delay, a page asked for meanwhile is served at once:
     the web sign-in does not sleep in the thread (the mail ports wait on their event loops)."""
     make_mailbox()
-    port = free_port()
-    server_factory("runweb", "--bind", f"127.0.0.1:{port}", "--threads", "1", wait=("127.0.0.1", port), MAIL_AUTH_FAILURE_DELAY="5")
+    port = start_listener(server_factory, "runweb", "--threads", "1", MAIL_AUTH_FAILURE_DELAY="5").port
     base = f"http://127.0.0.1:{port}"
     client = WebClient(base)
     client.get("/mailbox/login/")

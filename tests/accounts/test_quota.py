@@ -11,7 +11,7 @@ import pytest
 
 from mailcore.models import Mailbox
 from mailcore.services import accounts, inbound
-from tests.conftest import free_port
+from tests.factories import start_listener
 
 PASSWORD = "correct horse battery"
 
@@ -51,8 +51,7 @@ def test_full_mailbox_gets_452_and_pop3_dele_quit_frees_it(mx, server_factory, a
     code, text = rcpt_reply(server.port)
     assert (code, text) == (452, b"4.2.2 Mailbox full, try again later")
     # Delete one message by POP3: DELE then QUIT commits it, and the space is free again.
-    pop3_port = free_port()
-    server_factory("runpop3", "--bind", f"127.0.0.1:{pop3_port}", wait=("127.0.0.1", pop3_port))
+    pop3_port = start_listener(server_factory, "runpop3").port
     pop = poplib.POP3("127.0.0.1", pop3_port, timeout=30)
     pop.user("alice@a.test")
     pop.pass_(PASSWORD)

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import io
 import re
 
 import pytest
-from django.core.management import CommandError, call_command
+from django.core.management import CommandError
 from django.test import Client
 
 from mailcore.authentication import keys
@@ -20,14 +19,9 @@ from mailcore.services import dkim_keys
 from mailcore.services.inbound import Envelope, receive
 from tests import web_data as w
 from tests.dnsserver import TestDNSServer
+from tests.factories import call_manage
 
 pytestmark = pytest.mark.django_db
-
-
-def run(*args: str) -> str:
-    out = io.StringIO()
-    call_command(*args, stdout=out)
-    return out.getvalue()
 
 
 def passing(domain: str = "origin.test") -> Authentication:
@@ -57,8 +51,8 @@ def arrive(to: str, subject: str, auth: Authentication, verification: str) -> ob
 
 def test_domain_add_makes_keys_and_domain_dns_prints_zone_lines(settings):
     settings.MAIL_HOSTNAME = "mx.a.test"
-    run("domain", "add", "a.test")
-    lines = run("domain", "dns", "a.test").splitlines()
+    call_manage("domain", "add", "a.test")
+    lines = call_manage("domain", "dns", "a.test").splitlines()
     assert lines[0] == "a.test. 3600 IN MX 10 mx.a.test."
     assert lines[1] == 'a.test. 3600 IN TXT "v=spf1 mx -all"'
     rsa, ed = [k for k in DKIMKey.objects.order_by("id")]
@@ -75,29 +69,29 @@ def test_domain_add_makes_keys_and_domain_dns_prints_zone_lines(settings):
 
     assert load_pem_private_key(rsa.private_key.encode(), None).key_size == 2048
     with pytest.raises(CommandError, match="no such domain|does not exist|unknown"):
-        run("domain", "dns", "nowhere.test")
+        call_manage("domain", "dns", "nowhere.test")
 
 
 def test_dkim_rotate_keeps_the_old_key_published_until_withdrawn():
-    run("domain", "add", "a.test")
+    call_manage("domain", "add", "a.test")
     old = {k.selector for k in DKIMKey.objects.all()}
     # Same-day rotation: the new selectors get a suffix.
-    out = run("domain", "dkim", "rotate", "a.test")
+    out = call_manage("domain", "dkim", "rotate", "a.test")
     assert "signing with" in out and "retired" in out
     keys_now = {k.selector: k.state for k in DKIMKey.objects.all()}
     assert {s for s, st in keys_now.items() if st == "retired"} == old
     new = {s for s, st in keys_now.items() if st == "active"}
     assert len(new) == 2 and not new & old
-    dns = run("domain", "dns", "a.test")
+    dns = call_manage("domain", "dns", "a.test")
     assert all(f"{s}._domainkey.a.test." in dns for s in old | new)
     signing = dkim_keys.signing_keys("a.test")
     assert {k.selector for k in signing} == new and signing[0].algorithm == keys.RSA
     retired = sorted(old)[0]
     with pytest.raises(CommandError, match="active key"):
-        run("domain", "dkim", "withdraw", "a.test", sorted(new)[0])
-    run("domain", "dkim", "withdraw", "a.test", retired)
-    assert f"{retired}._domainkey" not in run("domain", "dns", "a.test")
-    listed = run("domain", "dkim", "list", "a.test")
+        call_manage("domain", "dkim", "withdraw", "a.test", sorted(new)[0])
+    call_manage("domain", "dkim", "withdraw", "a.test", retired)
+    assert f"{retired}._domainkey" not in call_manage("domain", "dns", "a.test")
+    listed = call_manage("domain", "dkim", "list", "a.test")
     assert listed.count("active") == 2 and listed.count("retired") == 1
 
 
@@ -107,12 +101,12 @@ def test_authenticated_policy_per_domain_from_the_cli():
     first = arrive("alice@a.test", "dmarc passed", passing(), Verification.AUTHENTICATED)
     assert first.delivered == ["alice@a.test"] and first.message.verification == "authenticated"
     assert first.message.auth_methods["dmarc"] == {"result": "pass", "from": "origin.test", "policy": "reject", "disposition": "none"}
-    run("domain", "set", "a.test", "--authenticated", "unverified")
+    call_manage("domain", "set", "a.test", "--authenticated", "unverified")
     assert Domain.objects.get(name="a.test").authenticated_policy == "unverified"
     second = arrive("alice@a.test", "dmarc passed again", passing(), Verification.AUTHENTICATED)
     assert second.quarantined == ["alice@a.test"]
     with pytest.raises(CommandError):
-        run("domain", "set", "a.test", "--authenticated", "maybe")
+        call_manage("domain", "set", "a.test", "--authenticated", "maybe")
     # p=quarantine failures are held even where unverified mail is accepted.
     held = arrive("carol@b.test", "dmarc failed", failing(), Verification.UNVERIFIED)
     assert held.quarantined == ["carol@b.test"]
@@ -154,7 +148,7 @@ def test_web_ui_shows_results_and_counts_the_classes(settings):
     assert 'class="bar-authenticated"' in dashboard
     assert held.deliveries.get().state == DeliveryState.QUARANTINED
     # The CLI's quarantine list: the verdict and each method's result, before the subject.
-    [line] = run("quarantine", "list").splitlines()
+    [line] = call_manage("quarantine", "list").splitlines()
     assert line.endswith("\tDMARC policy quarantine\tunverified\tspf=fail dkim=none dmarc=fail arc=none\tdmarc failed"), line
     # The mailbox owner's quarantine list and message view.
     owner = Client()

@@ -203,8 +203,7 @@ def test_mail_to_postfix_carries_a_signature_that_dkimverify_accepts(instances):
 
     a = instances.a
     publish_zone(instances.dns, a.manage("domain", "dns", "a.test").stdout)
-    instances.dns.records["c.test"] = {"MX": [(10, "mx.c.test")]}
-    instances.dns.records["mx.c.test"] = {"A": [instances.peer_address]}
+    instances.route_to_peer("c.test")
     # Postfix's virtual(8) delivers as nobody: its directories must be reachable by it.
     workdir = Path(tempfile.mkdtemp(prefix="postfix-interop-"))
     workdir.chmod(0o755)

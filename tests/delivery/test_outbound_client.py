@@ -10,6 +10,7 @@ from mailcore.delivery.client import OutboundClient, OutboundMessage
 from mailcore.delivery.mx import MailHost
 from mailcore.transparency import dot_stuff
 from tests.conftest import free_port, self_signed_cert
+from tests.factories import start_listener
 from tests.smtppeer import ScriptedPeer
 
 BODY = b"From: alice@a.test\r\nTo: bob@b.test\r\nSubject: hi\r\n\r\nHello\r\n.leading dot\r\n"
@@ -144,8 +145,7 @@ def test_opportunistic_starttls_against_the_real_mx(server_factory, tmp_path, b_
     from mailcore.store import message_store
 
     cert, key = self_signed_cert(tmp_path, "mx.b.test")
-    port = free_port()
-    server_factory("runsmtp", "--bind", f"127.0.0.1:{port}", wait=("127.0.0.1", port), MAIL_TLS_CERT=str(cert), MAIL_TLS_KEY=str(key))
+    port = start_listener(server_factory, "runsmtp", MAIL_TLS_CERT=str(cert), MAIL_TLS_KEY=str(key)).port
     [result] = deliver(port, [message("bob@b.test")], timeout=10)["Q1"]
     assert result.delivered, result.reply
     [delivery] = Delivery.objects.filter(mailbox__address="bob@b.test").select_related("message")

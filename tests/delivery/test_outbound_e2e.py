@@ -58,11 +58,8 @@ def test_deferral_is_retried_and_mailq_flushq_show_and_send_it(start_instances):
     # c.test's MX is a scripted peer that answers 451 to the first message and 250 afterwards.
     pair = start_instances(env={"MAIL_QUEUE_RETRY_DELAYS": "3600"})
     a = pair.a
-    pair.dns.records["c.test"] = {"MX": [(10, "mx.c.test")]}
-    pair.dns.records["mx.c.test"] = {"A": [pair.peer_address]}
     peer = ScriptedPeer(hostname="mx.c.test", final_replies=["451 4.7.1 greylisted, come back later", "250 2.0.0 accepted"])
-    peer.start(pair.peer_address, pair.smtp_port)
-    try:
+    with pair.peer_for("c.test", peer):
         result = a.manage("sendmail", "-f", "alice@a.test", "dave@c.test", stdin="Subject: greylist me\n\nbody\n")
         assert result.returncode == 0, result.stderr
         rows = a.wait_for_queue(lambda rows: rows and rows[0]["state"] == "deferred")
@@ -78,8 +75,6 @@ def test_deferral_is_retried_and_mailq_flushq_show_and_send_it(start_instances):
         assert a.manage("mailq").stdout.strip() == "Mail queue is empty"
         [(mail_from, rcpts, body)] = peer.transactions
         assert (mail_from, rcpts) == ("alice@a.test", ["dave@c.test"]) and b"Subject: greylist me" in body
-    finally:
-        peer.stop()
 
 
 def test_permanent_failure_and_unresolvable_domain_bounce_to_the_sender(instances):

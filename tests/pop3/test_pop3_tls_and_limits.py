@@ -129,12 +129,19 @@ def test_connection_caps(alice, server_factory):
     second.close()
 
 
-def test_sigterm_lets_a_session_finish_then_stops(alice, server_factory):
+def deleting_session(server_factory, grace: str):
+    """A runpop3 that gives sessions `grace` seconds to end once stopped, and a session of alice's
+    that has marked her one message deleted: (the port, the server, the session)."""
     deliver(b"Subject: 1\r\n\r\nx\r\n")
-    port, server = start_pop3_process(server_factory, MAIL_POP3_SHUTDOWN_GRACE="5")
+    port, server = start_pop3_process(server_factory, MAIL_POP3_SHUTDOWN_GRACE=grace)
     raw = RawPop3(port)
     raw.login()
-    raw.cmd("DELE 1")
+    assert raw.cmd("DELE 1").startswith(b"+OK")
+    return port, server, raw
+
+
+def test_sigterm_lets_a_session_finish_then_stops(alice, server_factory):
+    port, server, raw = deleting_session(server_factory, "5")
     server.proc.send_signal(signal.SIGTERM)
     assert wait_until(lambda: not accepts("127.0.0.1", port), 5), "still accepting after SIGTERM"
     assert raw.cmd("QUIT") == b"+OK mx.test.example signing off (1 messages deleted)"
@@ -144,11 +151,7 @@ def test_sigterm_lets_a_session_finish_then_stops(alice, server_factory):
 
 
 def test_sigterm_closes_an_idle_session_after_the_grace_period_without_update(alice, server_factory):
-    deliver(b"Subject: 1\r\n\r\nx\r\n")
-    port, server = start_pop3_process(server_factory, MAIL_POP3_SHUTDOWN_GRACE="1")
-    raw = RawPop3(port)
-    raw.login()
-    raw.cmd("DELE 1")
+    _, server, raw = deleting_session(server_factory, "1")
     started = time.monotonic()
     server.proc.send_signal(signal.SIGTERM)
     assert raw.closed(timeout=10)

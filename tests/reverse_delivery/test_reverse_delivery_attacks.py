@@ -12,6 +12,7 @@ import smtplib
 
 import pytest
 
+from tests.factories import alice_writes
 from tests.origin_peer import body_reply
 from tests.smtp_wire import RawSMTP
 from tests.sockets import wait_until
@@ -20,24 +21,15 @@ from tests.source_peer import SourcePeer
 pytest_plugins = ["tests.instances"]
 pytestmark = pytest.mark.django_db(transaction=True)
 
-MESSAGE = (
-    b"From: Alice <alice@a.test>\r\n"
-    b"To: Mallory <mallory@evil.test>\r\n"
-    b"Subject: {subject}\r\n"
-    b"Message-ID: <{subject}@a.test>\r\n"
-    b"\r\n"
-    b"Hello.\r\n"
-)
 
 
 def message(subject: str) -> bytes:
-    return MESSAGE.replace(b"{subject}", subject.encode())
+    return alice_writes(subject, to="Mallory <mallory@evil.test>")
 
 
 def attacker(pair) -> SourcePeer:
     """evil.test's MX, played by the scripted peer."""
-    pair.dns.records["evil.test"] = {"MX": [(10, "mx.evil.test")]}
-    pair.dns.records["mx.evil.test"] = {"A": [pair.peer_address]}
+    pair.route_to_peer("evil.test")
     return SourcePeer(hostname="mx.evil.test").start(pair.peer_address, pair.smtp_port)
 
 

@@ -17,28 +17,11 @@ import pytest
 from aiosmtpd.controller import Controller
 
 from tests.dkim_support import unsigned
+from tests.factories import alice_writes
+from tests.instances import assert_pulled_by_b
 
 pytest_plugins = ["tests.instances"]
 pytestmark = pytest.mark.django_db(transaction=True)
-
-ORIGINAL = (
-    b"From: Alice <alice@a.test>\r\n"
-    b"To: Bob <bob@b.test>\r\n"
-    b"Subject: {subject}\r\n"
-    b"Date: Thu, 26 Nov 2026 19:00:00 +0000\r\n"
-    b"Message-ID: <{subject}@a.test>\r\n"
-    b"\r\n"
-    b"Hello Bob,\r\n"
-    b".a line that starts with a dot\r\n"
-    b"..and one with two\r\n"
-    b"\r\n"
-    b"-- \r\nAlice\r\n"
-)
-
-
-def original(subject: str, header_from: bytes = b"Alice <alice@a.test>") -> bytes:
-    return ORIGINAL.replace(b"{subject}", subject.encode()).replace(b"Alice <alice@a.test>", header_from, 1)
-
 
 def stored(instance, subject: str, transport: str) -> bytes:
     [(ref,)] = instance.query(
@@ -72,8 +55,7 @@ class Collector:
 
 def plain_peer(pair) -> tuple[Controller, Collector]:
     """c.test's MX: stock aiosmtpd, which lists no SOURCE."""
-    pair.dns.records["c.test"] = {"MX": [(10, "mx.c.test")]}
-    pair.dns.records["mx.c.test"] = {"A": [pair.peer_address]}
+    pair.route_to_peer("c.test")
     collector = Collector()
     controller = Controller(collector, hostname=pair.peer_address, port=pair.smtp_port, server_hostname="mx.c.test")
     controller.start()
@@ -106,7 +88,7 @@ def test_alice_to_bob_by_source_pulled_and_read_by_pop3_and_a_plain_peer_gets_da
     controller, collector = plain_peer(pair)
     try:
         # One submission, two destinations: b.test lists SOURCE, c.test (stock aiosmtpd) does not.
-        a.submit("alice@a.test", ["bob@b.test", "dave@c.test"], original("hello"))
+        a.submit("alice@a.test", ["bob@b.test", "dave@c.test"], alice_writes("hello"))
         [copy] = b.wait_for_messages("bob@b.test")
         a.wait_for_queue(lambda rows: {r["state"] for r in rows} == {"sourced", "sent"})
     finally:
@@ -116,7 +98,7 @@ def test_alice_to_bob_by_source_pulled_and_read_by_pop3_and_a_plain_peer_gets_da
 
     # What A sends is its stored copy: its own Received, then the submission byte for byte.
     sent_by_a = stored(a, "hello", "submission")
-    assert unsigned(sent_by_a).startswith(b"Received: from laptop.a.test") and sent_by_a.endswith(original("hello"))
+    assert unsigned(sent_by_a).startswith(b"Received: from laptop.a.test") and sent_by_a.endswith(alice_writes("hello"))
     # The plain peer got exactly those octets by DATA: it noticed nothing.
     [(mail_from, rcpts, content)] = collector.envelopes
     assert (mail_from, rcpts, content) == ("alice@a.test", ["dave@c.test"], sent_by_a)
@@ -124,14 +106,7 @@ def test_alice_to_bob_by_source_pulled_and_read_by_pop3_and_a_plain_peer_gets_da
     # Bob's POP3 copy: B's trace headers, then what A would have sent, byte for byte.
     [by_pop3] = pop3_messages(b.address, b.pop3_port, "bob@b.test", "bob-password")
     assert by_pop3 == copy
-    trace, rest = by_pop3[: len(by_pop3) - len(sent_by_a)], by_pop3[len(by_pop3) - len(sent_by_a):]
-    assert rest == sent_by_a
-    assert trace.startswith(b"Return-Path: <alice@a.test>\r\n")
-    assert (
-        b"Authentication-Results: mx.b.test; x-source=pass smtp.mailfrom=alice@a.test"
-        b" (retrieved from mx.a.test [127.0.0.2]);\r\n\tspf=" in trace
-    )
-    assert b"Received: from mx.a.test (" in trace and b"by mx.b.test with ESMTP" in trace
+    assert_pulled_by_b(by_pop3, sent_by_a)
     found = announcement_of(b, "hello")
     assert (found["state"], found["origin_host"]) == ("verified", "mx.a.test [127.0.0.2]")
 
@@ -143,10 +118,10 @@ def test_alice_to_bob_by_source_pulled_and_read_by_pop3_and_a_plain_peer_gets_da
     assert destination == "mx.b.test"
 
     # A body From: of another domain, sourced by a.test: pulled, but delivered as unverified.
-    a.submit("alice@a.test", ["bob@b.test"], original("bank", b"Bank <security@bank.test>"))
+    a.submit("alice@a.test", ["bob@b.test"], alice_writes("bank", sender="Bank <security@bank.test>"))
     _, bank = b.wait_for_messages("bob@b.test", 2)
     assert b"x-source=neutral smtp.mailfrom=alice@a.test (header.from not aligned)" in bank
-    assert bank.endswith(original("bank", b"Bank <security@bank.test>"))
+    assert bank.endswith(alice_writes("bank", sender="Bank <security@bank.test>"))
     assert announcement_of(b, "bank")["state"] == "unverified"
 
 
@@ -157,20 +132,20 @@ def test_data_mail_is_unverified_under_each_policy_of_b(start_instances):
     pair = start_instances(env={"MAIL_USE_SOURCE": "0", "MAIL_SMTP_RECIPIENT_CACHE": "0"})
     a, b = pair
 
-    a.submit("alice@a.test", ["bob@b.test"], original("accepted"))
+    a.submit("alice@a.test", ["bob@b.test"], alice_writes("accepted"))
     [accepted] = b.wait_for_messages("bob@b.test")
     assert b"Authentication-Results: mx.b.test; x-source=none smtp.mailfrom=alice@a.test;\r\n\tspf=" in accepted
     a.wait_for_queue(lambda rows: [r["state"] for r in rows] == ["sent"])
 
     assert b.manage("domain", "set", "b.test", "--unverified", "quarantine").returncode == 0
-    a.submit("alice@a.test", ["bob@b.test"], original("quarantined"))
+    a.submit("alice@a.test", ["bob@b.test"], alice_writes("quarantined"))
     [held] = b.wait_for_messages("bob@b.test", state="quarantined")
     assert b"Subject: quarantined" in held and b"x-source=none" in held
     assert len(b.messages("bob@b.test")) == 1  # not in the inbox
     a.wait_for_queue(lambda rows: [r["state"] for r in rows] == ["sent", "sent"])
 
     assert b.manage("domain", "set", "b.test", "--unverified", "reject").returncode == 0
-    a.submit("alice@a.test", ["bob@b.test"], original("rejected"))
+    a.submit("alice@a.test", ["bob@b.test"], alice_writes("rejected"))
     rows = a.wait_for_queue(lambda rows: len(rows) == 3 and rows[2]["state"] == "bounced")
     assert rows[2]["last_reply"].startswith("550 5.7.1 b.test accepts only verified mail"), rows[2]
     [bounce] = a.wait_for_messages("alice@a.test")
@@ -186,7 +161,7 @@ def test_alias_to_a_remote_address_is_re_sourced_under_bs_own_domain(start_insta
     pair = start_instances()
     a, b = pair
     assert b.manage("alias", "add", "fwd@b.test", "alice@a.test").returncode == 0
-    a.submit("alice@a.test", ["fwd@b.test"], original("forwarded"))
+    a.submit("alice@a.test", ["fwd@b.test"], alice_writes("forwarded"))
     # A -> B by SOURCE; B forwards its copy back to a.test by SOURCE; A pulls it from b.test's MX.
     [back] = a.wait_for_messages("alice@a.test")
 
@@ -212,7 +187,7 @@ def test_alias_to_a_remote_address_is_re_sourced_under_bs_own_domain(start_insta
     assert unsigned(forwarded_by_b).startswith(
         b"Delivered-To: fwd@b.test\r\nAuthentication-Results: mx.b.test; x-source=pass smtp.mailfrom=alice@a.test"
     )
-    assert forwarded_by_b.endswith(original("forwarded"))
+    assert forwarded_by_b.endswith(alice_writes("forwarded"))
     # Alice's copy: A's trace on top of exactly what B sourced; one Return-Path, the rewritten one.
     assert back.endswith(forwarded_by_b)
     assert back.startswith(b"Return-Path: <postmaster@b.test>\r\n") and back.count(b"Return-Path:") == 1
@@ -228,7 +203,7 @@ def test_time_from_source_250_to_bobs_mailbox(start_instances, record_property):
     a, b = start_instances()
     count = 30
     for n in range(count):
-        a.submit("alice@a.test", ["bob@b.test"], original(f"latency-{n}"))
+        a.submit("alice@a.test", ["bob@b.test"], alice_writes(f"latency-{n}"))
         b.wait_for_messages("bob@b.test", n + 1)
     rows = b.query(
         "SELECT n.received_at, d.delivered_at FROM mailcore_announcement n"

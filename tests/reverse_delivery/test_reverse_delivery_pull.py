@@ -15,6 +15,8 @@ import time
 import pytest
 
 from tests.conftest import wait_until
+from tests.factories import alice_writes
+from tests.instances import assert_pulled_by_b
 
 pytest_plugins = ["tests.instances"]
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -26,18 +28,7 @@ def instances(start_instances):
     return start_instances(commands=("runsmtp", "qcluster"))
 
 
-ORIGINAL = (
-    b"From: Alice <alice@a.test>\r\n"
-    b"To: Bob <bob@b.test>\r\n"
-    b"Subject: pulled back\r\n"
-    b"Message-ID: <pull-1@a.test>\r\n"
-    b"\r\n"
-    b"Hello Bob,\r\n"
-    b".a line that starts with a dot\r\n"
-    b"..and one with two\r\n"
-    b"\r\n"
-    b"-- \r\nAlice\r\n"
-)
+ORIGINAL = alice_writes("pulled back")
 
 SOURCE_ON_A = """
 import json, sys
@@ -121,14 +112,7 @@ def test_sourced_message_is_pulled_from_a_and_delivered_verified(instances):
     found = announcement(b, source_id)
     assert found["state"] == "verified" and found["origin_host"] == "mx.a.test [127.0.0.2]"
     # Bob's copy: B's trace headers, then the original byte for byte.
-    trace, original = copy[: len(copy) - len(ORIGINAL)], copy[len(copy) - len(ORIGINAL):]
-    assert original == ORIGINAL
-    assert trace.startswith(b"Return-Path: <alice@a.test>\r\n")
-    assert (
-        b"Authentication-Results: mx.b.test; x-source=pass smtp.mailfrom=alice@a.test"
-        b" (retrieved from mx.a.test [127.0.0.2]);\r\n\tspf=" in trace
-    )
-    assert b"Received: from mx.a.test (" in trace and b"by mx.b.test with ESMTP" in trace
+    assert_pulled_by_b(copy, ORIGINAL)
     # A recorded the fetch.
     [(fetches, first_at, first_address)] = a.query(
         "SELECT fetch_count, first_fetch_at, first_fetch_address FROM mailcore_sourcedmessage WHERE source_id = %s",

@@ -14,6 +14,7 @@ import socket
 import pytest
 
 from tests.dkim_support import unsigned
+from tests.factories import alice_writes
 from tests.smtppeer import ScriptedPeer
 from tests.sockets import wait_until
 from tests.source_peer import SourcePeer
@@ -21,30 +22,15 @@ from tests.source_peer import SourcePeer
 pytest_plugins = ["tests.instances"]
 pytestmark = pytest.mark.django_db(transaction=True)
 
-MESSAGE = (
-    b"From: Alice <alice@a.test>\r\n"
-    b"To: Dave <dave@c.test>\r\n"
-    b"Subject: {subject}\r\n"
-    b"Date: Thu, 26 Nov 2026 19:00:00 +0000\r\n"
-    b"Message-ID: <{subject}@a.test>\r\n"
-    b"\r\n"
-    b"Hello Dave,\r\n"
-    b".a line that starts with a dot\r\n"
-)
 SOURCE_COMMAND = re.compile(r"SOURCE ([0-9a-f]{32})\Z")
 
 
 def message(subject: str) -> bytes:
-    return MESSAGE.replace(b"{subject}", subject.encode())
+    return alice_writes(subject, to="Dave <dave@c.test>")
 
 
 def submit(a, content: bytes, rcpt: str = "dave@c.test") -> None:
     a.submit("alice@a.test", [rcpt], content)
-
-
-def route_c_test(pair) -> None:
-    pair.dns.records["c.test"] = {"MX": [(10, "mx.c.test")]}
-    pair.dns.records["mx.c.test"] = {"A": [pair.peer_address]}
 
 
 def sourced_rows(a) -> list[dict]:
@@ -86,15 +72,10 @@ def get(a, source_id: str) -> tuple[bytes, bytes]:
 def test_sourced_with_a_fresh_id_recorded_before_source_and_get_serves_what_data_would(start_instances):
     pair = start_instances(env={"MAIL_QUEUE_RETRY_DELAYS": "1"})
     a = pair.a
-    route_c_test(pair)
     # 451 first: a temporary refusal defers, and the retry announces again under a NEW id.
-    peer = SourcePeer(source_replies=["451 4.3.0 try again later", "250 2.6.0 {id} accepted for retrieval"])
-    peer.start(pair.peer_address, pair.smtp_port)
-    try:
+    with pair.peer_for("c.test", SourcePeer(source_replies=["451 4.3.0 try again later", "250 2.6.0 {id} accepted for retrieval"])) as peer:
         submit(a, message("sourced"))
         rows = a.wait_for_queue(lambda rows: rows and rows[0]["state"] == "sourced", timeout=30)
-    finally:
-        peer.stop()
     assert rows[0]["attempts"] == 2 and rows[0]["last_reply"].startswith("250 2.6.0 ")
     # No DATA ever went out; two SOURCE transactions, two different ids.
     assert not peer.transactions and not any(c == "DATA" for c in peer.commands)
@@ -125,15 +106,10 @@ def test_sourced_with_a_fresh_id_recorded_before_source_and_get_serves_what_data
 def test_receiver_answering_source_with_502_gets_data_in_the_same_transaction(start_instances):
     pair = start_instances()
     a = pair.a
-    route_c_test(pair)
     # Lists SOURCE, then does not know it (the scripted peer answers unknown verbs with 502).
-    peer = ScriptedPeer(hostname="mx.c.test", extensions=["PIPELINING", "SIZE 10000000", "SOURCE 2"])
-    peer.start(pair.peer_address, pair.smtp_port)
-    try:
+    with pair.peer_for("c.test", ScriptedPeer(hostname="mx.c.test", extensions=["PIPELINING", "SIZE 10000000", "SOURCE 2"])) as peer:
         submit(a, message("fallback"))
         rows = a.wait_for_queue(lambda rows: rows and rows[0]["state"] not in ("queued",), timeout=20)
-    finally:
-        peer.stop()
     assert rows[0]["state"] == "sent" and rows[0]["attempts"] == 1, rows
     # MAIL, RCPT, SOURCE (502), then DATA without a new MAIL: the same transaction (spec §3 rule 4).
     verbs = [c.split(" ", 1)[0].upper() for c in peer.commands if not c.upper().startswith(("EHLO", "QUIT"))]
@@ -148,14 +124,9 @@ def test_receiver_answering_source_with_502_gets_data_in_the_same_transaction(st
 def test_source_refused_with_550_bounces_to_alice(start_instances):
     pair = start_instances()
     a = pair.a
-    route_c_test(pair)
-    peer = SourcePeer(source_replies=["550 5.7.1 no such user here"])
-    peer.start(pair.peer_address, pair.smtp_port)
-    try:
+    with pair.peer_for("c.test", SourcePeer(source_replies=["550 5.7.1 no such user here"])):
         submit(a, message("refused"))
         rows = a.wait_for_queue(lambda rows: rows and rows[0]["state"] == "bounced", timeout=20)
-    finally:
-        peer.stop()
     assert rows[0]["last_reply"] == "550 5.7.1 no such user here"
     [bounce] = [m for m in a.wait_for_messages("alice@a.test") if b"multipart/report" in m]
     assert b"Status: 5.7.1" in bounce and b"no such user here" in bounce
@@ -164,15 +135,10 @@ def test_source_refused_with_550_bounces_to_alice(start_instances):
 def test_retention_expiry_notifies_alice_of_unfetched_messages_only_and_releases_bodies(start_instances):
     pair = start_instances(env={"MAIL_SOURCE_RETENTION": "3"})
     a = pair.a
-    route_c_test(pair)
-    peer = SourcePeer()
-    peer.start(pair.peer_address, pair.smtp_port)
-    try:
+    with pair.peer_for("c.test", SourcePeer()):
         submit(a, message("never-fetched"))
         submit(a, message("fetched"))
         a.wait_for_queue(lambda rows: len(rows) == 2 and all(r["state"] == "sourced" for r in rows), timeout=20)
-    finally:
-        peer.stop()
     unfetched, fetched = sourced_rows(a)
     assert get(a, fetched["source_id"])[0].startswith(b"250-2.0.0 ")
 

@@ -12,16 +12,8 @@ from mailcore.models import Mailbox
 from mailcore.services import accounts, credentials
 from mailcore.services.credentials import VerifiedCredentials
 from tests.conftest import child_env, manage
-from tests.factories import ADDRESS, PASSWORD, make_mailbox
+from tests.factories import ADDRESS, PASSWORD, Clock, make_mailbox
 from tests.pop3_support import start_pop3
-
-
-class Clock:
-    def __init__(self, now: float = 1000.0):
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture(autouse=True)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import smtplib
-import threading
 
 import pytest
 
@@ -11,7 +10,7 @@ from mailcore.models import Delivery, Mailbox, Message
 from mailcore.services import inbound
 from mailcore.services.accounts import add_domain, add_mailbox
 from mailcore.store import message_store
-from tests.smtp_wire import RawSMTP
+from tests.smtp_wire import RawSMTP, send_from_many_clients
 from tests.sockets import wait_until
 from tests.store_support import files_under, record_stored
 
@@ -102,22 +101,7 @@ def test_one_message_the_database_refuses_does_not_fail_its_batch(mail_store, ma
 @pytest.mark.django_db(transaction=True)
 def test_concurrent_sessions_are_all_stored_once(mx, b_test):
     server = mx(MAIL_SMTP_COMMIT_BATCH="8")
-    errors: list[BaseException] = []
-
-    def client(n: int) -> None:
-        try:
-            with smtplib.SMTP("127.0.0.1", server.port, timeout=30) as c:
-                for i in range(5):
-                    c.sendmail("alice@remote.test", ["bob@b.test"], f"Subject: c{n}m{i}\r\n\r\nhello\r\n".encode())
-        except BaseException as exc:  # reported below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=client, args=(n,)) for n in range(20)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert errors == []
+    assert send_from_many_clients(server.port, 20, 5, lambda tag: f"Subject: {tag}\r\n\r\nhello\r\n".encode(), timeout=30) == []
     subjects = list(Message.objects.values_list("subject", flat=True))
     assert sorted(subjects) == sorted(f"c{n}m{i}" for n in range(20) for i in range(5))
     assert Delivery.objects.filter(mailbox__address="bob@b.test").count() == 100

@@ -12,8 +12,8 @@ import pytest
 from mailcore.models import Delivery, DeliveryState, Message
 from mailcore.services.accounts import add_alias, add_domain, add_mailbox
 from mailcore.smtp import replies
-from mailcore.store import message_store
 from tests.conftest import require_program
+from tests.factories import stored
 from tests.smtp_wire import RawSMTP, starts
 from tests.sockets import wait_until
 
@@ -37,10 +37,6 @@ def carol(b_test):
     return add_mailbox("carol@b.test", "pw")
 
 
-def stored_body(message: Message) -> bytes:
-    return message_store().read(message.body_ref)
-
-
 def split_trace(body: bytes) -> tuple[bytes, bytes]:
     """(the headers we added, the rest), the rest being the client's bytes."""
     marker = body.index(b"From: Alice")
@@ -61,7 +57,7 @@ def test_smtplib_message_is_stored_byte_for_byte_with_our_headers(mx, b_test):
     assert code == 250 and text.startswith(b"2.0.0 Ok: queued as ")
     queue_id = text.rsplit(b" ", 1)[1].decode()
     message = Message.objects.get(queue_id=queue_id)
-    trace, rest = split_trace(stored_body(message))
+    trace, rest = split_trace(stored(message))
     assert rest == MESSAGE
     assert trace.startswith(b"Return-Path: <alice@remote.test>\r\n")
     assert b"Authentication-Results: mx.test.example; x-source=none smtp.mailfrom=alice@remote.test\r\n" in trace
@@ -85,7 +81,7 @@ def test_curl_smtp_upload(mx, carol, tmp_path):
     )
     assert result.returncode == 0, result.stderr
     message = Message.objects.get()
-    trace, rest = split_trace(stored_body(message))
+    trace, rest = split_trace(stored(message))
     assert rest == MESSAGE
     assert b"for <" not in trace  # two recipients: RFC 5321 §4.4 names none
     assert sorted(d.mailbox.address for d in message.deliveries.all()) == ["bob@b.test", "carol@b.test"]

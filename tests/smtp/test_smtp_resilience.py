@@ -16,7 +16,7 @@ from mailcore.models import Message
 from mailcore.smtp import replies
 from mailcore.store import message_store
 from tests.conftest import self_signed_cert, wait_for_port
-from tests.smtp_wire import RawSMTP, admitted, starts
+from tests.smtp_wire import RawSMTP, admitted, send_from_many_clients, starts
 from tests.sockets import accepts, wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -70,22 +70,7 @@ def test_sigkill_mid_stream_loses_nothing_acknowledged(mx, b_test, mail_store):
 
 def test_fifty_clients_twenty_messages_each(mx, b_test):
     server = mx(MAIL_SMTP_MAX_CONNECTIONS_PER_CLIENT="100")
-    errors: list[BaseException] = []
-
-    def client(n: int) -> None:
-        try:
-            with smtplib.SMTP("127.0.0.1", server.port, timeout=60) as c:
-                for i in range(20):
-                    c.sendmail("alice@remote.test", ["bob@b.test"], message(f"c{n}m{i}"))
-        except BaseException as exc:  # reported below, with the count
-            errors.append(exc)
-
-    threads = [threading.Thread(target=client, args=(n,)) for n in range(50)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert errors == []
+    assert send_from_many_clients(server.port, 50, 20, message) == []
     assert Message.objects.count() == 1000
     assert len(set(Message.objects.values_list("subject", flat=True))) == 1000
 

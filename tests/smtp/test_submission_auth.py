@@ -16,6 +16,7 @@ from mailcore.services import accounts
 from mailcore.store import message_store
 from tests.conftest import free_port, self_signed_cert
 from tests.dkim_support import unsigned
+from tests.factories import start_listener
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -35,10 +36,8 @@ def submission(server_factory, accounts_a):
     """Start runsubmission on loopback; returns a function that starts one with extra settings."""
 
     def start(**env):
-        port = free_port()
         env.setdefault("MAIL_AUTH_FAILURE_DELAY", "0.3")
-        server_factory("runsubmission", "--bind", f"127.0.0.1:{port}", wait=("127.0.0.1", port), MAIL_HOSTNAME="mx.a.test", **env)
-        return port
+        return start_listener(server_factory, "runsubmission", MAIL_HOSTNAME="mx.a.test", **env).port
 
     return start
 

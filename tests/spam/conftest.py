@@ -1,9 +1,11 @@
 import pytest
 
-from tests.spamd_server import shared_spamd
+from tests.spamd_server import Spamd
 
 
 @pytest.fixture(scope="session")
 def spamd():
-    """One spamd for the whole session (it takes seconds to start)."""
-    return shared_spamd()
+    """One spamd for the whole session of a test process (an xdist worker): it takes seconds to load."""
+    server = Spamd().start()
+    yield server
+    server.stop()

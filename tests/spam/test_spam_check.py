@@ -13,7 +13,7 @@ from mailcore.models import Delivery, DeliveryState, Domain, Message, SpamStatus
 from mailcore.services import accounts
 from mailcore.services.inbound import Envelope, PolicyRejection, receive
 from mailcore.spam.check import SpamRejection, check
-from mailcore.store import message_store
+from tests.factories import stored
 from tests.spamd_server import GTUBE
 
 pytestmark = pytest.mark.django_db
@@ -68,10 +68,6 @@ def by_verified_source(rcpt_tos=("alice@a.test",)) -> Envelope:
         mail_from="bob@b.test", rcpt_tos=list(rcpt_tos), client_address="203.0.113.9", client_name="mail.b.test",
         helo_name="mail.b.test", transport=Transport.SOURCE, verification=Verification.VERIFIED, auth_result="pass",
     )
-
-
-def stored(receipt) -> bytes:
-    return message_store().read(receipt.message.body_ref)
 
 
 def head_of(body: bytes) -> str:
@@ -161,18 +157,22 @@ def test_refusing_domain_quarantines_when_another_recipient_accepts(spam_on, ali
     assert Delivery.objects.get(mailbox=alice).reason == "spam"
 
 
+def receive_with_spamd_at(settings, caplog, address, timeout: float):
+    """SPAM received by DATA for alice with MAIL_SPAMD at `address`: (its receipt, its Message, the seconds it took)."""
+    settings.MAIL_SPAMD = address
+    settings.MAIL_SPAMD_TIMEOUT = timeout
+    with caplog.at_level(logging.WARNING, logger="mailcore.spam"):
+        started = time.monotonic()
+        receipt = receive(by_data(), SPAM)
+        elapsed = time.monotonic() - started
+    assert receipt.delivered == ["alice@a.test"]
+    return receipt, Message.objects.get(pk=receipt.message.pk), elapsed
+
+
 def test_spamd_stopped_mail_is_delivered_unscored(settings, alice, caplog):
     with socket.socket() as closed:
-        closed.bind(("127.0.0.1", 0))
-        settings.MAIL_SPAMD = closed.getsockname()  # bound, never listening: connection refused
-        settings.MAIL_SPAMD_TIMEOUT = 2.0
-        with caplog.at_level(logging.WARNING, logger="mailcore.spam"):
-            started = time.monotonic()
-            receipt = receive(by_data(), SPAM)
-            elapsed = time.monotonic() - started
-
-    assert receipt.delivered == ["alice@a.test"]
-    msg = Message.objects.get(pk=receipt.message.pk)
+        closed.bind(("127.0.0.1", 0))  # bound, never listening: connection refused
+        receipt, msg, elapsed = receive_with_spamd_at(settings, caplog, closed.getsockname(), 2.0)
     assert (msg.spam_status, msg.spam_score, msg.spam_rules) == (SpamStatus.UNSCORED, None, [])
     head = head_of(stored(receipt))
     assert "\r\nX-Spam-Status: Unscored, spamd unavailable\r\n" in head
@@ -186,15 +186,7 @@ def test_spamd_that_never_answers_times_out_and_mail_is_delivered_unscored(setti
     with socket.socket() as silent:
         silent.bind(("127.0.0.1", 0))
         silent.listen(8)  # the kernel completes the handshake; nobody ever reads or answers
-        settings.MAIL_SPAMD = silent.getsockname()
-        settings.MAIL_SPAMD_TIMEOUT = 0.5
-        with caplog.at_level(logging.WARNING, logger="mailcore.spam"):
-            started = time.monotonic()
-            receipt = receive(by_data(), SPAM)
-            elapsed = time.monotonic() - started
-
-    assert receipt.delivered == ["alice@a.test"]
-    msg = Message.objects.get(pk=receipt.message.pk)
+        receipt, msg, elapsed = receive_with_spamd_at(settings, caplog, silent.getsockname(), 0.5)
     assert msg.spam_status == SpamStatus.UNSCORED
     assert "\r\nX-Spam-Status: Unscored, spamd timed out\r\n" in head_of(stored(receipt))
     assert "gave no answer within 0.5 s" in caplog.text

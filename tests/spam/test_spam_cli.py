@@ -2,41 +2,33 @@
 
 from __future__ import annotations
 
-import io
-
 import pytest
-from django.core.management import call_command
 from django.core.management.base import CommandError
 
 from mailcore.models import Domain
 from mailcore.services import accounts
 from tests.conftest import child_env, manage
-from tests.spamd_server import GTUBE, shared_spamd
+from tests.factories import call_manage
+from tests.spamd_server import GTUBE
 
 pytestmark = pytest.mark.django_db
-
-
-def run(*args: str) -> str:
-    out = io.StringIO()
-    call_command(*args, stdout=out)
-    return out.getvalue()
 
 
 def test_new_domains_have_the_default_thresholds_and_set_changes_them():
     accounts.add_domain("a.test")
     accounts.add_domain("b.test")
-    assert run("spam", "thresholds").splitlines() == [
+    assert call_manage("spam", "thresholds").splitlines() == [
         "a.test\tverified=8\tunverified=3\treject=off",
         "b.test\tverified=8\tunverified=3\treject=off",
     ]
-    assert run("spam", "set", "a.test", "--verified", "12.5", "--reject", "20").strip() == (
+    assert call_manage("spam", "set", "a.test", "--verified", "12.5", "--reject", "20").strip() == (
         "a.test\tverified=12.5\tunverified=3\treject=20"
     )
-    run("spam", "set", "a.test", "--unverified", "2")  # leaves the others alone
+    call_manage("spam", "set", "a.test", "--unverified", "2")  # leaves the others alone
     domain = Domain.objects.get(name="a.test")
     assert (domain.spam_threshold_verified, domain.spam_threshold_unverified, domain.spam_reject_score) == (12.5, 2.0, 20.0)
-    run("spam", "set", "a.test", "--reject", "off")
-    assert run("spam", "thresholds", "a.test").strip() == "a.test\tverified=12.5\tunverified=2\treject=off"
+    call_manage("spam", "set", "a.test", "--reject", "off")
+    assert call_manage("spam", "thresholds", "a.test").strip() == "a.test\tverified=12.5\tunverified=2\treject=off"
 
 
 @pytest.mark.parametrize(
@@ -50,11 +42,10 @@ def test_new_domains_have_the_default_thresholds_and_set_changes_them():
 def test_errors_are_one_line(args, error):
     accounts.add_domain("a.test")
     with pytest.raises(CommandError, match=error):
-        run(*args)
+        call_manage(*args)
 
 
-def test_check_scores_a_message_with_spamd(mail_store):
-    spamd = shared_spamd()
+def test_check_scores_a_message_with_spamd(mail_store, spamd):
     message = f"Subject: test\n\n{GTUBE}\n"
     result = manage("spam", "check", stdin=message, env=child_env(mail_store, MAIL_SPAMD=f"{spamd.host}:{spamd.port}"))
     assert result.returncode == 0, result.stderr

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import atexit
 from email.utils import formatdate
 
 import pytest
@@ -11,7 +10,7 @@ import pytest
 from mailcore.models import AuditEntry, Delivery, DeliveryState
 from tests.conftest import child_env, manage, require_program
 from tests.smtp_wire import RawSMTP
-from tests.spamd_server import GTUBE, Spamd, shared_spamd
+from tests.spamd_server import GTUBE, Spamd
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -29,7 +28,6 @@ def learning_spamd():
     require_program("spamd")
     require_program("sa-learn")
     server = Spamd(allow_tell=True).start()
-    atexit.register(server.stop)
     yield server
     server.stop()
 
@@ -73,9 +71,8 @@ def test_release_reports_ham_and_delete_as_spam_reports_spam(mx, alice, learning
     ]
 
 
-def test_without_allow_tell_release_works_and_the_log_says_learning_is_off(mx, alice, mail_store):
-    require_program("spamd")
-    spamd = shared_spamd()  # no --allow-tell
+def test_without_allow_tell_release_works_and_the_log_says_learning_is_off(mx, alice, mail_store, spamd):
+    # The session's spamd, started without --allow-tell.
     address = f"{spamd.host}:{spamd.port}"
     server = mx(MAIL_SPAMD=address)
     held = send_spam(server.port, 4)

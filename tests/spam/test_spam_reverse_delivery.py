@@ -7,7 +7,7 @@ import smtplib
 import pytest
 
 from tests.reverse_delivery.test_reverse_delivery_pull import announce_to_b, source_on_a, wait_for_state
-from tests.spamd_server import GTUBE, shared_spamd
+from tests.spamd_server import GTUBE
 
 pytest_plugins = ["tests.instances"]
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -21,8 +21,7 @@ GTUBE_FROM_ALICE = (
 ).encode()
 
 
-def test_gtube_pulled_from_a_verified_sender_is_delivered_and_by_data_is_quarantined(start_instances):
-    spamd = shared_spamd()
+def test_gtube_pulled_from_a_verified_sender_is_delivered_and_by_data_is_quarantined(start_instances, spamd):
     a, b = start_instances(env={"MAIL_SPAMD": f"{spamd.host}:{spamd.port}"})
     # GTUBE scores about 1000: under the lenient threshold, over the strict one.
     result = b.manage("spam", "set", "b.test", "--verified", "1500", "--unverified", "3")

@@ -12,8 +12,7 @@ from mailcore.models import Message
 from mailcore.services.bodies import collect_orphans
 from mailcore.store import message_store
 from mailcore.store.s3 import ObjectBody
-from tests.conftest import free_port
-from tests.factories import ADDRESS, PASSWORD, make_mailbox
+from tests.factories import ADDRESS, PASSWORD, make_mailbox, start_listener
 from tests.pop3_support import start_pop3
 
 pytest_plugins = ["tests.s3_server"]
@@ -74,8 +73,7 @@ def test_message_stored_on_s3_read_back_over_pop3_byte_identical(bucket_store, s
     endpoint, bucket = bucket_store
     make_mailbox()
     env = endpoint.env(bucket)
-    smtp_port = free_port()
-    server_factory("runsmtp", "--bind", f"127.0.0.1:{smtp_port}", "--processes", "1", wait=("127.0.0.1", smtp_port), **env)
+    smtp_port = start_listener(server_factory, "runsmtp", "--processes", "1", **env).port
     pop3_port = start_pop3(server_factory, **env)
     small, large = message("small"), message("large", 600 * 1024)  # past RETR's one-read size
     with smtplib.SMTP("127.0.0.1", smtp_port, timeout=30) as smtp:
@@ -104,11 +102,7 @@ def test_a_hung_store_gets_451_and_keeps_nothing_then_mail_is_accepted(settings,
     bucket = endpoint.new_bucket()
     settings.STORAGES = {**settings.STORAGES, "mailbodies": endpoint.storage_options(bucket)}
     make_mailbox()
-    smtp_port = free_port()
-    server_factory(
-        "runsmtp", "--bind", f"127.0.0.1:{smtp_port}", "--processes", "1", wait=("127.0.0.1", smtp_port),
-        **endpoint.env(bucket, timeout=1.0, attempts=1),
-    )
+    smtp_port = start_listener(server_factory, "runsmtp", "--processes", "1", **endpoint.env(bucket, timeout=1.0, attempts=1)).port
     endpoint.pause()
     try:
         with smtplib.SMTP("127.0.0.1", smtp_port, timeout=60) as smtp:

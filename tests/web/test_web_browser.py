@@ -10,7 +10,8 @@ from django.test import Client
 
 from mailcore.models import Delivery, DeliveryState
 from tests import web_data as w
-from tests.conftest import free_port, require_program
+from tests.conftest import require_program
+from tests.factories import start_listener
 
 # Flags that keep Chromium quiet and offline in a container: no sandbox (root), no GPU, no
 # update checks or sync that would try the network.
@@ -47,9 +48,8 @@ def test_admin_releases_a_quarantined_message_in_a_browser_and_pop3_serves_it(se
     held = w.unverified("alice@a.test", "Quarterly invoice", html="<p>Please <b>pay</b></p><script>alert(1)</script>",
                         attachment=b"%PDF-1.4 " * 50)
     w.unverified("bob@a.test", "Someone else's mail")
-    web_port, pop3_port = free_port(), free_port()
-    server_factory("runweb", "--bind", f"127.0.0.1:{web_port}", wait=("127.0.0.1", web_port))
-    server_factory("runpop3", "--bind", f"127.0.0.1:{pop3_port}", wait=("127.0.0.1", pop3_port), MAIL_AUTH_FAILURE_DELAY="0.3")
+    web_port = start_listener(server_factory, "runweb").port
+    pop3_port = start_listener(server_factory, "runpop3", MAIL_AUTH_FAILURE_DELAY="0.3").port
     base = f"http://127.0.0.1:{web_port}"
 
     # Held mail is not in the maildrop.
@@ -108,8 +108,7 @@ def test_mailbox_owner_releases_in_a_browser(server_factory):
     w.make_accounts()
     held = w.unverified("alice@a.test", "Held for alice")
     w.unverified("bob@a.test", "Held for bob")
-    web_port = free_port()
-    server_factory("runweb", "--bind", f"127.0.0.1:{web_port}", wait=("127.0.0.1", web_port))
+    web_port = start_listener(server_factory, "runweb").port
     base = f"http://127.0.0.1:{web_port}"
     with sync_playwright() as playwright:
         browser = launch_chromium(playwright)

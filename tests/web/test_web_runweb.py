@@ -8,13 +8,13 @@ import urllib.request
 
 import pytest
 
-from tests.conftest import free_port
+from tests.factories import start_listener
 
 
 @pytest.mark.django_db(transaction=True)
 def test_runweb_serves_pages_and_static_files_and_stops(server_factory):
-    port = free_port()
-    server = server_factory("runweb", "--bind", f"127.0.0.1:{port}", wait=("127.0.0.1", port))
+    server = start_listener(server_factory, "runweb")
+    port = server.port
     base = f"http://127.0.0.1:{port}"
     with urllib.request.urlopen(f"{base}/admin/login/", timeout=10) as response:
         assert response.status == 200 and b"csrfmiddlewaretoken" in response.read()
