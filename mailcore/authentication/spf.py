@@ -4,12 +4,21 @@ pyspf implements the whole of RFC 7208 (macros, the ten-lookup and void-lookup l
 include/redirect, exp=), which we would otherwise write and get wrong; its DNS goes through our
 resolver (`_lookup` below), so the test DNS server and `MAIL_DNS_SERVERS` apply, and our time
 budget with it.
+
+A result is a function of its inputs (client address, reverse-path, HELO name) and of the DNS
+answers it read, so it is reused for the same inputs for as long as every one of those answers
+is in the DNS cache: the mail of one sender from one server costs one evaluation per TTL, and
+a record that changes counts as soon as the cached answer would have expired anyway.
 """
 
 from __future__ import annotations
 
 import contextvars
 import ipaddress
+import math
+import threading
+import time
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import spf as pyspf
@@ -19,14 +28,18 @@ from mailcore.authentication.resolver import DNSTemporaryError, TXTResolver
 # The resolver of the check running in this thread: pyspf looks names up through one
 # module-level function, which reads it from here (each worker thread has its own context).
 _resolver: contextvars.ContextVar[TXTResolver] = contextvars.ContextVar("spf_resolver")
+# Until when every answer the check running in this thread read stays cached (time.time()).
+_kept_until: contextvars.ContextVar[list[float]] = contextvars.ContextVar("spf_kept_until")
 
 
 def _lookup(name: str, qtype: str, strict=True, timeout=None) -> list:
     """pyspf's DNSLookup: [((name, type), value), ...], raising its TempError for ours."""
     try:
-        records = _resolver.get().query(name, qtype)
+        records, kept = _resolver.get().lookup(name, qtype)
     except DNSTemporaryError as exc:
         raise pyspf.TempError(str(exc)) from None
+    until = _kept_until.get()
+    until[0] = min(until[0], kept)
     answer = []
     for r in records:
         if qtype in ("A", "AAAA"):
@@ -71,13 +84,59 @@ def check_host(resolver: TXTResolver, client_address: str, mail_from: str, helo:
         ipaddress.ip_address(client_address)
     except ValueError:
         return SPFResult("none", identity, domain, "no client address", sender)
-    token = _resolver.set(resolver)
+    key = (resolver.answers_from, client_address, mail_from, helo)
+    reused = _results.get(key)
+    if reused is not None:
+        return reused
+    until = [math.inf]
+    token, until_token = _resolver.set(resolver), _kept_until.set(until)
     try:
         query = pyspf.query(client_address, mail_from or "", helo or domain, timeout=max(resolver.remaining(), 0.1))
         result, _code, explanation = query.check()
     finally:
         _resolver.reset(token)
-    return SPFResult(result, identity, domain, explanation, sender)
+        _kept_until.reset(until_token)
+    checked = SPFResult(result, identity, domain, explanation, sender)
+    # A temperror is no answer to keep; a result with a lookup that pyspf swallowed lacks one.
+    if result != "temperror" and not resolver.missed:
+        _results.put(key, checked, until[0])
+    return checked
+
+
+class _Results:
+    """The SPF results that may be reused, each until its answers leave the DNS cache (bounded, LRU)."""
+
+    def __init__(self, max_size: int = 10000):
+        self.max_size = max_size
+        self.entries: OrderedDict[tuple, tuple[SPFResult, float]] = OrderedDict()
+        self.lock = threading.Lock()
+
+    def get(self, key: tuple) -> SPFResult | None:
+        with self.lock:
+            entry = self.entries.get(key)
+            if entry is None:
+                return None
+            if entry[1] <= time.time():
+                del self.entries[key]
+                return None
+            self.entries.move_to_end(key)
+            return entry[0]
+
+    def put(self, key: tuple, result: SPFResult, until: float) -> None:
+        if until == math.inf or until <= time.time():  # no answer read, or one not cached
+            return
+        with self.lock:
+            self.entries[key] = (result, until)
+            self.entries.move_to_end(key)
+            while len(self.entries) > self.max_size:
+                self.entries.popitem(last=False)
+
+    def clear(self) -> None:
+        with self.lock:
+            self.entries.clear()
+
+
+_results = _Results()
 
 
 def check_helo(resolver: TXTResolver, client_address: str, helo: str) -> SPFResult:

@@ -21,7 +21,7 @@ import dns.rrset
 import pytest
 
 from mailcore import dnscache
-from mailcore.authentication import checks, keys
+from mailcore.authentication import checks, keys, spf
 from mailcore.authentication.resolver import NotCached, TXTResolver
 from mailcore.authentication.signing import SigningKey, dkim_signatures
 from mailcore.models import Message
@@ -271,3 +271,25 @@ def test_authenticates_at_once_only_with_the_checks_on_and_the_message_in_memory
         settings.MAIL_AUTH_CHECKS = False
         assert inbound.check_sender("127.0.0.1", "carol@c.test", "client.c.test") is None
         assert not inbound.authenticates_at_once(MESSAGE % (0, 0), sender)
+
+
+def test_an_spf_result_is_reused_only_while_its_answers_are_cached(settings):
+    """The same client, reverse-path and HELO give the same result as long as the answers it was
+    computed from are cached; another client is evaluated on its own; a changed record counts
+    once its cached answer has expired, as it would without the reuse."""
+    settings.MAIL_DNS_CACHE_SIZE = 100
+    with TestDNSServer({"c.test": {"TXT": ["v=spf1 ip4:127.0.0.0/8 -all"]}}, ttl=2) as server:
+        def check(client: str = "127.0.0.1") -> str:
+            return spf.check_host(TXTResolver(servers(server)), client, "carol@c.test", "client.c.test").result
+
+        assert check() == "pass"
+        assert check("192.0.2.9") == "fail"  # not the other client's result
+        server.records["c.test"] = {"TXT": ["v=spf1 -all"]}
+        changed = time.monotonic()
+        assert check() == "pass"  # the cached answer says so still
+        result, when = first_change(check, "pass", seconds=20)
+        assert result == "fail" and when - changed >= 0.5
+        # A dropped DNS cache drops what was computed from it.
+        server.records["c.test"] = {"TXT": ["v=spf1 ip4:127.0.0.0/8 -all"]}
+        dnscache.forget_all()
+        assert check() == "pass"
