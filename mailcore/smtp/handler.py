@@ -30,7 +30,7 @@ from mailcore.services.login_failures import AddressCounter
 from mailcore.smtp import replies
 from mailcore.smtp.groupcommit import GroupCommit
 from mailcore.smtp.replies import Reply
-from mailcore.smtp.session import SMTPSession, Transaction, unsafe
+from mailcore.smtp.session import SMTPSession, Transaction, envelope_fields, unsafe
 from mailcore.spam.check import SpamRejection
 from mailcore.store import message_store
 from mailcore.store.bodies import CHUNK_SIZE
@@ -376,12 +376,7 @@ def received_protocol(session: SMTPSession, transaction: Transaction) -> str:
 def delivery_envelope(session: SMTPSession, transaction: Transaction) -> inbound.Envelope:
     """The envelope handed to the service layer for a message received by DATA."""
     return inbound.Envelope(
-        mail_from=transaction.mail_from or "",
-        rcpt_tos=list(transaction.rcpt_tos),
-        client_address=session.client_address,
-        helo_name=session.host_name or "",
-        tls=session.tls,
-        tls_cipher=session.tls_cipher,
+        **envelope_fields(session, transaction),
         transport=Transport.DATA,
         protocol=received_protocol(session, transaction),
         verification=Verification.UNVERIFIED,

@@ -68,3 +68,16 @@ class Transaction(Envelope):
         # decided at RCPT: a transaction holds only one kind, so that DATA can be refused for
         # all or none, before the body, without asking again.
         self.rejects_unverified: bool | None = None
+
+
+def envelope_fields(session: SMTPSession, transaction: Transaction) -> dict:
+    """What the service layer's envelopes (inbound.Envelope, outbound.Submission) take of a
+    transaction received by DATA: who sent it to whom, from where, and over what."""
+    return {
+        "mail_from": transaction.mail_from or "",
+        "rcpt_tos": list(transaction.rcpt_tos),
+        "client_address": session.client_address,
+        "helo_name": session.host_name or "",
+        "tls": session.tls,
+        "tls_cipher": session.tls_cipher,
+    }

@@ -25,7 +25,7 @@ from mailcore.smtp import replies
 from mailcore.smtp.handler import InboundHandler, TemporaryFault
 from mailcore.smtp.replies import Reply
 from mailcore.smtp.server import InboundSMTP, SMTPConfig
-from mailcore.smtp.session import SMTPSession, Transaction
+from mailcore.smtp.session import SMTPSession, Transaction, envelope_fields
 from mailcore.store import spool
 
 log = logging.getLogger("mailcore.submission")
@@ -156,12 +156,7 @@ class SubmissionHandler(InboundHandler):
     async def deliver(self, session: SMTPSession, transaction: Transaction) -> tuple[Reply, str | None]:
         """Local recipients now, remote ones queued; 250 only once all of it is committed."""
         submission = outbound.Submission(
-            mail_from=transaction.mail_from or "",
-            rcpt_tos=list(transaction.rcpt_tos),
-            client_address=session.client_address,
-            helo_name=session.host_name or "",
-            tls=session.tls,
-            tls_cipher=session.tls_cipher,
+            **envelope_fields(session, transaction),
             # RFC 3848: ESMTPA, or ESMTPSA with TLS.
             protocol="ESMTPSA" if session.tls else "ESMTPA",
             authenticated_as=session.authenticated_as or "",
