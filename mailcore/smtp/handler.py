@@ -5,8 +5,9 @@ sequence; this handler decides what is acceptable (who exists, who may be relaye
 delivered), asked through aiosmtpd's hooks (`handle_EHLO`, `handle_MAIL`, `handle_RCPT`,
 `handle_DATA`, and `handle_SOURCE` for our verb), by calling services in worker threads. It
 reads and writes only the hooks' `session` and `envelope` (session.py): the protocol object,
-which aiosmtpd passes first, is not read. Every database or file-system call of a session goes through `call`, or, for the lone
-message of a lone session, `call_here` (database_bridge.DatabaseBridge both).
+which aiosmtpd passes first, is not read. Every database or file-system call of a session goes
+through `call`, or, for the lone message of a lone session, `call_here` (both through one
+database_bridge.DatabaseBridge).
 """
 
 from __future__ import annotations
