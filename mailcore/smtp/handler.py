@@ -124,8 +124,9 @@ class InboundHandler:
         if not settings.MAIL_AUTH_CHECKS:
             return envelope
         sender = await transaction.sender_checks if transaction.sender_checks is not None else None
-        if inbound.authenticates_at_once(content, sender):
-            return inbound.authenticate(envelope, content, sender)
+        checked = inbound.authenticate_at_once(envelope, content, sender)
+        if checked is not None:
+            return checked
         return await asyncio.get_running_loop().run_in_executor(
             self.auth_executor, inbound.authenticate, envelope, content, sender
         )
