@@ -10,8 +10,10 @@ lasts (`mailcore.dnscache`), so the mail of one sender costs its lookups once pe
 
 from __future__ import annotations
 
+import math
 import threading
 import time
+from collections import OrderedDict
 
 import dns.exception
 import dns.name
@@ -55,6 +57,38 @@ def _configured(servers: tuple, cache: dns.resolver.LRUCache | None) -> dns.reso
             resolver.cache = cache
             _resolvers[key] = resolver
         return resolver
+
+
+class Reusable:
+    """What was computed from DNS answers, kept for reuse until the first of those answers leaves
+    the DNS cache (bounded, least recently used first out). The caller's key names the inputs
+    and `TXTResolver.answers_from`; `put` is given `until`, the least of `lookup`'s times."""
+
+    def __init__(self, max_size: int = 10000):
+        self.max_size = max_size
+        self.entries: OrderedDict[tuple, tuple[object, float]] = OrderedDict()
+        self.lock = threading.Lock()
+
+    def get(self, key: tuple):
+        """The value kept for `key`, or None."""
+        with self.lock:
+            entry = self.entries.get(key)
+            if entry is None:
+                return None
+            if entry[1] <= time.time():
+                del self.entries[key]
+                return None
+            self.entries.move_to_end(key)
+            return entry[0]
+
+    def put(self, key: tuple, value, until: float) -> None:
+        if until == math.inf or until <= time.time():  # no answer read, or one not cached
+            return
+        with self.lock:
+            self.entries[key] = (value, until)
+            self.entries.move_to_end(key)
+            while len(self.entries) > self.max_size:
+                self.entries.popitem(last=False)
 
 
 class TXTResolver:

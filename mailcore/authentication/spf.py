@@ -16,14 +16,11 @@ from __future__ import annotations
 import contextvars
 import ipaddress
 import math
-import threading
-import time
-from collections import OrderedDict
 from dataclasses import dataclass
 
 import spf as pyspf
 
-from mailcore.authentication.resolver import DNSTemporaryError, TXTResolver
+from mailcore.authentication.resolver import DNSTemporaryError, Reusable, TXTResolver
 
 # The resolver of the check running in this thread: pyspf looks names up through one
 # module-level function, which reads it from here (each worker thread has its own context).
@@ -75,6 +72,10 @@ class SPFResult:
 
 def check_host(resolver: TXTResolver, client_address: str, mail_from: str, helo: str) -> SPFResult:
     """RFC 7208 §4: the result for the MAIL FROM identity, or for HELO's when the reverse-path is null."""
+    key = (resolver.answers_from, client_address, mail_from, helo)
+    reused = _results.get(key)
+    if reused is not None:
+        return reused
     identity = "mailfrom" if mail_from else "helo"
     sender = mail_from or helo
     domain = (mail_from.rpartition("@")[2] if mail_from else helo).lower().rstrip(".")
@@ -84,10 +85,6 @@ def check_host(resolver: TXTResolver, client_address: str, mail_from: str, helo:
         ipaddress.ip_address(client_address)
     except ValueError:
         return SPFResult("none", identity, domain, "no client address", sender)
-    key = (resolver.answers_from, client_address, mail_from, helo)
-    reused = _results.get(key)
-    if reused is not None:
-        return reused
     until = [math.inf]
     token, until_token = _resolver.set(resolver), _kept_until.set(until)
     try:
@@ -103,40 +100,7 @@ def check_host(resolver: TXTResolver, client_address: str, mail_from: str, helo:
     return checked
 
 
-class _Results:
-    """The SPF results that may be reused, each until its answers leave the DNS cache (bounded, LRU)."""
-
-    def __init__(self, max_size: int = 10000):
-        self.max_size = max_size
-        self.entries: OrderedDict[tuple, tuple[SPFResult, float]] = OrderedDict()
-        self.lock = threading.Lock()
-
-    def get(self, key: tuple) -> SPFResult | None:
-        with self.lock:
-            entry = self.entries.get(key)
-            if entry is None:
-                return None
-            if entry[1] <= time.time():
-                del self.entries[key]
-                return None
-            self.entries.move_to_end(key)
-            return entry[0]
-
-    def put(self, key: tuple, result: SPFResult, until: float) -> None:
-        if until == math.inf or until <= time.time():  # no answer read, or one not cached
-            return
-        with self.lock:
-            self.entries[key] = (result, until)
-            self.entries.move_to_end(key)
-            while len(self.entries) > self.max_size:
-                self.entries.popitem(last=False)
-
-    def clear(self) -> None:
-        with self.lock:
-            self.entries.clear()
-
-
-_results = _Results()
+_results = Reusable()
 
 
 def check_helo(resolver: TXTResolver, client_address: str, helo: str) -> SPFResult:
@@ -146,8 +110,10 @@ def check_helo(resolver: TXTResolver, client_address: str, helo: str) -> SPFResu
 
 def is_domain(name: str) -> bool:
     """A dotted name, not an address literal: HELO may be either (RFC 5321 §4.1.1.1)."""
-    if name.startswith("[") or "." not in name:
+    if name.startswith("[") or "." not in name or ":" in name:
         return False
+    if not name.rstrip(".").rpartition(".")[2].isdigit():
+        return True  # an IPv4 address ends in digits; a top-level domain never is all digits
     try:
         ipaddress.ip_address(name)
     except ValueError:

@@ -208,9 +208,9 @@ def test_sender_checks_from_the_cache_give_what_the_full_checks_give(settings):
         assert checks.check_sender(TXTResolver(servers(server), cache_only=True), *identity) == sender
         assert (sender.spf.result, sender.dmarc_domain, sender.dmarc_record.policy) == ("pass", "c.test", "none")
         # Only a message with nothing left to look up or verify is finished without a thread.
-        assert not checks.needs_lookups(plain, sender)
-        assert checks.needs_lookups(other_author, sender)
-        assert checks.needs_lookups(signed, sender)
+        assert checks.check_at_once(plain, sender) == checks.check(TXTResolver(servers(server)), plain, *identity)
+        assert checks.check_at_once(other_author, sender) is None
+        assert checks.check_at_once(signed, sender) is None
         for content in (plain, other_author, signed):
             split = checks.check(TXTResolver(servers(server)), content, *identity, sender=sender)
             whole = checks.check(TXTResolver(servers(server)), content, *identity)
@@ -259,18 +259,22 @@ def test_a_slow_client_does_not_spend_the_messages_dns_budget(mx, b_test):
     assert stored.verification == "authenticated"
 
 
-def test_authenticates_at_once_only_with_the_checks_on_and_the_message_in_memory(settings):
+def test_authenticated_at_once_only_with_the_checks_on_and_the_message_in_memory(settings):
     with TestDNSServer(RECORDS, ttl=60) as server:
         settings.MAIL_DNS_SERVERS = servers(server)
         settings.MAIL_DNS_CACHE_SIZE = 100
         settings.MAIL_AUTH_CHECKS = True
+        envelope = inbound.Envelope(mail_from="carol@c.test", rcpt_tos=["bob@b.test"], client_address="127.0.0.1",
+                                    helo_name="client.c.test")
         sender = inbound.check_sender("127.0.0.1", "carol@c.test", "client.c.test")
         assert inbound.check_sender("127.0.0.1", "carol@c.test", "client.c.test", at_once=True) == sender
-        assert sender is not None and inbound.authenticates_at_once(MESSAGE % (0, 0), sender)
-        assert not inbound.authenticates_at_once(MESSAGE % (0, 0), None)
+        checked = inbound.authenticate_at_once(envelope, MESSAGE % (0, 0), sender)
+        assert checked == inbound.authenticate(envelope, MESSAGE % (0, 0))
+        assert checked.verification == "authenticated"
+        assert inbound.authenticate_at_once(envelope, MESSAGE % (0, 0), None) is None
         settings.MAIL_AUTH_CHECKS = False
         assert inbound.check_sender("127.0.0.1", "carol@c.test", "client.c.test") is None
-        assert not inbound.authenticates_at_once(MESSAGE % (0, 0), sender)
+        assert inbound.authenticate_at_once(envelope, MESSAGE % (0, 0), sender) is None
 
 
 def test_an_spf_result_is_reused_only_while_its_answers_are_cached(settings):
