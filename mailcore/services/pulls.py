@@ -176,9 +176,8 @@ def plan_pull(domain: str, claims: list[Claim], origin_addresses: set[str], orig
         if claim.source_id in asked:
             continue
         try:
-            blocked = counter.blocked(origin)
-            if not blocked:
-                counter.record(origin)
+            # One atomic step (count, then check): two pulls at once never both take the last turn.
+            blocked = counter.reserve(origin) is None
         except OSError as exc:  # CounterUnavailable: the pace is kept within this pull alone
             log.warning("pacing pulls from %s without the shared cache: %s", origin, exc)
             blocked = here >= counter.limit
