@@ -7,9 +7,9 @@ field needs it (JSON, datetimes) are adapted for the database.
 
 The statements go to the driver's own cursor, in its own placeholder style, not through
 Django's CursorWrapper: its layers (async_unsafe, the connection proxy's thread-local lookups,
-the debug-cursor check, SQLite's rewriting of every %s into ?) cost a quarter of the worker's
-CPU time per message besides the commit. Errors are still wrapped into Django's DatabaseError,
-which `inbound.commit_staged` relies on; these statements do not appear in `connection.queries`.
+the debug-cursor check, SQLite's rewriting of every %s into ?) are paid again on every message
+besides the commit. Errors are still wrapped into Django's DatabaseError, which
+`inbound.commit_staged` relies on; these statements do not appear in `connection.queries`.
 """
 
 from __future__ import annotations
