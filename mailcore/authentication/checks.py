@@ -4,12 +4,21 @@ Blocking (DNS lookups within the resolver's budget, public-key operations): call
 thread, never from a listener's event loop. The lookups that do not wait on one another run at
 once, in threads of a pool here: SPF (MAIL FROM, then HELO), each DKIM signature, the DMARC
 record and ARC; DMARC's verdict then needs only the SPF and DKIM results.
+
+What the envelope alone decides can be checked before the message arrives (`check_sender`, as
+Postfix's SPF policy services check at RCPT): SPF, and the DMARC record of the reverse-path's
+domain, which is the From: domain of most mail. A message whose checks then need no more
+lookups (no DKIM-Signature, no ARC-Seal, the From: domain's record known) finishes its checks
+without waiting on DNS or another thread (`needs_lookups`). With a resolver that reads only
+the DNS cache (`TXTResolver(cache_only=True)`), `check_sender` runs in the calling thread and
+raises NotCached when an answer is not there.
 """
 
 from __future__ import annotations
 
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from email.parser import BytesHeaderParser
 from email.policy import compat32
 from email.utils import getaddresses
@@ -17,7 +26,7 @@ from email.utils import getaddresses
 from django.conf import settings
 
 from mailcore.authentication import arc, dkim, dmarc, spf
-from mailcore.authentication.resolver import TXTResolver
+from mailcore.authentication.resolver import DNSTemporaryError, NotCached, TXTResolver
 from mailcore.authentication.results import Authentication
 
 # The header block that is read for From: (a larger one is malformed mail anyway).
@@ -58,17 +67,91 @@ def _spf(resolver: TXTResolver, client_address: str, mail_from: str, helo: str) 
     return result, helo_result
 
 
-def check(resolver: TXTResolver, content: bytes, client_address: str, mail_from: str, helo: str) -> Authentication:
-    """The results of every method; DNS trouble gives temperror results, never an exception."""
+@dataclass(frozen=True)
+class SenderChecks:
+    """The checks of one transaction that need only its envelope, made while the message arrives."""
+
+    spf: spf.SPFResult
+    helo: spf.SPFResult | None
+    dmarc_domain: str  # the reverse-path's domain, whose DMARC record was looked up ("" when none)
+    dmarc_record: dmarc.DMARCRecord | None = None
+    dmarc_error: DNSTemporaryError | None = None
+
+    def record_for(self, author: str):
+        """dmarc.evaluate's `found` for the From domain `author` when it is the one looked up, else None."""
+        if not author or author != self.dmarc_domain:
+            return None
+        if self.dmarc_error is not None:
+            error = self.dmarc_error
+
+            def failed():
+                raise error
+
+            return failed
+        return lambda: self.dmarc_record
+
+
+def _here(fn, *args) -> Future:
+    """A pool's `submit`, run in the calling thread."""
+    done: Future = Future()
+    try:
+        done.set_result(fn(*args))
+    except Exception as exc:
+        done.set_exception(exc)
+    return done
+
+
+def check_sender(resolver: TXTResolver, client_address: str, mail_from: str, helo: str) -> SenderChecks:
+    """SPF for the transaction, and the DMARC record of the reverse-path's domain, at once.
+
+    With a cache-only resolver, in this thread; raises NotCached when an answer is not cached.
+    """
+    domain = mail_from.rpartition("@")[2].lower().rstrip(".") if "@" in mail_from else ""
+    domain = domain if dmarc.has_from_domain(domain) else ""
+    start = _here if resolver.cache_only else _lookups().submit
+    spf_results = start(_spf, resolver, client_address, mail_from, helo)
+    record, error = None, None
+    if domain:
+        try:
+            record = dmarc.find_record(resolver, domain)
+        except DNSTemporaryError as exc:
+            error = exc
+    result, helo_result = spf_results.result()
+    if resolver.missed:  # pyspf swallows some errors (exp=, ptr): its result may lack an answer
+        raise NotCached(mail_from)
+    return SenderChecks(result, helo_result, domain, record, error)
+
+
+def needs_lookups(content: bytes, sender: SenderChecks) -> bool:
+    """Whether `check(..., sender=sender)` would still look anything up or verify a signature."""
+    if dkim.has_field(content, b"dkim-signature:") or dkim.has_field(content, b"arc-seal:"):
+        return True
+    author = from_domain(content)
+    return dmarc.has_from_domain(author) and sender.record_for(author) is None
+
+
+def check(
+    resolver: TXTResolver, content: bytes, client_address: str, mail_from: str, helo: str, sender: SenderChecks | None = None
+) -> Authentication:
+    """The results of every method; DNS trouble gives temperror results, never an exception.
+
+    `sender`: the envelope's checks made beforehand by `check_sender` for this transaction.
+    """
     author = from_domain(content)
     sealed = dkim.has_field(content, b"arc-seal:")
     start = _lookups().submit
-    spf_results = start(_spf, resolver, client_address, mail_from, helo)
-    record = start(dmarc.find_record, resolver, author) if dmarc.has_from_domain(author) else None
+    spf_results: Future | None = None
+    if sender is None:
+        spf_results = start(_spf, resolver, client_address, mail_from, helo)
+    found = sender.record_for(author) if sender is not None else None
+    record = None
+    if found is None and dmarc.has_from_domain(author):
+        record = start(dmarc.find_record, resolver, author)
+        found = record.result
     arc_result = start(arc.verify, resolver, content) if sealed else None
     auth = Authentication()
     auth.dkim = dkim.verify(resolver, content, start)
-    auth.spf, auth.helo = spf_results.result()
-    auth.dmarc = dmarc.evaluate(resolver, author, auth.spf, auth.dkim, found=record.result if record else None)
+    auth.spf, auth.helo = spf_results.result() if spf_results is not None else (sender.spf, sender.helo)
+    auth.dmarc = dmarc.evaluate(resolver, author, auth.spf, auth.dkim, found=found)
     auth.arc = arc_result.result() if arc_result else arc.ARCResult("none", reason="no ARC set")
     return auth

@@ -16,8 +16,9 @@ from django.utils import timezone
 
 from mailcore.addresses import AddressError, domain_of, normalize_domain
 from mailcore.authentication import checks, results
+from mailcore.authentication.checks import SenderChecks
 from mailcore.authentication.dkim import has_field
-from mailcore.authentication.resolver import TXTResolver
+from mailcore.authentication.resolver import NotCached, TXTResolver
 from mailcore.envelope import Envelope, message_row
 from mailcore.headers import (
     authentication_results,
@@ -65,12 +66,40 @@ class Receipt:
         return self._message
 
 
-def authenticate(envelope: Envelope, content: bytes | list) -> Envelope:
+def check_sender(client_address: str, mail_from: str, helo: str, at_once: bool = False) -> SenderChecks | None:
+    """The checks that the envelope alone decides (SPF, the reverse-path domain's DMARC record),
+    for `authenticate(..., sender=...)`; None when the checks are off.
+
+    Blocking (DNS): a worker thread. `at_once`: from the DNS cache alone, never blocking (an
+    event loop may call it), and None when an answer is not cached.
+    """
+    if not settings.MAIL_AUTH_CHECKS:
+        return None
+    try:
+        return checks.check_sender(TXTResolver(cache_only=at_once), client_address, mail_from, helo)
+    except NotCached:
+        return None
+    except Exception:  # a library's bug on hostile input: authenticate checks it all again
+        log.exception("sender checks failed for <%s>", mail_from)
+        return None
+
+
+def authenticates_at_once(content: bytes | list, sender: SenderChecks | None) -> bool:
+    """Whether `authenticate(envelope, content, sender)` is quick enough for an event loop: the
+    message in memory, and no lookup or signature left to check after `sender`."""
+    if not settings.MAIL_AUTH_CHECKS or sender is None or spool.is_spooled(content):
+        return False
+    return not checks.needs_lookups(spool.joined(content), sender)
+
+
+def authenticate(envelope: Envelope, content: bytes | list, sender: SenderChecks | None = None) -> Envelope:
     """SPF, DKIM, DMARC and ARC for a message that came from elsewhere, and its verdict class.
 
-    Blocking (DNS within MAIL_AUTH_DNS_TIMEOUT in all): call it from a worker thread. A resolver
-    that fails or times out gives temperror results and the message goes on as unverified.
-    A spooled message too costly to read whole is not checked at all (`_authenticated_copy`).
+    Blocking (DNS within MAIL_AUTH_DNS_TIMEOUT in all): call it from a worker thread, unless
+    `authenticates_at_once` says that nothing is left to wait for. `sender`: `check_sender`'s
+    results for this envelope. A resolver that fails or times out gives temperror results and
+    the message goes on as unverified. A spooled message too costly to read whole is not
+    checked at all (`_authenticated_copy`).
     """
     if not settings.MAIL_AUTH_CHECKS:
         return envelope
@@ -80,7 +109,9 @@ def authenticate(envelope: Envelope, content: bytes | list) -> Envelope:
             size = spool.size_of(content)
             log.info("authentication checks skipped for a message from <%s>: %d octets, too large", envelope.mail_from, size)
             return envelope
-        auth = checks.check(TXTResolver(), checked, envelope.client_address, envelope.mail_from, envelope.helo_name)
+        # The message's lookups get a time budget of their own: the envelope's were made while
+        # the client sent it, however long that took.
+        auth = checks.check(TXTResolver(), checked, envelope.client_address, envelope.mail_from, envelope.helo_name, sender)
     except Exception:  # a library's bug on hostile input must not cost the message
         log.exception("authentication checks failed for a message from <%s>", envelope.mail_from)
         return envelope

@@ -162,11 +162,17 @@ class InboundHandler:
         self.executor.shutdown(wait=True)
         self.auth_executor.shutdown(wait=True)
 
-    async def authenticate(self, envelope: inbound.Envelope, content: bytes | list) -> inbound.Envelope:
-        """SPF, DKIM, DMARC and ARC in an authentication thread (no database there)."""
+    async def authenticate(self, transaction: Transaction, envelope: inbound.Envelope, content: bytes | list) -> inbound.Envelope:
+        """SPF, DKIM, DMARC and ARC: in an authentication thread (no database there), or here
+        when the envelope's checks left nothing to look up (no thread to wait for)."""
         if not settings.MAIL_AUTH_CHECKS:
             return envelope
-        return await asyncio.get_running_loop().run_in_executor(self.auth_executor, inbound.authenticate, envelope, content)
+        sender = await transaction.sender_checks if transaction.sender_checks is not None else None
+        if inbound.authenticates_at_once(content, sender):
+            return inbound.authenticate(envelope, content, sender)
+        return await asyncio.get_running_loop().run_in_executor(
+            self.auth_executor, inbound.authenticate, envelope, content, sender
+        )
 
     def __dir__(self) -> list[str]:
         """Only aiosmtpd's hooks: each session lists them (dir, inspect.getmembers) when it starts."""
@@ -221,9 +227,29 @@ class InboundHandler:
                 verdict = replies.POLICY_MIXES
             else:
                 envelope.rejects_unverified = rejects
+                if not envelope.rcpt_tos:
+                    self.start_sender_checks(server, session, envelope)
                 if address not in envelope.rcpt_tos:
                     envelope.rcpt_tos.append(address)
         return str(verdict)
+
+    def start_sender_checks(self, server: InboundSMTP, session: Session, envelope: Transaction) -> None:
+        """SPF and the reverse-path domain's DMARC record, made while the client sends the message.
+
+        Started at the first recipient taken, not at MAIL: a transaction with no recipient
+        costs no lookups. Made here when every answer is in the DNS cache (no thread to wait
+        for), else in an authentication thread.
+        """
+        if not settings.MAIL_AUTH_CHECKS:
+            return
+        identity = (server.client_address, envelope.mail_from or "", session.host_name or "")
+        loop = asyncio.get_running_loop()
+        sender = inbound.check_sender(*identity, at_once=True)
+        if sender is None:
+            envelope.sender_checks = loop.run_in_executor(self.auth_executor, inbound.check_sender, *identity)
+        else:
+            envelope.sender_checks = loop.create_future()
+            envelope.sender_checks.set_result(sender)
 
     async def recipient_verdict(self, server: InboundSMTP, address: str) -> tuple[Reply, str | None]:
         """The reply to `RCPT TO:<address>`, and the recipient domain's unverified-mail policy."""
@@ -281,7 +307,7 @@ class InboundHandler:
 
     async def deliver(self, server: InboundSMTP, content: bytes | list) -> tuple[Reply, str | None]:
         """Store and deliver a message received by DATA: (reply, queue id or None)."""
-        envelope = await self.authenticate(server.delivery_envelope(), content)
+        envelope = await self.authenticate(server.envelope, server.delivery_envelope(), content)
         try:
             # spamd is asked per message, before the batch, so that one slow verdict never holds
             # back the other sessions' messages (none when the spam check is off).

@@ -35,6 +35,7 @@ from mailcore.store import spool
 from mailcore.transparency import BodyEncoder
 
 if TYPE_CHECKING:
+    from mailcore.authentication.checks import SenderChecks
     from mailcore.smtp.handler import InboundHandler
     from mailcore.smtp.listener import ConnectionRegistry
 
@@ -130,6 +131,8 @@ class Transaction(Envelope):
         # Whether the recipients so far are in domains that refuse unverified mail (§5): a
         # transaction holds only one kind, so that DATA can be refused for all or none.
         self.rejects_unverified: bool | None = None
+        # The envelope's authentication checks, started at the first recipient (handler).
+        self.sender_checks: asyncio.Future[SenderChecks | None] | None = None
 
 
 def parse_path(text: str) -> tuple[str, str] | None:

@@ -1,5 +1,6 @@
 """The DNS cache: answers reused within their TTL and asked again after it, negative answers per
-RFC 2308 with our cap, and a message's independent lookups sent at once.
+RFC 2308 with our cap, a message's independent lookups sent at once, and the checks that run
+from the cache alone, on the listener's own thread.
 
 The test DNS server counts the questions it receives: a cached answer is one it never sees.
 """
@@ -21,9 +22,10 @@ import pytest
 
 from mailcore import dnscache
 from mailcore.authentication import checks, keys
-from mailcore.authentication.resolver import TXTResolver
+from mailcore.authentication.resolver import NotCached, TXTResolver
 from mailcore.authentication.signing import SigningKey, dkim_signatures
 from mailcore.models import Message
+from mailcore.services import inbound
 from mailcore.services.accounts import add_domain, add_mailbox
 from tests import smtp_wire
 from tests.dnsserver import TestDNSServer
@@ -181,3 +183,106 @@ def test_the_mx_asks_for_a_senders_records_once_per_ttl(mx):
         assert server.queries[("_dmarc.c.test", "TXT")] == 2
     # Every message was checked: SPF passed for each (the cached answer is the right one).
     assert [m.auth_methods["spf"]["result"] for m in Message.objects.order_by("id")] == ["pass"] * sent
+
+
+def test_a_cache_only_resolver_answers_from_the_cache_and_never_asks(settings):
+    settings.MAIL_DNS_CACHE_SIZE = 100
+    with TestDNSServer(RECORDS, ttl=60) as server:
+        cold = TXTResolver(servers(server), cache_only=True)
+        with pytest.raises(NotCached):
+            cold.txt("c.test")
+        assert cold.missed and sum(server.queries.values()) == 0
+        TXTResolver(servers(server)).txt("c.test")
+        TXTResolver(servers(server)).txt("nothing.c.test")  # NXDOMAIN, kept for the SOA's TTL
+        asked = sum(server.queries.values())
+        warm = TXTResolver(servers(server), cache_only=True)
+        assert warm.txt("c.test") == [b"v=spf1 ip4:127.0.0.0/8 -all"]
+        assert warm.txt("nothing.c.test") == []
+        assert warm.query("nothing.c.test", "MX") == []  # the name does not exist: no type has an answer
+        assert not warm.missed and sum(server.queries.values()) == asked
+
+
+def test_sender_checks_from_the_cache_give_what_the_full_checks_give(settings):
+    """SPF and the reverse-path domain's DMARC record made from the cache at RCPT, the rest with
+    the message: the same results as every check made at once with the message."""
+    settings.MAIL_DNS_CACHE_SIZE = 100
+    rsa = keys.generate(keys.RSA)
+    records = {**RECORDS, "d.test": {"TXT": ["v=spf1 -all"]}, "_dmarc.d.test": {"TXT": ["v=DMARC1; p=reject"]},
+               "r1._domainkey.c.test": {"TXT": [keys.key_record(keys.RSA, rsa.public)]}}
+    plain = MESSAGE % (0, 0)
+    other_author = plain.replace(b"From: <carol@c.test>", b"From: <dave@d.test>")
+    signed = dkim_signatures(plain, "c.test", [SigningKey("r1", keys.RSA, rsa.private)]) + plain
+    identity = ("127.0.0.1", "carol@c.test", "client.c.test")
+    with TestDNSServer(records, ttl=60) as server:
+        resolver = TXTResolver(servers(server), cache_only=True)
+        with pytest.raises(NotCached):
+            checks.check_sender(resolver, *identity)
+        sender = checks.check_sender(TXTResolver(servers(server)), *identity)
+        assert checks.check_sender(TXTResolver(servers(server), cache_only=True), *identity) == sender
+        assert (sender.spf.result, sender.dmarc_domain, sender.dmarc_record.policy) == ("pass", "c.test", "none")
+        # Only a message with nothing left to look up or verify is finished without a thread.
+        assert not checks.needs_lookups(plain, sender)
+        assert checks.needs_lookups(other_author, sender)
+        assert checks.needs_lookups(signed, sender)
+        for content in (plain, other_author, signed):
+            split = checks.check(TXTResolver(servers(server)), content, *identity, sender=sender)
+            whole = checks.check(TXTResolver(servers(server)), content, *identity)
+            assert split == whole
+        assert whole.dmarc.result == "pass" and [d.result for d in whole.dkim] == ["pass"]
+        fails = checks.check(TXTResolver(servers(server)), other_author, *identity, sender=sender)
+        assert (fails.dmarc.result, fails.dmarc.policy) == ("fail", "reject")
+
+
+def test_a_miss_that_pyspf_swallows_is_still_a_miss(settings):
+    """pyspf ignores a failed lookup of an exp= explanation: the SPF result would lack it, so
+    the checks from the cache count it as not cached and the full checks are made instead."""
+    settings.MAIL_DNS_CACHE_SIZE = 100
+    records = {"e.test": {"TXT": ["v=spf1 ip4:192.0.2.0/24 -all exp=why.e.test"]}, "why.e.test": {"TXT": ["not you"]}}
+    with TestDNSServer(records, ttl=60) as server:
+        TXTResolver(servers(server)).txt("e.test")  # the record cached, its explanation not
+        with pytest.raises(NotCached):
+            checks.check_sender(TXTResolver(servers(server), cache_only=True), "127.0.0.1", "x@e.test", "h")
+        full = checks.check_sender(TXTResolver(servers(server)), "127.0.0.1", "x@e.test", "h")
+        assert checks.check_sender(TXTResolver(servers(server), cache_only=True), "127.0.0.1", "x@e.test", "h") == full
+        assert full.spf.result == "fail"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_slow_client_does_not_spend_the_messages_dns_budget(mx):
+    """The envelope's checks start at RCPT; a client that takes longer than the whole DNS budget
+    to send its message still has the message's own lookups (the DKIM key) made in time."""
+    add_domain("b.test")
+    add_mailbox("bob@b.test", "pw")
+    rsa = keys.generate(keys.RSA)
+    records = {**RECORDS, "r1._domainkey.c.test": {"TXT": [keys.key_record(keys.RSA, rsa.public)]}}
+    content = MESSAGE % (1, 1)
+    signed = dkim_signatures(content, "c.test", [SigningKey("r1", keys.RSA, rsa.private)]) + content
+    with TestDNSServer(records, ttl=60) as server:
+        smtpd = mx(MAIL_AUTH_CHECKS="1", MAIL_DNS_SERVERS=server.address, MAIL_AUTH_DNS_TIMEOUT="1")
+        with smtplib.SMTP("127.0.0.1", smtpd.port, timeout=30) as client:
+            client.ehlo("client.c.test")
+            client.mail("carol@c.test")
+            assert client.rcpt("bob@b.test")[0] == 250
+            # The slow client is the subject: a pause longer than the budget, not a wait for the server.
+            time.sleep(1.5)
+            code, reply = client.data(signed)
+            assert code == 250, reply
+    stored = Message.objects.get()
+    assert stored.auth_methods["spf"]["result"] == "pass"
+    assert [d["result"] for d in stored.auth_methods["dkim"]] == ["pass"], stored.auth_methods
+    assert stored.auth_methods["dmarc"]["result"] == "pass"
+    assert stored.verification == "authenticated"
+
+
+def test_authenticates_at_once_only_with_the_checks_on_and_the_message_in_memory(settings):
+    with TestDNSServer(RECORDS, ttl=60) as server:
+        settings.MAIL_DNS_SERVERS = servers(server)
+        settings.MAIL_DNS_CACHE_SIZE = 100
+        settings.MAIL_AUTH_CHECKS = True
+        sender = inbound.check_sender("127.0.0.1", "carol@c.test", "client.c.test")
+        assert inbound.check_sender("127.0.0.1", "carol@c.test", "client.c.test", at_once=True) == sender
+        assert sender is not None and inbound.authenticates_at_once(MESSAGE % (0, 0), sender)
+        assert not inbound.authenticates_at_once(MESSAGE % (0, 0), None)
+        settings.MAIL_AUTH_CHECKS = False
+        assert inbound.check_sender("127.0.0.1", "carol@c.test", "client.c.test") is None
+        assert not inbound.authenticates_at_once(MESSAGE % (0, 0), sender)
