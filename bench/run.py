@@ -28,7 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import clients, peers, project, pull_body  # noqa: E402
+from bench import clients, peers, project, pull_body, two_nodes  # noqa: E402
 from bench.project import DOMAIN, LOGIN_USERS, PASSWORD, RETR_USER, SMTP_USER, Process  # noqa: E402
 
 HOST = "127.0.0.1"
@@ -699,6 +699,26 @@ def bench_pull(args, workdir: Path, template: project.Template, results: Results
     pull_body.bench_pull(args.rounds, log, results)
 
 
+# Two nodes' load: 8 sessions of 10 KB messages, as in docs/scaling.md.
+NODES_MESSAGES, NODES_SESSIONS, NODES_SIZE = 600, 8, 10 * 1024
+
+
+def bench_nodes(args, workdir: Path, template: project.Template, results: Results) -> None:
+    """Two listener nodes of one domain against one (bench/two_nodes.py): PostgreSQL, Redis, S3."""
+    if not project.PostgresCopy.available() or shutil.which("redis-server") is None:
+        log("two nodes: PostgreSQL on 127.0.0.1:5432 or redis-server is missing: section left out")
+        return
+    section = "two nodes, PostgreSQL + Redis + S3 (moto)"
+    messages = int(NODES_MESSAGES * args.scale)
+    label = f"{NODES_SIZE // 1024} KB, {NODES_SESSIONS} sessions"
+    measured = two_nodes.measure(args.rounds, messages, NODES_SESSIONS, NODES_SIZE, workdir / "nodes", log)
+    for one, two, load in zip(measured["one"], measured["two"], measured["load"], strict=True):
+        results.add(section, f"{label}: one node", "messages/s", one, load)
+        results.add(section, f"{label}: two nodes", "messages/s", two, load)
+        results.ratio(section, f"{label}: two nodes", "one node", two, one)
+    results.note(section, f"{label}: two nodes", "all in mailbox (counted); the same sessions split over both")
+
+
 # --- main --------------------------------------------------------------------------------------------
 
 
@@ -743,7 +763,7 @@ def main() -> int:
     parser.add_argument("--shape", choices=("runmail", "runsmtp"), default="runmail",
                         help="SMTP: the MX as `make run` starts it (with qcluster and the other roles), or alone")
     parser.add_argument("--scale", type=float, default=1.0, help="multiplies the SMTP message counts")
-    parser.add_argument("--only", default="smtp,pop3,source,pull,memory", help="comma-separated sections")
+    parser.add_argument("--only", default="smtp,pop3,source,pull,memory,nodes", help="comma-separated sections")
     parser.add_argument("--sizes", default="", help="SMTP message sizes to run, e.g. 1,10 (KB; default all)")
     parser.add_argument("--sessions", default="", help="SMTP session counts to run, e.g. 1,10 (default all)")
     parser.add_argument("--retr-count", type=int, default=5000)
@@ -780,7 +800,8 @@ def main() -> int:
     started = datetime.now(UTC)
     try:
         for section, run in (
-            ("smtp", bench_smtp), ("pop3", bench_pop3), ("source", bench_source), ("pull", bench_pull), ("memory", bench_memory)
+            ("smtp", bench_smtp), ("pop3", bench_pop3), ("source", bench_source), ("pull", bench_pull), ("memory", bench_memory),
+            ("nodes", bench_nodes),
         ):
             if section in sections:
                 run(args, workdir, template, results)

@@ -1,5 +1,6 @@
 """Two listener nodes of one domain against one, on one PostgreSQL, one Redis and one S3 bucket (docs/scaling.md).
 
+    make bench BENCH_ARGS="--only nodes"     # a section of the runner (bench/run.py)
     .venv/bin/python bench/two_nodes.py [--rounds 3] [--messages 600] [--sessions 8] [--size 10240]
 
 Both nodes (runsmtp and qcluster each, one SMTP process per node so that a node is a core's
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -72,6 +74,70 @@ def send(targets: list[tuple[str, int]], messages: int, sessions: int, size: int
     return clients.Throughput(count, elapsed, count * size)
 
 
+class Cluster:
+    """Two nodes of one domain on a fresh PostgreSQL database, a private redis-server and a moto S3 bucket."""
+
+    def __init__(self, workdir: Path):
+        self.workdir = workdir
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.processes: list[Process] = []
+        self.redis, redis_url = start_redis(workdir)
+        self.s3 = start_s3_endpoint(workdir / "moto.log")
+        self.database = project.PostgresCopy(workdir, "nodes", redis_url)
+        self.port = free_port(NODES[0])
+
+    def start(self) -> None:
+        env = self.database.create()
+        env.update(self.s3.env(self.s3.new_bucket(), timeout=10, attempts=3), MAIL_AUTH_CHECKS="0", MAIL_SMTP_PROCESSES="1")
+        for number, address in enumerate(NODES, start=1):
+            node_env = {**env, "MAIL_HOSTNAME": f"mx{number}.{DOMAIN}", "MAIL_DATA_DIR": str(self.workdir / f"node{number}")}
+            self.processes.append(
+                Process.manage(["runsmtp", "--bind", f"{address}:{self.port}"], node_env, self.workdir / f"runsmtp{number}.log")
+            )
+            self.processes.append(Process.manage(["qcluster"], node_env, self.workdir / f"qcluster{number}.log"))
+        for address, process in zip(NODES, self.processes[::2], strict=True):
+            wait_for_port(address, self.port, proc=process.proc, timeout=60)
+
+    def stop(self) -> None:
+        for process in self.processes:
+            process.stop()
+        self.database.drop()
+        self.s3.stop()
+        self.redis.terminate()
+        self.redis.wait()
+
+
+def measure(rounds: int, messages: int, sessions: int, size: int, workdir: Path, log=print) -> dict[str, list[float]]:
+    """Per round: the rate of node 1 alone, then of both nodes at once, and their ratio.
+
+    Raises when a message that got its 250 is not in the mailbox.
+    """
+    cluster = Cluster(workdir)
+    try:
+        cluster.start()
+        port = cluster.port
+        measured: dict[str, list[float]] = {"one": [], "two": [], "ratio": [], "load": []}
+        warm_up = max(sessions, messages // 10)
+        send([(NODES[0], port)], warm_up, sessions, size)
+        expected = warm_up
+        for round_number in range(1, rounds + 1):
+            one = send([(NODES[0], port)], messages, sessions, size)
+            two = send([(address, port) for address in NODES], messages, sessions, size)
+            expected += one.count + two.count
+            measured["one"].append(one.rate)
+            measured["two"].append(two.rate)
+            measured["ratio"].append(two.rate / one.rate)
+            measured["load"].append(os.getloadavg()[0])
+            log(f"two nodes, round {round_number} of {rounds}: one node {one.rate:.0f} msg/s, "
+                f"two nodes {two.rate:.0f} msg/s, ratio {measured['ratio'][-1]:.2f}")
+        stored = cluster.database.count_inbox(RECIPIENT)
+        if stored != expected:
+            raise RuntimeError(f"{expected} messages were accepted but {stored} are in the mailbox")
+        return measured
+    finally:
+        cluster.stop()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
@@ -79,59 +145,19 @@ def main() -> int:
     parser.add_argument("--sessions", type=int, default=8)
     parser.add_argument("--size", type=int, default=10 * 1024)
     args = parser.parse_args()
+    measured = measure(args.rounds, args.messages, args.sessions, args.size, Path(tempfile.mkdtemp(prefix="bench-two-nodes-")))
 
-    workdir = Path(tempfile.mkdtemp(prefix="bench-two-nodes-"))
-    redis, redis_url = start_redis(workdir)
-    s3 = start_s3_endpoint(workdir / "moto.log")
-    database = project.PostgresCopy(workdir, "nodes", redis_url)
-    processes: list[Process] = []
-    try:
-        env = database.create(workdir)
-        env.update(s3.env(s3.new_bucket(), timeout=10, attempts=3), MAIL_AUTH_CHECKS="0", MAIL_SMTP_PROCESSES="1")
-        port = free_port(NODES[0])
-        for number, address in enumerate(NODES, start=1):
-            node_env = {**env, "MAIL_HOSTNAME": f"mx{number}.{DOMAIN}", "MAIL_DATA_DIR": str(workdir / f"node{number}")}
-            processes.append(Process.manage(["runsmtp", "--bind", f"{address}:{port}"], node_env, workdir / f"runsmtp{number}.log"))
-            processes.append(Process.manage(["qcluster"], node_env, workdir / f"qcluster{number}.log"))
-        for address, process in zip(NODES, processes[::2], strict=True):
-            wait_for_port(address, port, proc=process.proc, timeout=60)
+    def summary(values: list[float], unit: str) -> str:
+        return f"{statistics.median(values):.2f}{unit} [{min(values):.2f}-{max(values):.2f}]"
 
-        one_node, two_nodes, ratios = [], [], []
-        expected = 0
-        send([(NODES[0], port)], max(args.sessions, args.messages // 10), args.sessions, args.size)  # warm up
-        expected += max(args.sessions, args.messages // 10)
-        for round_number in range(1, args.rounds + 1):
-            one = send([(NODES[0], port)], args.messages, args.sessions, args.size)
-            two = send([(address, port) for address in NODES], args.messages, args.sessions, args.size)
-            expected += one.count + two.count
-            one_node.append(one.rate)
-            two_nodes.append(two.rate)
-            ratios.append(two.rate / one.rate)
-            print(f"round {round_number}: one node {one.rate:.0f} msg/s, two nodes {two.rate:.0f} msg/s, ratio {ratios[-1]:.2f}")
-        stored = database.count_inbox(RECIPIENT)
-        if stored != expected:
-            raise SystemExit(f"{expected} messages were accepted but {stored} are in the mailbox")
-
-        def summary(values: list[float], unit: str) -> str:
-            return f"{statistics.median(values):.2f}{unit} [{min(values):.2f}-{max(values):.2f}]"
-
-        print(f"\n{args.messages} messages of {args.size} octets over {args.sessions} sessions, {args.rounds} rounds:")
-        print(f"  one node:   {summary(one_node, ' msg/s')}")
-        print(f"  two nodes:  {summary(two_nodes, ' msg/s')}")
-        print(f"  two / one:  {summary(ratios, 'x')} (same-round ratios)")
-        out = project.ROOT / "var" / "bench"
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "two_nodes.json").write_text(json.dumps(
-            {"args": vars(args), "one_node": one_node, "two_nodes": two_nodes, "ratios": ratios, "stored": stored}, indent=2
-        ))
-        return 0
-    finally:
-        for process in processes:
-            process.stop()
-        database.drop()
-        s3.stop()
-        redis.terminate()
-        redis.wait()
+    print(f"\n{args.messages} messages of {args.size} octets over {args.sessions} sessions, {args.rounds} rounds:")
+    print(f"  one node:   {summary(measured['one'], ' msg/s')}")
+    print(f"  two nodes:  {summary(measured['two'], ' msg/s')}")
+    print(f"  two / one:  {summary(measured['ratio'], 'x')} (same-round ratios)")
+    out = project.ROOT / "var" / "bench"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "two_nodes.json").write_text(json.dumps({"args": vars(args), **measured}, indent=2))
+    return 0
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ see one another's answers.
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 
@@ -24,6 +25,7 @@ import dns.resolver
 from django.conf import settings
 
 MAX_TTL = 86400
+_serials = itertools.count(1)
 
 
 class CappedCache(dns.resolver.LRUCache):
@@ -33,10 +35,16 @@ class CappedCache(dns.resolver.LRUCache):
         super().__init__(max_size)
         self.negative_ttl = negative_ttl
         self.max_ttl = max_ttl
+        # Which cache this is: what is computed from its answers names it, and is not reused
+        # once it has been dropped (forget_all).
+        self.serial = next(_serials)
 
     def put(self, key, value: dns.resolver.Answer) -> None:
+        """Keep `value` until its capped expiration; one that is not kept expires now (nothing
+        computed from it is reused: TXTResolver.lookup)."""
         now = time.time()
         if value.rrset is None and not any(r.rdtype == dns.rdatatype.SOA for r in value.response.authority):
+            value.expiration = now
             return
         cap = self.negative_ttl if value.rrset is None else self.max_ttl
         value.expiration = min(value.expiration, now + cap)

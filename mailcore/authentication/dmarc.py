@@ -7,6 +7,7 @@ run time, updated with each release).
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -15,7 +16,7 @@ from functools import lru_cache
 from publicsuffixlist import PublicSuffixList
 
 from mailcore.authentication.dkim import DKIMResult
-from mailcore.authentication.resolver import DNSTemporaryError, TXTResolver
+from mailcore.authentication.resolver import DNSTemporaryError, Reusable, TXTResolver
 from mailcore.authentication.spf import SPFResult
 
 
@@ -66,11 +67,32 @@ def parse_record(text: str) -> dict[str, str] | None:
 
 
 def find_record(resolver: TXTResolver, from_domain: str) -> DMARCRecord | None:
-    """RFC 7489 §6.6.3: `_dmarc.<From domain>`, else `_dmarc.<organizational domain>`; raises DNSTemporaryError."""
+    """RFC 7489 §6.6.3: `_dmarc.<From domain>`, else `_dmarc.<organizational domain>`; raises DNSTemporaryError.
+
+    The record found (or its absence) is reused while the answers it came from are cached.
+    """
     from_domain = from_domain.lower().rstrip(".")
+    key = (resolver.answers_from, from_domain)
+    reused = _records.get(key)
+    if reused is not None:
+        return reused[0]
+    kept = [math.inf]
+    record = _find_record(resolver, from_domain, kept)
+    if not resolver.missed:
+        _records.put(key, (record,), kept[0])
+    return record
+
+
+_records = Reusable()
+
+
+def _find_record(resolver: TXTResolver, from_domain: str, kept: list[float]) -> DMARCRecord | None:
     org = organizational_domain(from_domain)
     for domain in dict.fromkeys([from_domain, org]):
-        found = [parse_record(t.decode("utf-8", "replace")) for t in resolver.txt(f"_dmarc.{domain}")]
+        answer, until = resolver.lookup(f"_dmarc.{domain}", "TXT")
+        kept[0] = min(kept[0], until)
+        texts = [b"".join(r.strings) for r in answer]
+        found = [parse_record(t.decode("utf-8", "replace")) for t in texts]
         found = [tags for tags in found if tags is not None]
         if len(found) != 1:  # none, or several: as if none (§6.6.3 step 3)
             continue
@@ -131,7 +153,7 @@ def has_from_domain(from_domain: str) -> bool:
 
 
 def evaluate(
-    resolver: TXTResolver,
+    resolver: TXTResolver | None,
     from_domain: str,
     spf: SPFResult | None,
     dkim: list[DKIMResult],
@@ -141,7 +163,7 @@ def evaluate(
     """RFC 7489 §4.2: pass when SPF (for MAIL FROM) or any DKIM signature passed for an aligned domain.
 
     `found` gives the record when it was looked up already (a future's result, raising
-    DNSTemporaryError as find_record does); by default it is looked up here.
+    DNSTemporaryError as find_record does); by default it is looked up here, with `resolver`.
     """
     from_domain = from_domain.lower().rstrip(".")
     if not has_from_domain(from_domain):

@@ -1,17 +1,16 @@
-"""What the POP3 protocol needs from storage, and the one sync_to_async boundary into the services
-(the one call made on the event loop, a read from the page cache, never waits for the disk)."""
+"""What the POP3 protocol needs from storage, and its one boundary into the services (a
+database_bridge.DatabaseBridge; the one call made on the event loop, a read from the page
+cache, never waits for the disk)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 from collections.abc import AsyncIterator
 from typing import Protocol
 
-from asgiref.sync import sync_to_async
-
+from mailcore.database_bridge import DatabaseBridge
 from mailcore.pop3.wire import retr_reply
 from mailcore.services import maildrop as service
 from mailcore.services.accounts import LoginBlocked
@@ -52,10 +51,9 @@ class Maildrop(Protocol):
     async def update(self, account: Account, holder: str, deleted: list[int], retrieved: list[int]) -> int: ...
 
 
-async def _off_loop(func, *args):
-    # thread_sensitive=False: the password hasher and body reads run in a pool, so one slow
-    # login or a large RETR does not queue every other session behind it on a single thread.
-    return await sync_to_async(functools.partial(func, *args), thread_sensitive=False)()
+# The event loop's pool of threads: the password hasher and body reads run in parallel, so one
+# slow login or a large RETR does not queue every other session behind it on a single thread.
+_off_loop = DatabaseBridge().run
 
 
 _EXHAUSTED = object()

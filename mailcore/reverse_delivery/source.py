@@ -5,9 +5,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 
-from asgiref.sync import sync_to_async
 from django.db import DatabaseError
 
+from mailcore.database_bridge import DatabaseBridge
 from mailcore.delivery.client import Connection, OutboundClient, OutboundMessage, Reply, Session, SMTPFailure
 from mailcore.reverse_delivery.ids import offers_source
 from mailcore.services import reverse_delivery
@@ -33,9 +33,11 @@ class SourcingClient(OutboundClient):
 
     def __init__(self, *args, record: Recorder | None = None, withdraw: Withdrawer | None = None, **kwargs):
         super().__init__(*args, **kwargs)
-        # The one boundary from this event loop into the services (ORM calls block).
-        self.record = record or sync_to_async(reverse_delivery.record_sourced)
-        self.withdraw = withdraw or sync_to_async(reverse_delivery.withdraw_sourced)
+        # The one boundary from this event loop into the services (ORM calls block): one call
+        # at a time, in the thread asgiref keeps for such calls.
+        services = DatabaseBridge(callers_thread=True)
+        self.record = record or services.wrap(reverse_delivery.record_sourced)
+        self.withdraw = withdraw or services.wrap(reverse_delivery.withdraw_sourced)
 
     async def _withdraw(self, source_id: str) -> None:
         try:

@@ -7,10 +7,11 @@ import logging
 from collections import Counter
 from dataclasses import dataclass, field
 
-from asgiref.sync import async_to_sync, sync_to_async
+from asgiref.sync import async_to_sync
 from django.conf import settings
-from django.db import close_old_connections, connection
+from django_q.models import Schedule
 
+from mailcore.database_bridge import DatabaseBridge
 from mailcore.reverse_delivery import origins
 from mailcore.reverse_delivery.envelope import envelope_mismatch
 from mailcore.reverse_delivery.origins import OriginHost, OriginLookupError
@@ -41,25 +42,20 @@ class SweepReport:
 
 
 class _Services:
-    """The one sync_to_async boundary of the sweep into mailcore.services.pulls."""
+    """The one boundary of the sweep into mailcore.services.pulls.
+
+    The calls run in the thread of the synchronous code that runs the sweep (`run_sweep`), in
+    its transaction if it has one (a test's, or a command's atomic block); a sweep outlives many
+    units of work, and a connection the database has broken meanwhile is dropped between them.
+    """
 
     def __init__(self):
-        self.claim_due = self._wrap(pulls.claim_due)
-        self.deliver_pulled = self._wrap(pulls.deliver_pulled)
-        self.record_failed = self._wrap(pulls.record_failed)
-        self.record_retry = self._wrap(pulls.record_retry)
-        self.plan_pull = self._wrap(pulls.plan_pull)
-
-    @staticmethod
-    def _wrap(function):
-        def unit_of_work(*args, **kwargs):
-            # A sweep outlives many units of work; drop a connection the database has broken
-            # meanwhile. (Not inside a caller's transaction: a test's, or a command's atomic block.)
-            if not connection.in_atomic_block:
-                close_old_connections()
-            return function(*args, **kwargs)
-
-        return sync_to_async(unit_of_work)
+        services = DatabaseBridge(callers_thread=True)
+        self.claim_due = services.wrap(pulls.claim_due)
+        self.deliver_pulled = services.wrap(pulls.deliver_pulled)
+        self.record_failed = services.wrap(pulls.record_failed)
+        self.record_retry = services.wrap(pulls.record_retry)
+        self.plan_pull = services.wrap(pulls.plan_pull)
 
 
 class Sweep:
@@ -211,8 +207,6 @@ def register_schedule() -> None:
     it is due: up to a minute late. The first attempt does not wait for any sweep: it is a task
     enqueued when SOURCE is committed.
     """
-    from django_q.models import Schedule
-
     Schedule.objects.update_or_create(
         name=SCHEDULE,
         defaults={

@@ -84,19 +84,26 @@ def check_sender(client_address: str, mail_from: str, helo: str, at_once: bool =
         return None
 
 
-def authenticates_at_once(content: bytes | list, sender: SenderChecks | None) -> bool:
-    """Whether `authenticate(envelope, content, sender)` is quick enough for an event loop: the
-    message in memory, and no lookup or signature left to check after `sender`."""
+def authenticate_at_once(envelope: Envelope, content: bytes | list, sender: SenderChecks | None) -> Envelope | None:
+    """`authenticate` made here, quickly enough for an event loop: the message in memory and
+    nothing left to look up or verify after `sender`; None when it must be made in a worker thread."""
     if not settings.MAIL_AUTH_CHECKS or sender is None or spool.is_spooled(content):
-        return False
-    return not checks.needs_lookups(spool.joined(content), sender)
+        return None
+    try:
+        auth = checks.check_at_once(spool.joined(content), sender)
+    except Exception:  # a library's bug on hostile input must not cost the message
+        log.exception("authentication checks failed for a message from <%s>", envelope.mail_from)
+        return envelope
+    if auth is None:
+        return None
+    return replace(envelope, authentication=auth, verification=results.verdict(envelope.verification, auth))
 
 
 def authenticate(envelope: Envelope, content: bytes | list, sender: SenderChecks | None = None) -> Envelope:
     """SPF, DKIM, DMARC and ARC for a message that came from elsewhere, and its verdict class.
 
     Blocking (DNS within MAIL_AUTH_DNS_TIMEOUT in all): call it from a worker thread, unless
-    `authenticates_at_once` says that nothing is left to wait for. `sender`: `check_sender`'s
+    `authenticate_at_once` made it already. `sender`: `check_sender`'s
     results for this envelope. A resolver that fails or times out gives temperror results and
     the message goes on as unverified. A spooled message too costly to read whole is not
     checked at all (`_authenticated_copy`).

@@ -1,43 +1,40 @@
 """The MX listener's policy, and its one boundary into the service layer (worker threads).
 
-The session (server.py, aiosmtpd's SMTP class) decides what is well-formed and in sequence; this
-handler decides what is acceptable (who exists, who may be relayed to, what is delivered), asked
-through aiosmtpd's hooks (`handle_EHLO`, `handle_MAIL`, `handle_RCPT`, `handle_DATA`, and
-`handle_SOURCE` for our verb), by calling services in worker threads. Every database or
-file-system call of a session goes through `call`, or, for the lone message of a lone session,
-`call_here`.
+The session class (server.py, aiosmtpd's SMTP class) decides what is well-formed and in
+sequence; this handler decides what is acceptable (who exists, who may be relayed to, what is
+delivered), asked through aiosmtpd's hooks (`handle_EHLO`, `handle_MAIL`, `handle_RCPT`,
+`handle_DATA`, and `handle_SOURCE` for our verb), by calling services in worker threads. It
+reads and writes only the hooks' `session` and `envelope` (session.py): the protocol object,
+which aiosmtpd passes first, is not read. Every database or file-system call of a session goes
+through `call`, or, for the lone message of a lone session, `call_here` (both through one
+database_bridge.DatabaseBridge).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import Any, BinaryIO
 
 from django.conf import settings
 from django.db import DatabaseError, connections
 
 from mailcore.addresses import domain_of
-from mailcore.models import UnverifiedPolicy
+from mailcore.database_bridge import DatabaseBridge
+from mailcore.models import Transport, UnverifiedPolicy, Verification
 from mailcore.services import inbound, reverse_delivery, senders
 from mailcore.services.login_failures import AddressCounter
 from mailcore.smtp import replies
 from mailcore.smtp.groupcommit import GroupCommit
 from mailcore.smtp.replies import Reply
-from mailcore.smtp.server import unsafe
+from mailcore.smtp.session import SMTPSession, Transaction, envelope_fields, unsafe
 from mailcore.spam.check import SpamRejection
 from mailcore.store import message_store
 from mailcore.store.bodies import CHUNK_SIZE
-
-if TYPE_CHECKING:
-    from aiosmtpd.smtp import Session
-
-    from mailcore.smtp.server import InboundSMTP, Transaction
 
 log = logging.getLogger("mailcore.smtp")
 
@@ -50,42 +47,11 @@ class TemporaryFault(Exception):
     """Our own fault (database, store): the client gets 4xx and tries again (style.md)."""
 
 
-def _drop_unusable_connections() -> None:
-    """Close this thread's database connections that a failure left unusable.
-
-    Unlike Django's `close_old_connections`, a healthy connection is kept: each worker thread
-    holds its own for the life of the listener, instead of connecting again for every command.
-    """
-    for conn in connections.all(initialized_only=True):
-        if conn.connection is None:
-            continue
-        if conn.get_autocommit() != conn.settings_dict["AUTOCOMMIT"]:
-            conn.close()  # a transaction left open by an exception
-        elif conn.errors_occurred:
-            if conn.is_usable():
-                conn.errors_occurred = False
-            else:
-                conn.close()
-
-
 def _sqlite_writer_lock_path() -> str | None:
     """The file whose flock(2) orders SQLite's writers across listener processes; None off SQLite."""
     if connections["default"].vendor != "sqlite":
         return None
     return f"{connections['default'].settings_dict['NAME']}.writer-lock"
-
-
-def _unit_of_work(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Run `fn` with a usable database connection in a worker thread, as a request would."""
-
-    def run(*args, **kwargs):
-        _drop_unusable_connections()
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            _drop_unusable_connections()
-
-    return run
 
 
 @contextlib.contextmanager
@@ -110,6 +76,7 @@ class InboundHandler:
         self.executor = ThreadPoolExecutor(
             max_workers=workers or settings.MAIL_SMTP_WORKER_THREADS, thread_name_prefix="smtp-services"
         )
+        self.database = DatabaseBridge(self.executor)
         # SPF, DKIM, DMARC and ARC wait on DNS: threads of their own, so that a slow resolver
         # never holds up the threads that store and commit other sessions' mail.
         self.auth_executor = ThreadPoolExecutor(max_workers=settings.MAIL_AUTH_WORKER_THREADS, thread_name_prefix="smtp-auth")
@@ -131,31 +98,20 @@ class InboundHandler:
 
     async def call(self, fn: Callable[..., Any], *args, **kwargs) -> Any:
         """The one boundary between the event loop and the (blocking) service layer."""
-        # Plain run_in_executor, not asgiref's sync_to_async: these calls need neither a thread
-        # shared with other sync code nor the caller's context variables, and asgiref's wrapping
-        # cost as much as the trip itself.
+        # The listener's own pool, not asgiref's single thread: these calls need no thread
+        # shared with other sync code, and each worker keeps its own connection.
         with _faults_as_temporary():
-            return await asyncio.get_running_loop().run_in_executor(
-                self.executor, functools.partial(_unit_of_work(fn), *args, **kwargs)
-            )
+            return await self.database.run(fn, *args, **kwargs)
 
     def call_here(self, fn: Callable[..., Any], *args, **kwargs) -> Any:
         """`call`, in the event loop's own thread, which it blocks until `fn` returns.
 
         Only for a lone message of a lone session (GroupCommit.deliver): the loop has nothing
         else to do meanwhile, and the worker thread that would have done it instead sleeps
-        between messages and wakes up slow. The same stage and commit of a 1 KB message took
-        1.3 ms back to back and 2.3 ms after 2 ms asleep, twice the CPU time. Django
-        refuses the ORM in a thread whose event loop runs (async_unsafe), rightly in general:
-        the running loop is hidden from it for the length of the call.
+        between messages and wakes up slow (twice the CPU time for the same stage and commit).
         """
-        loop = asyncio.get_running_loop()
-        asyncio.events._set_running_loop(None)
-        try:
-            with _faults_as_temporary():
-                return _unit_of_work(fn)(*args, **kwargs)
-        finally:
-            asyncio.events._set_running_loop(loop)
+        with _faults_as_temporary():
+            return self.database.run_here(fn, *args, **kwargs)
 
     def close(self) -> None:
         """Wait for deliveries in flight to commit, then stop the workers."""
@@ -168,8 +124,9 @@ class InboundHandler:
         if not settings.MAIL_AUTH_CHECKS:
             return envelope
         sender = await transaction.sender_checks if transaction.sender_checks is not None else None
-        if inbound.authenticates_at_once(content, sender):
-            return inbound.authenticate(envelope, content, sender)
+        checked = inbound.authenticate_at_once(envelope, content, sender)
+        if checked is not None:
+            return checked
         return await asyncio.get_running_loop().run_in_executor(
             self.auth_executor, inbound.authenticate, envelope, content, sender
         )
@@ -180,7 +137,7 @@ class InboundHandler:
 
     # --- the greeting --------------------------------------------------------------------------
 
-    async def handle_EHLO(self, server: InboundSMTP, session: Session, envelope: Transaction, hostname: str,
+    async def handle_EHLO(self, _server: object, session: SMTPSession, envelope: Transaction, hostname: str,
                           responses: list[str]) -> list[str]:
         """The EHLO reply (RFC 5321 §4.1.1.1) in place of aiosmtpd's, with our keywords."""
         name = hostname.split()[0]
@@ -189,51 +146,55 @@ class InboundHandler:
             session.host_name = None
             return [str(replies.BAD_HELO_NAME)]
         session.host_name = name
-        *lines, last = [server.hostname, *server.ehlo_keywords()]
+        *lines, last = [session.server_name, *session.ehlo_keywords]
         return [*(f"250-{line}" for line in lines), f"250 {last}"]
 
-    async def handle_HELO(self, server: InboundSMTP, session: Session, envelope: Transaction, hostname: str) -> str:
+    async def handle_HELO(self, _server: object, session: SMTPSession, envelope: Transaction, hostname: str) -> str:
         name = hostname.split()[0]
         if unsafe(name):
             session.host_name = None
             return str(replies.BAD_HELO_NAME)
         session.host_name = name
-        return f"250 {server.hostname}"
+        return f"250 {session.server_name}"
 
     # --- MAIL ----------------------------------------------------------------------------------
 
-    async def handle_MAIL(self, server: InboundSMTP, session: Session, envelope: Transaction, address: str,
+    async def handle_MAIL(self, _server: object, session: SMTPSession, envelope: Transaction, address: str,
                           mail_options: list[str]) -> str:
         """The reply to a well-formed `MAIL FROM:<address>`; records the sender when it is taken."""
-        verdict = await self.sender_verdict(server, address)
+        verdict = await self.sender_verdict(session, address)
         if verdict.code == 250:
             envelope.mail_from = address
             envelope.mail_options = list(mail_options)
         return str(verdict)
 
-    async def sender_verdict(self, server: InboundSMTP, address: str) -> Reply:
+    async def sender_verdict(self, session: SMTPSession, address: str) -> Reply:
         """Whether this sender may start a transaction; the MX takes any (the submission port may not)."""
         return replies.SENDER_OK
 
     # --- RCPT ----------------------------------------------------------------------------------
 
-    async def handle_RCPT(self, server: InboundSMTP, session: Session, envelope: Transaction, address: str,
+    async def handle_RCPT(self, _server: object, session: SMTPSession, envelope: Transaction, address: str,
                           rcpt_options: list[str]) -> str:
-        """The reply to a well-formed `RCPT TO:<address>`; adds the recipient when it is taken."""
-        verdict, policy = await self.recipient_verdict(server, address)
+        """The reply to a well-formed `RCPT TO:<address>`; adds the recipient when it is taken.
+
+        The recipient domain's policy for unverified mail is decided here, once, and kept on the
+        envelope (`rejects_unverified`), where DATA finds it.
+        """
+        verdict, policy = await self.recipient_verdict(session, envelope, address)
         if verdict.code == 250:
-            rejects = server.unverified_policy_applies() and self.rejects_unverified(policy)
+            rejects = session.unverified_policy_applies and self.rejects_unverified(policy)
             if envelope.rcpt_tos and rejects != envelope.rejects_unverified:
                 verdict = replies.POLICY_MIXES
             else:
                 envelope.rejects_unverified = rejects
                 if not envelope.rcpt_tos:
-                    self.start_sender_checks(server, session, envelope)
+                    self.start_sender_checks(session, envelope)
                 if address not in envelope.rcpt_tos:
                     envelope.rcpt_tos.append(address)
         return str(verdict)
 
-    def start_sender_checks(self, server: InboundSMTP, session: Session, envelope: Transaction) -> None:
+    def start_sender_checks(self, session: SMTPSession, envelope: Transaction) -> None:
         """SPF and the reverse-path domain's DMARC record, made while the client sends the message.
 
         Started at the first recipient taken, not at MAIL: a transaction with no recipient
@@ -242,7 +203,7 @@ class InboundHandler:
         """
         if not settings.MAIL_AUTH_CHECKS:
             return
-        identity = (server.client_address, envelope.mail_from or "", session.host_name or "")
+        identity = (session.client_address, envelope.mail_from or "", session.host_name or "")
         loop = asyncio.get_running_loop()
         sender = inbound.check_sender(*identity, at_once=True)
         if sender is None:
@@ -251,7 +212,7 @@ class InboundHandler:
             envelope.sender_checks = loop.create_future()
             envelope.sender_checks.set_result(sender)
 
-    async def recipient_verdict(self, server: InboundSMTP, address: str) -> tuple[Reply, str | None]:
+    async def recipient_verdict(self, session: SMTPSession, envelope: Transaction, address: str) -> tuple[Reply, str | None]:
         """The reply to `RCPT TO:<address>`, and the recipient domain's unverified-mail policy."""
         try:
             check = await self.checked_recipient(address)
@@ -266,16 +227,16 @@ class InboundHandler:
             return replies.USER_UNKNOWN, None
         if check.full:
             return replies.MAILBOX_FULL, None
-        return self.sender_list_verdict(server, check)
+        return self.sender_list_verdict(session, envelope, check)
 
     @staticmethod
-    def sender_list_verdict(server: InboundSMTP, check: inbound.RecipientCheck) -> tuple[Reply, str | None]:
+    def sender_list_verdict(session: SMTPSession, envelope: Transaction, check: inbound.RecipientCheck) -> tuple[Reply, str | None]:
         """The recipient's sender lists on what RCPT knows: the envelope sender and the client.
 
         A block refuses this recipient now (operations.md: 550 5.7.1 at RCPT); an allow lifts its
         domain's policy for unverified mail, "reject" included, so DATA is not refused before the body.
         """
-        decision = check.senders.decide(server.envelope.mail_from or "", server.client_address)
+        decision = check.senders.decide(envelope.mail_from or "", session.client_address)
         if decision == senders.BLOCK:
             return replies.SENDER_BLOCKED, None
         if decision == senders.ALLOW:
@@ -300,19 +261,20 @@ class InboundHandler:
 
     # --- DATA ----------------------------------------------------------------------------------
 
-    async def handle_DATA(self, server: InboundSMTP, session: Session, envelope: Transaction) -> str:
+    async def handle_DATA(self, _server: object, session: SMTPSession, envelope: Transaction) -> str:
         """The reply once the message (`envelope.content`) has been read: 250 only once it is durable."""
-        result, envelope.queue_id = await self.deliver(server, envelope.content)
+        result, envelope.queue_id = await self.deliver(session, envelope)
         return str(result)
 
-    async def deliver(self, server: InboundSMTP, content: bytes | list) -> tuple[Reply, str | None]:
+    async def deliver(self, session: SMTPSession, transaction: Transaction) -> tuple[Reply, str | None]:
         """Store and deliver a message received by DATA: (reply, queue id or None)."""
-        envelope = await self.authenticate(server.envelope, server.delivery_envelope(), content)
+        content = transaction.content
+        envelope = await self.authenticate(transaction, delivery_envelope(session, transaction), content)
         try:
             # spamd is asked per message, before the batch, so that one slow verdict never holds
             # back the other sessions' messages (none when the spam check is off).
             spam = await self.call(inbound.spam_verdict, envelope, content) if settings.MAIL_SPAMD else None
-            receipt = await self.group_commit.deliver(envelope, content, spam, alone=server.registry.counts.total() <= 1)
+            receipt = await self.group_commit.deliver(envelope, content, spam, alone=session.open_sessions() <= 1)
         except (DatabaseError, OSError) as exc:
             log.warning("delivery failed: %s", exc)
             return replies.TEMPORARY_FAILURE, None
@@ -338,19 +300,18 @@ class InboundHandler:
 
     # --- SOURCE (reverse-delivery.md §3, receiving role) ---------------------------------------
 
-    async def handle_SOURCE(self, server: InboundSMTP, session: Session, envelope: Transaction, source_id: str) -> str:
-        return str(await self.announce(server, source_id))
+    async def handle_SOURCE(self, _server: object, session: SMTPSession, envelope: Transaction, source_id: str) -> str:
+        return str(await self.announce(session, envelope, source_id))
 
-    async def announce(self, server: InboundSMTP, source_id: str) -> Reply:
-        envelope = server.envelope
+    async def announce(self, session: SMTPSession, envelope: Transaction, source_id: str) -> Reply:
         try:
             result = await self.call(
                 reverse_delivery.announce,
                 source_id,
                 envelope.mail_from,
                 list(envelope.rcpt_tos),
-                server.client_address,
-                server.session.host_name or "",
+                session.client_address,
+                session.host_name or "",
             )
         except TemporaryFault:
             return replies.TEMPORARY_FAILURE
@@ -366,12 +327,12 @@ class InboundHandler:
 
     # --- GET (reverse-delivery.md §4, origin role) ---------------------------------------------
 
-    async def fetch(self, server: InboundSMTP, source_id: str) -> tuple[Reply, reverse_delivery.SourcedBody | None]:
+    async def fetch(self, session: SMTPSession, source_id: str) -> tuple[Reply, reverse_delivery.SourcedBody | None]:
         """The reply to `GET <id>` and the body to send; GET_TOO_MANY_UNKNOWN means: close now."""
         try:
-            first = not server.asked_for_ids
-            body = await self.call(self.fetch_unless_guessing, source_id, server.client_address, first)
-            server.asked_for_ids = server.asked_for_ids or body is None
+            first = not session.asked_for_ids
+            body = await self.call(self.fetch_unless_guessing, source_id, session.client_address, first)
+            session.asked_for_ids = session.asked_for_ids or body is None
         except TooManyUnknownIds:
             return replies.GET_TOO_MANY_UNKNOWN, None
         except reverse_delivery.FetchRefused:
@@ -430,3 +391,22 @@ class InboundHandler:
     @staticmethod
     def rejects_unverified(policy: str | None) -> bool:
         return policy == UnverifiedPolicy.REJECT
+
+
+def received_protocol(session: SMTPSession, transaction: Transaction) -> str:
+    """RFC 3848 / RFC 6531 §3.7.3 `with` keyword for the Received header."""
+    if not session.extended_smtp:
+        return "SMTP"
+    base = "UTF8SMTP" if transaction.smtp_utf8 else "ESMTP"
+    return base + ("S" if session.tls else "")
+
+
+def delivery_envelope(session: SMTPSession, transaction: Transaction) -> inbound.Envelope:
+    """The envelope handed to the service layer for a message received by DATA."""
+    return inbound.Envelope(
+        **envelope_fields(session, transaction),
+        transport=Transport.DATA,
+        protocol=received_protocol(session, transaction),
+        verification=Verification.UNVERIFIED,
+        auth_result="none",
+    )

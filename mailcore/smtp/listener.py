@@ -14,15 +14,12 @@ import socket
 import ssl
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from django.conf import settings
 
 from mailcore.smtp import replies
 from mailcore.smtp.replies import Reply
-
-if TYPE_CHECKING:
-    from mailcore.smtp.server import InboundSMTP
 
 log = logging.getLogger("mailcore.smtp")
 
@@ -143,6 +140,16 @@ class Spillover:
         return now - self.quiet_since < self.linger
 
 
+class Admitted(Protocol):
+    """What the registry and the shutdown need of a session (server.InboundSMTP is one)."""
+
+    client_address: str
+
+    def shutdown_if_idle(self) -> bool: ...
+
+    def close(self) -> None: ...
+
+
 class ConnectionRegistry:
     """The sessions of one process, admitted against caps that hold across the listener's processes."""
 
@@ -150,14 +157,14 @@ class ConnectionRegistry:
         self.max_connections = max_connections
         self.max_per_client = max_per_client
         self.counts = counts or SharedCounts()
-        self.sessions: set[InboundSMTP] = set()
+        self.sessions: set[Admitted] = set()
         self.stopping = False
 
     @classmethod
     def from_settings(cls, counts: SharedCounts | None = None) -> ConnectionRegistry:
         return cls(settings.MAIL_SMTP_MAX_CONNECTIONS, settings.MAIL_SMTP_MAX_CONNECTIONS_PER_CLIENT, counts)
 
-    def admit(self, session: InboundSMTP) -> Reply | None:
+    def admit(self, session: Admitted) -> Reply | None:
         """None when the session may go on; otherwise the 421 to send before closing."""
         if self.stopping:
             return replies.SHUTTING_DOWN
@@ -171,7 +178,7 @@ class ConnectionRegistry:
         self.sessions.add(session)
         return None
 
-    def release(self, session: InboundSMTP) -> None:
+    def release(self, session: Admitted) -> None:
         if session in self.sessions:
             self.sessions.discard(session)
             self.counts.release(session.client_address)

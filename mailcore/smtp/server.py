@@ -3,9 +3,11 @@
 `InboundSMTP` is a subclass of aiosmtpd's `SMTP`: aiosmtpd reads the commands, dispatches them to
 `smtp_VERB` methods, and runs STARTTLS, AUTH and the session's state. Policy is in the handler
 (handler.py), asked through aiosmtpd's hooks (`handle_EHLO`, `handle_MAIL`, `handle_RCPT`,
-`handle_DATA`, `handle_SOURCE`). What is overridden, and why, is said in each override's
-docstring; in short: every reply carries an enhanced status code (RFC 2034), paths are parsed
-as RFC 5321 writes them, DATA is read in chunks, and the limits of a public MX are enforced.
+`handle_DATA`, `handle_SOURCE`), which read what they need off the session and envelope
+objects this class makes and fills in (session.py, `describe_session`). What is overridden, and
+why, is said in each override's docstring; in short: every reply carries an enhanced status
+code (RFC 2034), paths are parsed as RFC 5321 writes them, DATA is read in chunks, and the
+limits of a public MX are enforced.
 The submission listener subclasses it (submission.py).
 """
 
@@ -21,21 +23,20 @@ import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from aiosmtpd.smtp import MISSING, SMTP, Envelope, TLSSetupException
+from aiosmtpd.smtp import MISSING, SMTP, TLSSetupException
 from django.conf import settings
 
 from mailcore import tls
-from mailcore.models import Transport, Verification
 from mailcore.reverse_delivery.ids import EHLO_KEYWORD, is_valid_id
 from mailcore.services import inbound
 from mailcore.smtp import replies
 from mailcore.smtp.data import DataReceiver
 from mailcore.smtp.replies import Reply
+from mailcore.smtp.session import SMTPSession, Transaction, unsafe
 from mailcore.store import spool
 from mailcore.transparency import BodyEncoder
 
 if TYPE_CHECKING:
-    from mailcore.authentication.checks import SenderChecks
     from mailcore.smtp.handler import InboundHandler
     from mailcore.smtp.listener import ConnectionRegistry
 
@@ -60,9 +61,6 @@ _HTTP_VERSION = re.compile(rb"\sHTTP/\d", re.IGNORECASE)
 _PATH = re.compile(r'\s*<(?:@[^:<>]*:)?(?P<path>(?:"(?:[^"\\]|\\.)*"|[^<>"\s])*)>(?P<params>.*)\Z')
 _BARE_PATH = re.compile(r"\s*(?P<path>[^<>\s]+)(?P<params>.*)\Z")
 _MAILBOX = re.compile(r'(?:"(?:[^"\\]|\\.)*"|[^@\s"]+)@[^@\s<>"]+\Z')
-# What no value that reaches a header may hold: the C0 controls (CR and LF among them), DEL, and
-# the surrogates that stand for octets that are not UTF-8 (aiosmtpd decodes with surrogateescape).
-_UNSAFE = re.compile("[\x00-\x1f\x7f\ud800-\udfff]")
 
 # aiosmtpd's own replies, which carry no enhanced status code (RFC 2034 §3 wants one on every
 # reply but the greeting, EHLO/HELO and 354), by how they begin: ours in their place.
@@ -121,31 +119,12 @@ class SMTPConfig:
         )
 
 
-class Transaction(Envelope):
-    """aiosmtpd's envelope, plus what our policy needs. `mail_from` is None before MAIL, "" for <>."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.body_type = "7BIT"
-        self.queue_id: str | None = None  # set by handle_DATA once the message is stored
-        # Whether the recipients so far are in domains that refuse unverified mail (§5): a
-        # transaction holds only one kind, so that DATA can be refused for all or none.
-        self.rejects_unverified: bool | None = None
-        # The envelope's authentication checks, started at the first recipient (handler).
-        self.sender_checks: asyncio.Future[SenderChecks | None] | None = None
-
-
 def parse_path(text: str) -> tuple[str, str] | None:
     """(address, parameters) of `<address> params`; None when it is not a path."""
     match = _PATH.match(text) or _BARE_PATH.match(text)
     if match is None:
         return None
     return match.group("path"), match.group("params").strip()
-
-
-def unsafe(text: str) -> bool:
-    """Whether `text` holds a control character or octets that are not UTF-8 (never into a header)."""
-    return _UNSAFE.search(text) is not None
 
 
 class RefusedLine(Exception):
@@ -207,6 +186,8 @@ class InboundSMTP(SMTP):
 
     offers_auth = False  # AUTH belongs to the submission port, never to the MX
     offers_source = True  # SOURCE and GET of reverse-delivery.md
+    # Mail through this listener is unverified unless it is announced with SOURCE.
+    unverified_policy_applies = True
     # aiosmtpd measures a line without its CRLF; RFC 5321 counts it.
     command_size_limit = COMMAND_LINE_LIMIT - 2
     command_size_limits = FixedLimits(lambda: COMMAND_LINE_LIMIT - 2, {"MAIL": MAIL_LINE_LIMIT - 2})
@@ -231,7 +212,6 @@ class InboundSMTP(SMTP):
         self.awaiting_command = False
         self.in_data = False
         self.refused = False
-        self.asked_for_ids = False  # an unknown id was asked for in this session (the handler's guessing check)
         self._corked = b""  # the lines of a multi-line reply so far
         if not self.offers_auth:
             self._smtp_methods.pop("AUTH", None)
@@ -255,7 +235,8 @@ class InboundSMTP(SMTP):
     # --- the connection ------------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        """aiosmtpd's, after the connection caps (listener.ConnectionRegistry) have admitted it."""
+        """aiosmtpd's, after the connection caps (listener.ConnectionRegistry) have admitted it;
+        then what the policy reads of the new session (after STARTTLS too: a new one)."""
         if self._original_transport is None:  # a new connection, not the end of a STARTTLS
             peer = transport.get_extra_info("peername")
             if isinstance(peer, tuple) and peer:
@@ -266,7 +247,24 @@ class InboundSMTP(SMTP):
                 transport.write(f"{refusal}\r\n".encode())
                 transport.close()
                 return
+        previous = self.session
         super().connection_made(transport)
+        self.describe_session(self.session)
+        if previous is not None:
+            self.session.asked_for_ids = previous.asked_for_ids
+
+    def _create_session(self) -> SMTPSession:
+        return SMTPSession(self.loop)
+
+    def describe_session(self, session: SMTPSession) -> None:
+        """Fill in what the handler reads of `session`: this connection's, as made now (TLS or not)."""
+        session.client_address = self.client_address
+        session.server_name = self.hostname
+        session.tls = self.tls_active()
+        session.tls_cipher = self._tls_description()
+        session.unverified_policy_applies = self.unverified_policy_applies
+        session.open_sessions = self.registry.counts.total
+        session.ehlo_keywords = self.ehlo_keywords()
 
     def connection_lost(self, error: Exception | None) -> None:
         if self.refused:
@@ -362,11 +360,9 @@ class InboundSMTP(SMTP):
         log.exception("%s: unexpected error in the session", self.client_address)
         return str(replies.TEMPORARY_FAILURE)
 
-    _close_after_reply = False
-
     def close_after_reply(self) -> None:
         """The session ends once the next reply is written (push)."""
-        self._close_after_reply = True
+        self.session.closes_after_reply = True
 
     # --- replies -------------------------------------------------------------------------------
 
@@ -393,7 +389,7 @@ class InboundSMTP(SMTP):
             if self.bad_commands >= self.config.max_bad_commands:
                 self.transport.write(f"{replies.TOO_MANY_ERRORS}\r\n".encode())
                 self.close()
-        if self._close_after_reply:
+        if self.session.closes_after_reply:
             self.close()
         if self.transport.get_write_buffer_size() > WRITE_BUFFER_HIGH:
             await self._writer.drain()
@@ -545,10 +541,6 @@ class InboundSMTP(SMTP):
         status = await self._call_handler_hook("RCPT", address, params)
         await self.push(str(replies.RECIPIENT_OK) if status is MISSING else status)
 
-    def unverified_policy_applies(self) -> bool:
-        """Mail through this listener is unverified unless it is announced with SOURCE."""
-        return True
-
     async def smtp_DATA(self, arg: str | None) -> None:
         """Replaces aiosmtpd's, which reads the message a line at a time into a list in memory:
         here it is read in chunks of up to DATA_CHUNK octets (data.DataReceiver finds the end,
@@ -619,28 +611,6 @@ class InboundSMTP(SMTP):
         self.log_transaction(self.envelope.queue_id or "NOQUEUE", status, size=outcome.received)
         return status
 
-    def received_protocol(self) -> str:
-        """RFC 3848 / RFC 6531 §3.7.3 `with` keyword for the Received header."""
-        if not self.session.extended_smtp:
-            return "SMTP"
-        base = "UTF8SMTP" if self.envelope.smtp_utf8 else "ESMTP"
-        return base + ("S" if self.tls_active() else "")
-
-    def delivery_envelope(self) -> inbound.Envelope:
-        """The envelope handed to the service layer for a message received by DATA."""
-        return inbound.Envelope(
-            mail_from=self.envelope.mail_from or "",
-            rcpt_tos=list(self.envelope.rcpt_tos),
-            client_address=self.client_address,
-            helo_name=self.session.host_name or "",
-            tls=self.tls_active(),
-            tls_cipher=self._tls_description(),
-            transport=Transport.DATA,
-            protocol=self.received_protocol(),
-            verification=Verification.UNVERIFIED,
-            auth_result="none",
-        )
-
     def log_transaction(self, queue_id: str, result: str, size: int | None = None) -> None:
         """One line per transaction, as Postfix writes it."""
         envelope = self.envelope
@@ -692,7 +662,7 @@ class InboundSMTP(SMTP):
         if not arg or not is_valid_id(arg):
             await self.reply(replies.GET_BAD_ID)
             return
-        reply, body = await self.event_handler.fetch(self, arg)
+        reply, body = await self.event_handler.fetch(self.session, arg)
         if reply is replies.GET_TOO_MANY_UNKNOWN:
             # spec §6 "Guessing ids": too many unknown ids from this address this minute.
             log.warning("%s: too many unknown GET ids, closing", self.client_address)

@@ -14,7 +14,6 @@ import base64
 import binascii
 import ipaddress
 import logging
-from typing import TYPE_CHECKING
 
 from aiosmtpd.smtp import MISSING, AuthResult
 from django.conf import settings
@@ -26,12 +25,8 @@ from mailcore.smtp import replies
 from mailcore.smtp.handler import InboundHandler, TemporaryFault
 from mailcore.smtp.replies import Reply
 from mailcore.smtp.server import InboundSMTP, SMTPConfig
+from mailcore.smtp.session import SMTPSession, Transaction, envelope_fields
 from mailcore.store import spool
-
-if TYPE_CHECKING:
-    from aiosmtpd.smtp import Session
-
-    from mailcore.smtp.server import Transaction
 
 log = logging.getLogger("mailcore.submission")
 
@@ -58,22 +53,25 @@ class SubmissionHandler(InboundHandler):
 
     # --- AUTH (RFC 4954): aiosmtpd's smtp_AUTH asks handle_AUTH, then the mechanism -------------
 
-    async def handle_AUTH(self, server: SubmissionSMTP, session: Session, envelope: Transaction, args: list[str]):
+    async def handle_AUTH(self, _server: object, session: SMTPSession, envelope: Transaction, args: list[str]):
         """What aiosmtpd's AUTH does not check: TLS or loopback, the transaction, the failure limit.
 
         MISSING lets aiosmtpd go on to the mechanism (auth_PLAIN, auth_LOGIN below).
         """
-        if server.in_transaction:
+        if envelope.mail_from is not None:
             return str(AUTH_IN_TRANSACTION)
-        if not server.auth_allowed():
+        if not session.auth_allowed:
             return str(AUTH_NEEDS_TLS)
         try:
-            blocked = await self.auth_blocked(server.client_address)
+            blocked = await self.auth_blocked(session.client_address)
         except TemporaryFault:
             return str(AUTH_TEMPFAIL)
         if blocked:
-            return _refuse_blocked(server)
+            return _refuse_blocked(session)
         return MISSING
+
+    # The mechanisms are aiosmtpd's `auth_` hooks: they get the protocol object, which is how a
+    # mechanism talks to the client (challenge_auth, reply); what they know is read off its session.
 
     async def auth_PLAIN(self, server: SubmissionSMTP, args: list[str]) -> AuthResult:
         """RFC 4616: [authzid] NUL authcid NUL passwd, checked in a worker thread (the hasher)."""
@@ -99,21 +97,22 @@ class SubmissionHandler(InboundHandler):
         return await self._check(server, "LOGIN", username.decode("utf-8", "replace"), password.decode("utf-8", "replace"))
 
     async def _check(self, server: SubmissionSMTP, mechanism: str, username: str, password: str) -> AuthResult:
+        session = server.session
         try:
-            user = await self.authenticate(server.client_address, username, password)
-            blocked = user is None and await self.auth_blocked(server.client_address)
+            user = await self.authenticate(session.client_address, username, password)
+            blocked = user is None and await self.auth_blocked(session.client_address)
         except accounts.LoginBlocked:
             user, blocked = None, True
         except TemporaryFault:
             await server.reply(AUTH_TEMPFAIL)
             return AuthResult(success=False, handled=True)
         if user is None:
-            log.info("%s: AUTH %s failed for %r", server.client_address, mechanism, username[:100])
+            log.info("%s: AUTH %s failed for %r", session.client_address, mechanism, username[:100])
             if blocked:
-                await server.push(_refuse_blocked(server))
+                await server.push(_refuse_blocked(session))
                 return AuthResult(success=False, handled=True)
             return AuthResult(success=False, handled=False)  # aiosmtpd's 535 5.7.8
-        log.info("%s: AUTH %s as %s", server.client_address, mechanism, user)
+        log.info("%s: AUTH %s as %s", session.client_address, mechanism, user)
         return AuthResult(success=True, auth_data=user)
 
     async def auth_blocked(self, client_address: str) -> bool:
@@ -134,16 +133,16 @@ class SubmissionHandler(InboundHandler):
 
     # --- the transaction -----------------------------------------------------------------------
 
-    async def sender_verdict(self, server: SubmissionSMTP, sender: str) -> Reply:
+    async def sender_verdict(self, session: SMTPSession, sender: str) -> Reply:
         """RFC 6409 §4.3: the user may only send as their own mailbox or one of its aliases."""
-        user = server.authenticated_as
+        user = session.authenticated_as
         try:
             allowed = await self.call(outbound.may_send_as, user, sender)
         except TemporaryFault:
             return SENDER_CHECK_TEMPFAIL
         return replies.SENDER_OK if allowed else SENDER_NOT_OWNED(sender=sender, user=user)
 
-    async def recipient_verdict(self, server: InboundSMTP, address: str) -> tuple[Reply, str | None]:
+    async def recipient_verdict(self, session: SMTPSession, envelope: Transaction, address: str) -> tuple[Reply, str | None]:
         """Any remote recipient; a local one must exist (we know now, so say so now)."""
         try:
             await self.call(outbound.check_submission_recipient, address)
@@ -154,23 +153,16 @@ class SubmissionHandler(InboundHandler):
             return replies.RECIPIENT_TEMPFAIL, None
         return replies.RECIPIENT_OK, None
 
-    async def deliver(self, server: SubmissionSMTP, content: bytes | list) -> tuple[Reply, str | None]:
+    async def deliver(self, session: SMTPSession, transaction: Transaction) -> tuple[Reply, str | None]:
         """Local recipients now, remote ones queued; 250 only once all of it is committed."""
-        envelope = server.envelope
-        tls = server.tls_active()
         submission = outbound.Submission(
-            mail_from=envelope.mail_from or "",
-            rcpt_tos=list(envelope.rcpt_tos),
-            client_address=server.client_address,
-            helo_name=server.session.host_name or "",
-            tls=tls,
-            tls_cipher=server._tls_description(),
+            **envelope_fields(session, transaction),
             # RFC 3848: ESMTPA, or ESMTPSA with TLS.
-            protocol="ESMTPSA" if tls else "ESMTPA",
-            authenticated_as=server.authenticated_as or "",
+            protocol="ESMTPSA" if session.tls else "ESMTPA",
+            authenticated_as=session.authenticated_as or "",
         )
         try:
-            receipt = await self.call(_submit, submission, content)
+            receipt = await self.call(_submit, submission, transaction.content)
         except outbound.SubmissionError as exc:
             code, status, text = exc.reply.split(" ", 2)
             return Reply(int(code), status, text), None
@@ -179,10 +171,10 @@ class SubmissionHandler(InboundHandler):
         return replies.QUEUED(queue_id=receipt.queue_id), receipt.queue_id
 
 
-def _refuse_blocked(server: SubmissionSMTP) -> str:
+def _refuse_blocked(session: SMTPSession) -> str:
     """The 421 for an address with too many failed logins; the session closes after it."""
-    log.warning("%s: too many failed authentications, closing", server.client_address)
-    server.close_after_reply()
+    log.warning("%s: too many failed authentications, closing", session.client_address)
+    session.closes_after_reply = True
     return str(AUTH_TOO_MANY_FAILURES)
 
 
@@ -222,11 +214,12 @@ class SubmissionSMTP(InboundSMTP):
         super().__init__(handler, config, registry, auth_required=True, auth_require_tls=False)
         self.plaintext_auth = plaintext_auth  # loopback | always | never
 
-    @property
-    def authenticated_as(self) -> str | None:
-        # Kept on the session: STARTTLS starts a new one, which forgets it (RFC 3207 §4.2).
-        session = self.session
-        return session.auth_data if session is not None and session.authenticated else None
+    # Mail from an authenticated local user is verified by construction.
+    unverified_policy_applies = False
+
+    def describe_session(self, session: SMTPSession) -> None:
+        session.auth_allowed = self.auth_allowed()
+        super().describe_session(session)
 
     def auth_allowed(self) -> bool:
         """AUTH with a password only under TLS, on loopback, or where the operator allows it."""
@@ -244,7 +237,3 @@ class SubmissionSMTP(InboundSMTP):
         if self.auth_allowed():
             keywords.append("AUTH PLAIN LOGIN")  # RFC 4954 §3
         return keywords
-
-    def unverified_policy_applies(self) -> bool:
-        # Mail from an authenticated local user is verified by construction.
-        return False

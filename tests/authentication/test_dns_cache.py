@@ -21,7 +21,7 @@ import dns.rrset
 import pytest
 
 from mailcore import dnscache
-from mailcore.authentication import checks, keys
+from mailcore.authentication import checks, keys, spf
 from mailcore.authentication.resolver import NotCached, TXTResolver
 from mailcore.authentication.signing import SigningKey, dkim_signatures
 from mailcore.models import Message
@@ -221,9 +221,9 @@ def test_sender_checks_from_the_cache_give_what_the_full_checks_give(settings):
         assert checks.check_sender(TXTResolver(servers(server), cache_only=True), *identity) == sender
         assert (sender.spf.result, sender.dmarc_domain, sender.dmarc_record.policy) == ("pass", "c.test", "none")
         # Only a message with nothing left to look up or verify is finished without a thread.
-        assert not checks.needs_lookups(plain, sender)
-        assert checks.needs_lookups(other_author, sender)
-        assert checks.needs_lookups(signed, sender)
+        assert checks.check_at_once(plain, sender) == checks.check(TXTResolver(servers(server)), plain, *identity)
+        assert checks.check_at_once(other_author, sender) is None
+        assert checks.check_at_once(signed, sender) is None
         for content in (plain, other_author, signed):
             split = checks.check(TXTResolver(servers(server)), content, *identity, sender=sender)
             whole = checks.check(TXTResolver(servers(server)), content, *identity)
@@ -274,15 +274,41 @@ def test_a_slow_client_does_not_spend_the_messages_dns_budget(mx):
     assert stored.verification == "authenticated"
 
 
-def test_authenticates_at_once_only_with_the_checks_on_and_the_message_in_memory(settings):
+def test_authenticated_at_once_only_with_the_checks_on_and_the_message_in_memory(settings):
     with TestDNSServer(RECORDS, ttl=60) as server:
         settings.MAIL_DNS_SERVERS = servers(server)
         settings.MAIL_DNS_CACHE_SIZE = 100
         settings.MAIL_AUTH_CHECKS = True
+        envelope = inbound.Envelope(mail_from="carol@c.test", rcpt_tos=["bob@b.test"], client_address="127.0.0.1",
+                                    helo_name="client.c.test")
         sender = inbound.check_sender("127.0.0.1", "carol@c.test", "client.c.test")
         assert inbound.check_sender("127.0.0.1", "carol@c.test", "client.c.test", at_once=True) == sender
-        assert sender is not None and inbound.authenticates_at_once(MESSAGE % (0, 0), sender)
-        assert not inbound.authenticates_at_once(MESSAGE % (0, 0), None)
+        checked = inbound.authenticate_at_once(envelope, MESSAGE % (0, 0), sender)
+        assert checked == inbound.authenticate(envelope, MESSAGE % (0, 0))
+        assert checked.verification == "authenticated"
+        assert inbound.authenticate_at_once(envelope, MESSAGE % (0, 0), None) is None
         settings.MAIL_AUTH_CHECKS = False
         assert inbound.check_sender("127.0.0.1", "carol@c.test", "client.c.test") is None
-        assert not inbound.authenticates_at_once(MESSAGE % (0, 0), sender)
+        assert inbound.authenticate_at_once(envelope, MESSAGE % (0, 0), sender) is None
+
+
+def test_an_spf_result_is_reused_only_while_its_answers_are_cached(settings):
+    """The same client, reverse-path and HELO give the same result as long as the answers it was
+    computed from are cached; another client is evaluated on its own; a changed record counts
+    once its cached answer has expired, as it would without the reuse."""
+    settings.MAIL_DNS_CACHE_SIZE = 100
+    with TestDNSServer({"c.test": {"TXT": ["v=spf1 ip4:127.0.0.0/8 -all"]}}, ttl=2) as server:
+        def check(client: str = "127.0.0.1") -> str:
+            return spf.check_host(TXTResolver(servers(server)), client, "carol@c.test", "client.c.test").result
+
+        assert check() == "pass"
+        assert check("192.0.2.9") == "fail"  # not the other client's result
+        server.records["c.test"] = {"TXT": ["v=spf1 -all"]}
+        changed = time.monotonic()
+        assert check() == "pass"  # the cached answer says so still
+        result, when = first_change(check, "pass", seconds=20)
+        assert result == "fail" and when - changed >= 0.5
+        # A dropped DNS cache drops what was computed from it.
+        server.records["c.test"] = {"TXT": ["v=spf1 ip4:127.0.0.0/8 -all"]}
+        dnscache.forget_all()
+        assert check() == "pass"
