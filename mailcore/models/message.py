@@ -101,8 +101,7 @@ class Delivery(models.Model):
 
     # No index of their own: "delivery_once_per_mailbox" (message, mailbox) and "delivery_maildrop"
     # (mailbox, state, id) begin with them and serve every lookup by either. Each index is one
-    # more page written per commit: without these two, storing a lone message took a tenth less
-    # time (1.21-1.32 against 1.41-1.47 ms).
+    # more page written per commit.
     message = models.ForeignKey(Message, on_delete=models.PROTECT, related_name="deliveries", db_index=False)
     mailbox = models.ForeignKey("mailcore.Mailbox", on_delete=models.CASCADE, related_name="deliveries", db_index=False)
     uid = models.CharField(max_length=70, unique=True, default=new_uid, help_text="The POP3 UIDL.")

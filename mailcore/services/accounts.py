@@ -7,29 +7,24 @@ from dataclasses import dataclass, field
 
 from django.db import IntegrityError, transaction
 
-from mailcore.addresses import AddressError, domain_of, normalize_address, normalize_domain
+from mailcore.addresses import AddressError, domain_of, normalize_address
 from mailcore.models import Alias, AuditAction, AuthenticatedPolicy, Domain, Mailbox, UnverifiedPolicy
-from mailcore.services import audit, credentials
+from mailcore.services import audit, credentials, dkim_keys
+from mailcore.services.domains import AccountError, domain_name, get_domain
 from mailcore.services.login_failures import LoginFailures
 
 MAX_ALIAS_DEPTH = 10
-
-
-class AccountError(Exception):
-    """A provisioning request that cannot be carried out; the message is one line for the operator."""
 
 
 # --- domains ---------------------------------------------------------------------------------
 
 
 def add_domain(name: str, unverified_policy: str = UnverifiedPolicy.ACCEPT) -> Domain:
-    name = _domain_name(name)
+    name = domain_name(name)
     _check_policy(unverified_policy)
     try:
         with transaction.atomic():
             domain = Domain.objects.create(name=name, unverified_policy=unverified_policy)
-            from mailcore.services import dkim_keys
-
             dkim_keys.ensure_keys(domain)  # its DKIM keys, to publish before its mail is signed
             return domain
     except IntegrityError:
@@ -63,14 +58,6 @@ def set_domain(
     return domain
 
 
-def get_domain(name: str) -> Domain:
-    name = _domain_name(name)
-    try:
-        return Domain.objects.get(name=name)
-    except Domain.DoesNotExist:
-        raise AccountError(f"unknown domain {name}") from None
-
-
 def remove_domain(name: str) -> None:
     domain = get_domain(name)
     with transaction.atomic():
@@ -81,13 +68,6 @@ def remove_domain(name: str) -> None:
 
 def list_domains():
     return Domain.objects.all()
-
-
-def _domain_name(name: str) -> str:
-    try:
-        return normalize_domain(name)
-    except AddressError as exc:
-        raise AccountError(str(exc)) from None
 
 
 def _check_policy(policy: str) -> None:

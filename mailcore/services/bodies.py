@@ -79,7 +79,7 @@ def _older_than(storage: Storage, name: str, cutoff: datetime) -> bool | None:
 def collect_orphans(*, grace: float | None = None, dry_run: bool = False, batch_size: int = BATCH_SIZE) -> Collection:
     """Remove bodies older than `grace` seconds that no Message refers to, and old `.tmp-` files.
 
-    A crash between a body's fsync and its row's commit (inbound, or `outbound.forward` whose
+    A crash between a body's fsync and its row's commit (inbound, or `queueing.forward` whose
     copy's row failed) leaves a complete body that nothing refers to. The grace period is what
     keeps a body being written right now safe: its row commits within the same request, long
     before the grace period ends. The database is asked first (one query per batch of names) and

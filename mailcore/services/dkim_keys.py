@@ -17,9 +17,11 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from mailcore.authentication import keys
-from mailcore.authentication.signing import SigningKey
+from mailcore.authentication.checks import from_domain
+from mailcore.authentication.resolver import DNSTemporaryError, TXTResolver
+from mailcore.authentication.signing import SigningKey, arc_seal, dkim_signatures
 from mailcore.models import DKIMKey, DKIMKeyState, Domain
-from mailcore.services.accounts import AccountError, get_domain
+from mailcore.services.domains import AccountError, get_domain
 
 log = logging.getLogger("mailcore.dkim")
 
@@ -150,9 +152,6 @@ def sign(content: bytes) -> bytes:
     A key or message that dkimpy cannot sign with is logged and the mail goes out unsigned,
     never lost.
     """
-    from mailcore.authentication.checks import from_domain
-    from mailcore.authentication.signing import dkim_signatures
-
     if not settings.MAIL_DKIM_SIGN:
         return content
     domain = from_domain(content)
@@ -171,8 +170,6 @@ def seal(content: bytes, domain_name: str) -> bytes:
 
     Our Authentication-Results on the message (authserv-id MAIL_HOSTNAME) gives the cv=.
     """
-    from mailcore.authentication.signing import arc_seal
-
     if not settings.MAIL_DKIM_SIGN:
         return content
     found = signing_keys(domain_name)
@@ -197,8 +194,6 @@ def check_published(name: str, resolver=None) -> list[dict]:
     For a TXT record "different" means a record of the same kind (v=spf1, v=DKIM1, v=DMARC1) is
     there with another value; the value found is returned for the operator to compare.
     """
-    from mailcore.authentication.resolver import DNSTemporaryError, TXTResolver
-
     resolver = resolver or TXTResolver(cached=False)  # what is published now, not what was
     checked = []
     for owner, rtype, value in dns_records(name):

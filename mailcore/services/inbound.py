@@ -1,4 +1,4 @@
-"""Accepting a message for local recipients: trace headers, one durable body, deliveries, policy.
+"""The transactions of receiving a message for local recipients: policy, one durable body, its rows.
 
 `receive` is the one path into mailboxes, whether the body came by DATA, was pulled by GET,
 was submitted by a local user or is a bounce we generate.
@@ -9,53 +9,37 @@ from __future__ import annotations
 import logging
 import re
 from dataclasses import dataclass, field, replace
-from datetime import datetime
-from email.parser import BytesHeaderParser
-from email.utils import format_datetime, parseaddr
-from typing import TYPE_CHECKING
 
 from django.conf import settings
-from django.db import DEFAULT_DB_ALIAS, DatabaseError, connections, models, transaction
+from django.db import DatabaseError, transaction
 from django.utils import timezone
 
 from mailcore.addresses import AddressError, domain_of, normalize_domain
-from mailcore.models import AuthenticatedPolicy, Delivery, DeliveryState, Message, Transport, UnverifiedPolicy, Verification
+from mailcore.authentication import checks, results
+from mailcore.authentication.checks import SenderChecks
+from mailcore.authentication.dkim import has_field
+from mailcore.authentication.resolver import NotCached, TXTResolver
+from mailcore.envelope import Envelope, message_row
+from mailcore.headers import (
+    authentication_results,
+    first_part,
+    received_header,
+    sole_recipient,
+    summary_headers,
+    trace_headers,
+    without_forged_verdicts,
+)
+from mailcore.models import AuthenticatedPolicy, Delivery, DeliveryState, Domain, Message, Transport, UnverifiedPolicy, Verification
 from mailcore.models.message import new_queue_id
-from mailcore.services import accounts, pins, quota, senders
+from mailcore.models.rows import insert_rows, inserted_instance
+from mailcore.rejections import DMARCRejection, MailLoop, PolicyRejection, QuotaExceeded, SenderBlocked
+from mailcore.services import accounts, pins, queueing, quota, senders
+from mailcore.spam import check as spam_check
+from mailcore.spam.check import SpamVerdict
 from mailcore.store import StoredBody, message_store, spool
 from mailcore.store.bodies import PendingBodies
 
-if TYPE_CHECKING:
-    from django.db.backends.base.base import BaseDatabaseWrapper
-
-    from mailcore.authentication.checks import SenderChecks
-    from mailcore.authentication.results import Authentication
-    from mailcore.spam.check import SpamVerdict
-
 log = logging.getLogger("mailcore.inbound")
-
-
-@dataclass
-class Envelope:
-    """What the SMTP session (or the pull) knows about a message besides its content."""
-
-    mail_from: str
-    rcpt_tos: list[str]
-    client_address: str = ""
-    client_name: str = ""  # reverse DNS, when known
-    helo_name: str = ""
-    tls: bool = False
-    tls_cipher: str = ""  # e.g. "TLSv1.3 with cipher TLS_AES_256_GCM_SHA384", for the Received comment
-    transport: str = Transport.DATA
-    protocol: str = "ESMTP"  # RFC 3848: ESMTP, ESMTPS, ESMTPA, ESMTPSA
-    verification: str = Verification.UNVERIFIED
-    # The x-source result and its comment for Authentication-Results (RFC 8601 §2.2).
-    auth_result: str = "none"
-    auth_comment: str = ""
-    reject_policy_applies: bool = True
-    spam_result: str = ""  # the x-spam resinfo for Authentication-Results, set by receive
-    # SPF, DKIM, DMARC and ARC results (`authenticate`); None when not checked (local mail, checks off).
-    authentication: Authentication | None = None
 
 
 @dataclass
@@ -78,37 +62,8 @@ class Receipt:
     @property
     def message(self) -> Message | None:
         if self._message is None and self._row is not None:
-            message = Message(id=self.message_id, **self._row)
-            message._state.adding, message._state.db = False, DEFAULT_DB_ALIAS
-            self._message = message
+            self._message = inserted_instance(Message, self.message_id, self._row)
         return self._message
-
-
-class PolicyRejection(Exception):
-    """Every recipient's domain rejects unverified mail (reverse-delivery.md §5)."""
-
-
-class QuotaExceeded(PolicyRejection):
-    """The message would take every recipient's mailbox over its quota: 552 5.2.2 (RFC 3463)."""
-
-
-class MailLoop(PolicyRejection):
-    """Too many Received headers (RFC 5321 §6.3), or our own Delivered-To for a recipient: 554 5.4.6.
-
-    Refused before anything is stored, so it is never forwarded again.
-    """
-
-
-class SenderBlocked(PolicyRejection):
-    """Every recipient blocks this sender (a sender list entry for the From header): 550 5.7.1 to DATA."""
-
-
-class DMARCRejection(PolicyRejection):
-    """The From: domain publishes p=reject and the message failed DMARC (RFC 7489 §6.6.4)."""
-
-    def __init__(self, domain: str):
-        super().__init__(domain)
-        self.domain = domain
 
 
 def check_sender(client_address: str, mail_from: str, helo: str, at_once: bool = False) -> SenderChecks | None:
@@ -118,9 +73,6 @@ def check_sender(client_address: str, mail_from: str, helo: str, at_once: bool =
     Blocking (DNS): a worker thread. `at_once`: from the DNS cache alone, never blocking (an
     event loop may call it), and None when an answer is not cached.
     """
-    from mailcore.authentication import checks
-    from mailcore.authentication.resolver import NotCached, TXTResolver
-
     if not settings.MAIL_AUTH_CHECKS:
         return None
     try:
@@ -135,8 +87,6 @@ def check_sender(client_address: str, mail_from: str, helo: str, at_once: bool =
 def authenticate_at_once(envelope: Envelope, content: bytes | list, sender: SenderChecks | None) -> Envelope | None:
     """`authenticate` made here, quickly enough for an event loop: the message in memory and
     nothing left to look up or verify after `sender`; None when it must be made in a worker thread."""
-    from mailcore.authentication import checks, results
-
     if not settings.MAIL_AUTH_CHECKS or sender is None or spool.is_spooled(content):
         return None
     try:
@@ -158,8 +108,6 @@ def authenticate(envelope: Envelope, content: bytes | list, sender: SenderChecks
     the message goes on as unverified. A spooled message too costly to read whole is not
     checked at all (`_authenticated_copy`).
     """
-    from mailcore.authentication import checks, results
-
     if not settings.MAIL_AUTH_CHECKS:
         return envelope
     try:
@@ -168,8 +116,6 @@ def authenticate(envelope: Envelope, content: bytes | list, sender: SenderChecks
             size = spool.size_of(content)
             log.info("authentication checks skipped for a message from <%s>: %d octets, too large", envelope.mail_from, size)
             return envelope
-        from mailcore.authentication.resolver import TXTResolver
-
         # The message's lookups get a time budget of their own: the envelope's were made while
         # the client sent it, however long that took.
         auth = checks.check(TXTResolver(), checked, envelope.client_address, envelope.mail_from, envelope.helo_name, sender)
@@ -196,8 +142,6 @@ def _authenticated_copy(content: bytes | list) -> bytes | None:
     WHOLE_MESSAGE_BUDGET, and None past it: like rspamd's and spamc's size limits, a message too
     large to read is passed on unchecked (so unverified), never failed.
     """
-    from mailcore.authentication.dkim import has_field
-
     if not spool.is_spooled(content):
         return spool.joined(content)
     head = content[0]
@@ -211,8 +155,6 @@ def _authenticated_copy(content: bytes | list) -> bytes | None:
 
 def rejects_unverified(address: str) -> bool:
     """True when the local domain of `address` takes only verified mail."""
-    from mailcore.models import Domain
-
     return Domain.objects.filter(name=domain_of(address), unverified_policy=UnverifiedPolicy.REJECT).exists()
 
 
@@ -249,106 +191,6 @@ def check_recipient(address: str) -> RecipientCheck:
     return RecipientCheck(
         valid=True, local_domain=True, exists=r.exists, policy=_policy_for(r.address), senders=rules, full=full, has_quota=has_quota
     )
-
-
-def authentication_results(envelope: Envelope) -> str:
-    """The value of our Authentication-Results header (RFC 8601), method x-source."""
-    value = f"{settings.MAIL_HOSTNAME}; x-source={envelope.auth_result}"
-    if envelope.mail_from:
-        value += f" smtp.mailfrom={envelope.mail_from}"
-    if envelope.auth_comment:
-        value += f" ({envelope.auth_comment})"
-    if envelope.authentication is not None:
-        for resinfo in envelope.authentication.resinfo():
-            value += f";\r\n\t{resinfo}"
-    if envelope.spam_result:
-        value += f"; {envelope.spam_result}"
-    return value
-
-
-def received_header(envelope: Envelope, queue_id: str, recipient: str | None) -> str:
-    """RFC 5321 §4.4 trace header; `for` names the recipient only when there is exactly one."""
-    client = envelope.client_name or envelope.client_address or "localhost"
-    line = f"from {envelope.helo_name or 'unknown'} ({client} [{envelope.client_address or '127.0.0.1'}])"
-    line += f"\r\n\tby {settings.MAIL_HOSTNAME} with {envelope.protocol} id {queue_id}"
-    if envelope.tls_cipher:
-        line += f"\r\n\t(using {envelope.tls_cipher})"
-    if recipient:
-        line += f"\r\n\tfor <{recipient}>"
-    line += f";\r\n\t{_received_date()}"
-    return line
-
-
-# The date of our Received headers (RFC 5322 §3.3, whole seconds), made once a second:
-# format_datetime costs 7 µs, the cached one 2.
-_RECEIVED_DATE: tuple[datetime | None, str] = (None, "")
-
-
-def _received_date() -> str:
-    global _RECEIVED_DATE
-    second = timezone.now().replace(microsecond=0)
-    made = _RECEIVED_DATE
-    if made[0] != second:
-        made = _RECEIVED_DATE = (second, format_datetime(second))
-    return made[1]
-
-
-def trace_headers(envelope: Envelope, queue_id: str, received: str | None = None) -> bytes:
-    """Our Return-Path, Authentication-Results and Received; `received`, when given, is that
-    header's value made before (the copy scored by spamd and the copy stored then agree)."""
-    if received is None:
-        received = received_header(envelope, queue_id, _sole_recipient(envelope))
-    headers = [
-        f"Return-Path: <{envelope.mail_from}>",
-        f"Authentication-Results: {authentication_results(envelope)}",
-        f"Received: {received}",
-    ]
-    return ("\r\n".join(headers) + "\r\n").encode("utf-8")
-
-
-def _sole_recipient(envelope: Envelope) -> str | None:
-    return envelope.rcpt_tos[0] if len(envelope.rcpt_tos) == 1 else None
-
-
-# A header block of plain fields only: every line `name:value` (RFC 5322 §2.2) or a continuation,
-# CRLF line ends, no "From " envelope line. email.parser reads such a block the same way as a scan
-# does, at a fifth of the cost; anything else still goes to the parser.
-_PLAIN_HEADER_BLOCK = re.compile(rb"[\x21-\x39\x3b-\x7e]+:[^\r\n]*(?:\r\n(?:[\x21-\x39\x3b-\x7e]+:|[\t ])[^\r\n]*)*")
-_SUMMARY_FIELD = re.compile(rb"^(subject|from):([^\r\n]*(?:\r\n[\t ][^\r\n]*)*)", re.IGNORECASE | re.MULTILINE)
-# A From of the usual shape, `Name <local@domain>`, `<local@domain>` or `local@domain`, of
-# plain atoms (RFC 5322 §3.2.3), trailing blanks allowed: parseaddr finds exactly that address
-# (tests/smtp/test_inbound_rows.py compares the two), at a fifteenth of its cost (1.4 against 22 µs).
-# Any other From (quoted names, comments, folding, several addresses) still goes to parseaddr.
-_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]"
-_PLAIN_ADDRESS = rf"{_ATEXT}+(?:\.{_ATEXT}+)*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*"
-_PLAIN_FROM = re.compile(rf"(?:(?:{_ATEXT}+(?:[ \t]+{_ATEXT}+)*[ \t]*)?<(?P<routed>{_PLAIN_ADDRESS})>|(?P<bare>{_PLAIN_ADDRESS}))[ \t]*")
-
-
-def summary_headers(content: bytes) -> tuple[str, str]:
-    """(Subject, From address) of a message, for listings; never fails."""
-    try:
-        end = content.find(b"\r\n\r\n", 0, 65536 + 4)
-        head = content[: end if end >= 0 else 65536]
-        if head.isascii() and _PLAIN_HEADER_BLOCK.fullmatch(head):
-            fields: dict[bytes, str] = {}
-            for match in _SUMMARY_FIELD.finditer(head):
-                # The first of each, unfolded as compat32 does: leading blanks of the value dropped.
-                fields.setdefault(match[1].lower(), match[2].decode("ascii").lstrip(" \t"))
-            subject, header_from = fields.get(b"subject", ""), fields.get(b"from", "")
-        else:
-            parsed = BytesHeaderParser().parsebytes(head)
-            subject, header_from = str(parsed.get("Subject", "")), str(parsed.get("From", ""))
-        return subject[:255], from_address(header_from)[:320]
-    except Exception:  # a header we cannot parse must not stop delivery
-        return "", ""
-
-
-def from_address(header_from: str) -> str:
-    """The address of a From header's value, as email.utils.parseaddr finds it."""
-    plain = _PLAIN_FROM.fullmatch(header_from)
-    if plain is not None:
-        return plain["routed"] or plain["bare"]
-    return parseaddr(header_from)[1]
 
 
 def receive(envelope: Envelope, content: bytes | list, spam: SpamVerdict | None = None) -> Receipt:
@@ -391,8 +233,6 @@ def spam_scored(envelope: Envelope, headers: bytes, content: bytes | list, recip
     A spooled message is read whole only when the check will score it: one past
     MAIL_SPAMD_MAX_SIZE (or with the check off) is decided by its size alone.
     """
-    from mailcore.spam import check as spam_check
-
     skipped = spam_check.skipped(envelope, len(headers) + spool.size_of(content), queue_id)
     if skipped is not None:
         return skipped
@@ -451,9 +291,7 @@ def stage_many(
 
     `sync_here`: the bodies are durable before this returns, written and synced in this thread:
     for a batch with nothing to overlap with (GroupCommit's lone batch), the trip to the sync
-    thread and back cost more than the overlap gained. 1 KB, one message a batch, in-process
-    A/B, 4 runs: process CPU 0.08-0.20 ms/msg less (the worker thread's 0.03-0.05 more), wall
-    0.03-0.32 ms less in 3, 0.02 more in 1; 100 KB: process CPU 0.06 less, wall the same.
+    thread and back costs more than the overlap gains.
     """
     lookups = lookups or Lookups()
     outcomes: list[Receipt | Exception | None] = [None] * len(items)
@@ -495,7 +333,7 @@ def commit_staged(batch: StagedBatch, lookups: Lookups | None = None) -> list[Re
     try:
         with transaction.atomic():
             if any(route.remote for _i, p, _body in batch.staged for route in p.routes):
-                durable()  # forwarding reads the body back (outbound.forward): it must be written
+                durable()  # forwarding reads the body back (queueing.forward): it must be written
             receipts = _record_many([(p, body) for _i, p, body in batch.staged], lookups)
             # The rows were written while the bodies were synced; they commit only after.
             durable()
@@ -633,61 +471,9 @@ class _Prepared:
         return self.headers, *self.content
 
 
-# A header field (with its continuation lines) that claims a verdict of ours: X-Spam-*, and an
-# Authentication-Results whose authserv-id (RFC 8601 §2.2) is the name we write ours under.
-_CLAIMED_VERDICT = re.compile(
-    rb"^(?:x-spam-[^:\r\n]*|authentication-results)[ \t]*:[^\r\n]*(?:\r\n[ \t][^\r\n]*)*\r\n", re.IGNORECASE | re.MULTILINE
-)
-_AUTHSERV_ID = re.compile(rb":\s*(?:\([^)]*\)\s*)*([^\s;(]+)")
-
-
 def spool_directory() -> str | None:
     """Where the DATA and GET readers spool a large message (store.spool)."""
     return message_store().spool_directory()
-
-
-def first_part(content: bytes | list) -> bytes:
-    """The part of a message that holds its whole header block: all of it when it is one bytes object."""
-    return content if isinstance(content, bytes) else content[0]
-
-
-def without_forged_verdicts(content: bytes | list) -> bytes | list:
-    """`without_forged_headers` of a message that may be in parts: the header block is in the first.
-
-    A spooled message's first part holds its header block whole (smtp.data, HEADER_TOO_BIG).
-    """
-    if isinstance(content, bytes):
-        return without_forged_headers(content)
-    if b"\r\n\r\n" not in content[0] and not spool.is_spooled(content):
-        content = [b"".join(content)]  # a header block longer than a part: rare, and searched whole
-    return [without_forged_headers(content[0]), *content[1:]]
-
-
-def without_forged_headers(content: bytes) -> bytes:
-    """`content` without the header fields that would pass for our own verdicts.
-
-    RFC 8601 §5: an Authentication-Results field that carries our authserv-id and came from
-    outside must be removed before ours is added, or a reader cannot tell it from ours; the same
-    holds for the X-Spam-* fields that our spam check writes. Only the header block is searched.
-    """
-    end = content.find(b"\r\n\r\n")
-    head_end = end + 2 if end >= 0 else len(content)
-    head = content[:head_end]
-    if b"-spam-" not in head.lower() and b"authentication-results" not in head.lower():
-        return content
-    ours = settings.MAIL_HOSTNAME.lower().encode("utf-8", "replace")
-
-    def keep_or_drop(field: re.Match) -> bytes:
-        text = field.group(0)
-        if text[:7].lower() == b"x-spam-":
-            return b""
-        authserv = _AUTHSERV_ID.search(text)
-        return b"" if authserv is None or authserv.group(1).lower() == ours else text
-
-    # Header fields start at the beginning of the message or after a CRLF: prefixed with one,
-    # so that the first field is found by the same pattern.
-    cleaned = _CLAIMED_VERDICT.sub(keep_or_drop, b"\r\n" + head)[2:]
-    return cleaned + content[head_end:]
 
 
 def _prepare(envelope: Envelope, content: bytes | list, spam: SpamVerdict | None, lookups: Lookups) -> _Prepared:
@@ -735,7 +521,7 @@ def _prepare(envelope: Envelope, content: bytes | list, spam: SpamVerdict | None
 
     # spamd's verdict before anything is stored, so that a refusal is still a 550 to DATA;
     # raises SpamRejection (a PolicyRejection) when every recipient's domain refuses it.
-    received = received_header(envelope, queue_id, _sole_recipient(envelope))
+    received = received_header(envelope, queue_id, sole_recipient(envelope))
     if spam is None:
         recipients = [r.address for r in routes if r.address not in allowed]
         # The headers scored with it are made only with a spamd to score them.
@@ -793,10 +579,22 @@ def _record(prepared: _Prepared, body: StoredBody, lookups: Lookups) -> Receipt:
 def _record_many(batch: list[tuple[_Prepared, StoredBody]], lookups: Lookups) -> list[Receipt]:
     """The rows of a batch of stored messages: all Message rows in one INSERT, all Delivery rows in another."""
     now = timezone.now()  # received_at and delivered_at of the whole batch
-    messages = [_message_row(prepared, body) for prepared, body in batch]
-    message_ids = _insert_rows(Message, messages, key="queue_id", now=now)
+    messages = [
+        message_row(
+            prepared.envelope,
+            body,
+            prepared.queue_id,
+            subject=prepared.subject,
+            header_from=prepared.header_from,
+            auth_results=authentication_results(prepared.envelope),
+            auth_methods=prepared.envelope.authentication.methods() if prepared.envelope.authentication is not None else None,
+            spam_fields=prepared.spam.message_fields(),
+        )
+        for prepared, body in batch
+    ]
+    message_ids = insert_rows(Message, messages, key="queue_id", now=now)
     routed = [_deliveries(prepared, lookups) for prepared, _body in batch]
-    _insert_rows(
+    insert_rows(
         Delivery,
         [
             {"message_id": message_id, "mailbox_id": mailbox_id, "state": state, "reason": reason}
@@ -815,28 +613,6 @@ def _record_many(batch: list[tuple[_Prepared, StoredBody]], lookups: Lookups) ->
         receipt.message_id, receipt._row = message_id, row
         receipts.append(_forward(receipt, remote, held))
     return receipts
-
-
-def _message_row(prepared: _Prepared, body: StoredBody) -> dict:
-    envelope = prepared.envelope
-    return {
-        "queue_id": prepared.queue_id,
-        "body_ref": body.ref,
-        "size": body.size,
-        "sha256": body.sha256,
-        "mail_from": envelope.mail_from,
-        "rcpt_tos": list(envelope.rcpt_tos),
-        "client_address": envelope.client_address,
-        "helo_name": envelope.helo_name,
-        "tls": envelope.tls,
-        "transport": envelope.transport,
-        "verification": envelope.verification,
-        "auth_results": authentication_results(envelope),
-        "auth_methods": envelope.authentication.methods() if envelope.authentication is not None else {},
-        "subject": prepared.subject,
-        "header_from": prepared.header_from,
-        **prepared.spam.message_fields(),
-    }
 
 
 def _deliveries(
@@ -892,134 +668,19 @@ def _forward(receipt: Receipt, remote: list[tuple[str, str]], held: list[tuple[s
     """One forwarded copy per alias, each with its Delivered-To (the loop check of the next hop);
     the copies for held targets wait, held, with the message."""
     if remote or held:
-        from mailcore.services import outbound
-
         for targets_of, is_held in ((remote, False), (held, True)):
             for alias in dict.fromkeys(alias for alias, _target in targets_of):
                 targets = [target for a, target in targets_of if a == alias]
-                outbound.forward(receipt.message, targets, delivered_to=alias, held=is_held)
+                queueing.forward(receipt.message, targets, delivered_to=alias, held=is_held)
                 (receipt.quarantined if is_held else receipt.forwarded).extend(targets)
     return receipt
 
 
-# --- rows without the ORM's per-row machinery ------------------------------------------------
-# bulk_create builds a model instance per row, compiles its INSERT anew and runs every value of
-# every field through get_db_prep_save: most of the CPU time of a group commit. These rows have
-# the same shape every time, so each table's statement is built once and only the values whose
-# field needs it (JSON, datetimes) are adapted for the database.
-#
-# The statements go to the driver's own cursor, in its own placeholder style, not through
-# Django's CursorWrapper: its layers (async_unsafe, the connection proxy's thread-local lookups,
-# the debug-cursor check, SQLite's rewriting of every %s into ?) cost a quarter of the worker's
-# CPU time per message besides the commit. Errors are still wrapped into Django's
-# DatabaseError, which `commit_staged` relies on; these two statements do not appear in
-# `connection.queries`.
-
-# Fields whose Python values (str, int, bool, float, None) every database driver takes as they are.
-_PLAIN_FIELDS = (models.CharField, models.TextField, models.BooleanField, models.IntegerField, models.FloatField)
-# The placeholder of each DB-API paramstyle (PEP 249): sqlite3 uses qmark, psycopg pyformat.
-_PLACEHOLDERS = {"qmark": "?", "format": "%s", "pyformat": "%s"}
-
-
-class _Insert:
-    """`INSERT INTO table (every column but the key) VALUES (...), (...)` for one model and database."""
-
-    def __init__(self, model: type[models.Model], db: BaseDatabaseWrapper):
-        opts = model._meta
-        quote = db.ops.quote_name
-        self.fields = [f for f in opts.concrete_fields if not f.primary_key]
-        self.attnames = [f.attname for f in self.fields]
-        self.table, self.pk_column = opts.db_table, opts.pk.column
-        self.sql = f"INSERT INTO {quote(self.table)} ({', '.join(quote(f.column) for f in self.fields)}) VALUES "
-        self.placeholders = f"({', '.join([_PLACEHOLDERS[db.Database.paramstyle]] * len(self.fields))})"
-        self.returning = {f.attname: f" RETURNING {quote(self.pk_column)}, {quote(f.column)}" for f in self.fields if f.unique}
-        # Rows per statement within the database's limit on parameters (SQLite's 999); 0: none.
-        self.batch_size = db.ops.bulk_batch_size(self.fields, ())
-        # What a row that leaves a field out gets, as from Model.save: the time for auto_now(_add)
-        # fields, else the field's default.
-        self.timestamps = [f.attname for f in self.fields if getattr(f, "auto_now", False) or getattr(f, "auto_now_add", False)]
-        self.defaults = {f.attname: f.get_default for f in self.fields if f.attname not in self.timestamps}
-        self.adapted = [
-            (index, f) for index, f in enumerate(self.fields) if not isinstance(f.target_field if f.is_relation else f, _PLAIN_FIELDS)
-        ]
-
-    def params(self, row: dict, now: datetime, adapted_now: dict, db: BaseDatabaseWrapper) -> list:
-        """The row's values in column order; fills the row's missing fields with their defaults."""
-        for attname in self.timestamps:
-            row.setdefault(attname, now)
-        for attname, default in self.defaults.items():
-            if attname not in row:
-                row[attname] = default()
-        values = [row[attname] for attname in self.attnames]
-        for index, f in self.adapted:
-            value = values[index]
-            if value is None:  # NULL to every database
-                continue
-            if value is now:  # the one timestamp of a batch is adapted once, not once per row and field
-                if type(f) not in adapted_now:
-                    adapted_now[type(f)] = f.get_db_prep_save(now, db)
-                values[index] = adapted_now[type(f)]
-            else:
-                values[index] = f.get_db_prep_save(value, db)
-        return values
-
-    def execute(self, db: BaseDatabaseWrapper, rows: list[dict], key: str | None, now: datetime) -> list[int] | None:
-        """Insert `rows`; with `key` (a unique field), returns their ids in the order of `rows`."""
-        ids: dict = {}
-        adapted_now: dict = {}
-        db.ensure_connection()
-        cursor = db.connection.cursor()
-        try:
-            with db.wrap_database_errors:
-                if key is not None and not db.features.can_return_rows_from_bulk_insert:
-                    for row in rows:  # no RETURNING (SQLite before 3.35): one statement per row
-                        cursor.execute(self.sql + self.placeholders, self.params(row, now, adapted_now, db))
-                        ids[row[key]] = db.ops.last_insert_id(cursor, self.table, self.pk_column)
-                    return [ids[row[key]] for row in rows]
-                size = self.batch_size or len(rows)
-                for start in range(0, len(rows), size):
-                    part = rows[start : start + size]
-                    sql = self.sql + ", ".join([self.placeholders] * len(part))
-                    params = [value for row in part for value in self.params(row, now, adapted_now, db)]
-                    if key is None:
-                        cursor.execute(sql, params)
-                        continue
-                    # RETURNING makes no promise about order (SQLite says so): rows are matched by key.
-                    cursor.execute(sql + self.returning[key], params)
-                    ids.update((k, i) for i, k in cursor.fetchall())
-        finally:
-            cursor.close()
-        return None if key is None else [ids[row[key]] for row in rows]
-
-
-_INSERTS: dict[tuple[str, type[models.Model]], _Insert] = {}
-
-
-def _insert_rows(model: type[models.Model], rows: list[dict], key: str | None = None, now: datetime | None = None) -> list[int] | None:
-    """Insert rows of `model` (dicts by attname; missing fields get their defaults, filled into the dicts).
-
-    With `key`, a unique field given in every row, returns the rows' ids in order. Every
-    auto_now(_add) field of every row gets `now` (by default the time of the call): rows that
-    one transaction commits become visible at one instant.
-    """
-    if not rows:
-        return [] if key else None
-    db = connections[DEFAULT_DB_ALIAS]
-    insert = _INSERTS.get((db.vendor, model))
-    if insert is None:
-        insert = _INSERTS[db.vendor, model] = _Insert(model, db)
-    return insert.execute(db, rows, key, now or timezone.now())
-
-
 def _authenticated_policy_for(address: str) -> str:
-    from mailcore.models import Domain
-
     domain = Domain.objects.filter(name=domain_of(address)).values_list("authenticated_policy", flat=True).first()
     return domain or AuthenticatedPolicy.VERIFIED
 
 
 def _policy_for(address: str) -> str:
-    from mailcore.models import Domain
-
     domain = Domain.objects.filter(name=domain_of(address)).values_list("unverified_policy", flat=True).first()
     return domain or UnverifiedPolicy.ACCEPT

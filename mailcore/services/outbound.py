@@ -1,4 +1,4 @@
-"""The outbound queue: submitting mail, claiming due items, recording attempts, deferring and bouncing."""
+"""Submitting mail and notifications, and the queue runner's side: claiming due items, recording attempts, deferring and bouncing."""
 
 from __future__ import annotations
 
@@ -13,13 +13,15 @@ from django.db import connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from mailcore import jobs
 from mailcore.addresses import AddressError, domain_of, normalize_address
 from mailcore.delivery import dsn
-from mailcore.headers import strip_return_path
+from mailcore.envelope import Envelope, message_row
+from mailcore.headers import received_header, sole_recipient, summary_headers
 from mailcore.models import ACTIVE_STATES, PENDING_STATES, Alias, Message, QueueItem, QueueState, Transport, Verification
 from mailcore.models.message import new_queue_id
-from mailcore.services import accounts, inbound
+from mailcore.rejections import MailLoop, PolicyRejection, QuotaExceeded
+from mailcore.services import accounts, dkim_keys, inbound
+from mailcore.services.queueing import enqueue
 from mailcore.store import message_store
 
 log = logging.getLogger("mailcore.outbound")
@@ -35,150 +37,7 @@ class SubmissionError(Exception):
         self.reply = reply
 
 
-# --- putting mail on the queue ---------------------------------------------------------------
-
-
-def enqueue(message: Message, recipients: list[str]) -> list[QueueItem]:
-    """Queue `message` for each remote recipient; delivery starts once the transaction commits."""
-    items = QueueItem.objects.bulk_create(
-        QueueItem(message=message, recipient=rcpt, domain=domain_of(rcpt)) for rcpt in recipients
-    )
-    for domain in {item.domain for item in items}:
-        transaction.on_commit(lambda d=domain: _kick(d))
-    return items
-
-
-# Why a forwarded copy waits in the queue: the message it copies is held (`release_forwards`).
-HELD_WITH_MESSAGE = "held: forwarded once the message it copies is released from the quarantine"
-
-
-def forward(message: Message, recipients: list[str], delivered_to: str = "", *, held: bool = False) -> list[QueueItem]:
-    """An alias that points at a remote address: the message leaves again through the queue.
-
-    Reverse delivery §6 "Forwarding": we source it again from our own store under our own domain
-    in the reverse-path, so the next receiver pulls it back from us, who can answer for it. The
-    queue gets its own copy: the envelope names `forwarding_reverse_path()`, and the body is
-    exactly what DATA would send (our trace headers, without the Return-Path that only the final
-    delivery carries, RFC 5321 §4.4), which is also what GET serves. A bounce (null reverse-path)
-    stays one: it is forwarded from <> and by DATA, so it can never cause another bounce.
-    `delivered_to`, the alias that forwards it, goes on top as `Delivered-To:`: a copy that comes
-    back for that address is a loop (inbound.MailLoop).
-
-    `held`: the message is held (quarantined by policy or as spam) for the alias: the copy waits
-    in the queue, held, until the message is released (`release_forwards`), and is never sent if
-    it is not (spec §6, Forwarding: only mail accepted for delivery is forwarded).
-    """
-    from mailcore.services import dkim_keys
-
-    store = message_store()
-    content = strip_return_path(store.read(message.body_ref))
-    if delivered_to:
-        content = f"Delivered-To: {delivered_to}\r\n".encode() + content
-    ours = forwarding_reverse_path(message)
-    reverse_path = ours if message.mail_from else ""
-    # RFC 8617: our ARC set records what we verified before the message changed hands, then
-    # our DKIM signature where the From: domain is ours.
-    content = dkim_keys.sign(dkim_keys.seal(content, domain_of(ours)))
-    body = store.put(content)
-    try:
-        copy = Message.objects.create(
-            body_ref=body.ref,
-            size=body.size,
-            sha256=body.sha256,
-            mail_from=reverse_path,
-            rcpt_tos=list(recipients),
-            client_address=message.client_address,
-            helo_name=message.helo_name,
-            tls=message.tls,
-            transport=message.transport,
-            verification=message.verification,
-            auth_results=message.auth_results,
-            auth_methods=message.auth_methods,
-            subject=message.subject,
-            header_from=message.header_from,
-            forwarded_from=message,
-        )
-        items = hold_items(copy, recipients) if held else enqueue(copy, recipients)
-    except BaseException:
-        store.delete(body.ref)
-        raise
-    log.info("%s forwarded as %s from <%s> to %s", message.queue_id, copy.queue_id, copy.mail_from, ", ".join(recipients))
-    return items
-
-
-def hold_items(message: Message, recipients: list[str]) -> list[QueueItem]:
-    """Queue `message` for each recipient, held until `release_forwards` (no delivery is kicked)."""
-    return QueueItem.objects.bulk_create(
-        QueueItem(message=message, recipient=rcpt, domain=domain_of(rcpt), state=QueueState.HELD, last_reply=HELD_WITH_MESSAGE)
-        for rcpt in recipients
-    )
-
-
-def _held_forwards(message_id: int):
-    return QueueItem.objects.filter(
-        message__forwarded_from_id=message_id, state=QueueState.HELD, last_reply=HELD_WITH_MESSAGE
-    )
-
-
-def release_forwards(message_id: int) -> int:
-    """The message was released from the quarantine: its held forwarded copies go now (in the caller's transaction)."""
-    items = list(_held_forwards(message_id).select_related("message"))
-    now = timezone.now()
-    for item in items:
-        QueueItem.objects.filter(pk=item.pk, state=QueueState.HELD).update(
-            state=QueueState.QUEUED, next_attempt_at=now, last_reply="", updated_at=now
-        )
-    for domain in {item.domain for item in items}:
-        transaction.on_commit(lambda d=domain: _kick(d))
-    if items:
-        log.info("%s released: forwarded to %s", items[0].message.queue_id, ", ".join(i.recipient for i in items))
-    return len(items)
-
-
-def drop_forwards(message_id: int) -> int:
-    """The message will never be released (its last held copy was deleted): nor are its forwarded copies."""
-    deleted, _ = _held_forwards(message_id).delete()
-    return deleted
-
-
-def may_source(message: Message) -> bool:
-    """Whether we may vouch for `message` by SOURCE (reverse-delivery.md §6, Forwarding).
-
-    Sourcing says "this came from my domain". A forwarded copy whose From: is in one of our
-    domains came from outside unless a local user submitted it with AUTH: it goes by DATA, and
-    the next server sees it as unverified rather than as ours.
-    """
-    if message.forwarded_from_id is None or message.transport == Transport.SUBMISSION:
-        return True
-    return not (message.header_from and accounts.is_local_domain(domain_of(message.header_from)))
-
-
-def forwarding_reverse_path(message: Message) -> str:
-    """The reverse-path of a forwarded copy: the sender's own when it is ours, else postmaster of the alias's domain.
-
-    Spec §6 asks only for "its own domain". The postmaster of the aliased recipient's domain is
-    chosen because it exists at every domain we serve (RFC 5321 §4.5.1), its domain's MX is us
-    (so the next receiver's GET comes back here), and a bounce from the forwarding target reaches
-    the administrator who can fix the alias, rather than the original sender, whom a DATA sender
-    may have forged (no backscatter, spec §6). An SRS address that routes bounces back to the
-    original sender would need the MX to accept and decode it.
-    """
-    if accounts.is_local_domain(domain_of(message.mail_from)):
-        # Already our own domain (a local user's mail to a forwarding alias): we answer for it as
-        # it is, and a bounce reaches the real sender.
-        return message.mail_from
-    for rcpt in message.rcpt_tos:
-        domain = domain_of(rcpt)
-        if accounts.is_local_domain(domain):
-            return f"postmaster@{domain}"
-    return f"postmaster@{settings.MAIL_HOSTNAME}"
-
-
-def _kick(domain: str) -> None:
-    try:
-        jobs.enqueue_delivery(domain)
-    except Exception:  # the broker is down: the items are committed, and the queue's sweep sends them
-        log.exception("could not enqueue the delivery to %s; the queue sweep will send it", domain)
+# --- submitting mail -------------------------------------------------------------------------
 
 
 _HEADER_NAME = re.compile(rb"^([!-9;-~]+):", re.M)
@@ -242,6 +101,23 @@ class Submission:
     protocol: str = "ESMTPSA"  # RFC 3848: authenticated, "ESMTPA" without TLS
     authenticated_as: str = ""
 
+    def envelope(self, rcpt_tos: list[str]) -> Envelope:
+        """The envelope of the message for `rcpt_tos`: verified by construction, it never left this server."""
+        return Envelope(
+            mail_from=self.mail_from,
+            rcpt_tos=rcpt_tos,
+            client_address=self.client_address,
+            helo_name=self.helo_name,
+            tls=self.tls,
+            tls_cipher=self.tls_cipher,
+            transport=self.transport,
+            protocol=self.protocol,
+            verification=Verification.VERIFIED,
+            auth_result="pass",
+            auth_comment=f"submitted by {self.authenticated_as}" if self.authenticated_as else "local submission",
+            reject_policy_applies=False,
+        )
+
 
 @dataclass
 class SubmissionReceipt:
@@ -290,26 +166,13 @@ def submit(submission: Submission, content: bytes) -> SubmissionReceipt:
     receipt = SubmissionReceipt()
     with transaction.atomic():
         if local:
-            envelope = inbound.Envelope(
-                mail_from=submission.mail_from,
-                rcpt_tos=local,
-                client_address=submission.client_address,
-                helo_name=submission.helo_name,
-                tls=submission.tls,
-                transport=submission.transport,
-                protocol=submission.protocol,
-                verification=Verification.VERIFIED,
-                auth_result="pass",
-                auth_comment=f"submitted by {submission.authenticated_as}" if submission.authenticated_as else "local submission",
-                reject_policy_applies=False,
-            )
             try:
-                local_receipt = inbound.receive(envelope, content)
-            except inbound.QuotaExceeded:
+                local_receipt = inbound.receive(submission.envelope(local), content)
+            except QuotaExceeded:
                 raise SubmissionError(
                     "the message exceeds the recipients' mailbox quota", "552 5.2.2 Message exceeds the recipient's mailbox quota"
                 ) from None
-            except inbound.MailLoop as exc:
+            except MailLoop as exc:
                 raise SubmissionError(f"mail loop: {exc}", f"554 5.4.6 Mail loop detected: {exc}") from None
             receipt.queue_id = local_receipt.queue_id
             receipt.delivered = local_receipt.delivered + local_receipt.quarantined
@@ -328,39 +191,13 @@ def submit(submission: Submission, content: bytes) -> SubmissionReceipt:
 def _store_for_queue(submission: Submission, content: bytes) -> Message:
     """One durable copy for the queue, with our Received header (RFC 5321 §4.4) on top."""
     queue_id = new_queue_id()
-    envelope = inbound.Envelope(
-        mail_from=submission.mail_from,
-        rcpt_tos=submission.rcpt_tos,
-        client_address=submission.client_address,
-        helo_name=submission.helo_name,
-        tls=submission.tls,
-        protocol=submission.protocol,
-    )
-    if submission.tls_cipher and hasattr(envelope, "tls_cipher"):
-        envelope.tls_cipher = submission.tls_cipher
-    recipient = submission.rcpt_tos[0] if len(submission.rcpt_tos) == 1 else None
-    content = f"Received: {inbound.received_header(envelope, queue_id, recipient)}\r\n".encode() + content
-    from mailcore.services import dkim_keys
-
+    envelope = submission.envelope(submission.rcpt_tos)
+    content = f"Received: {received_header(envelope, queue_id, sole_recipient(envelope))}\r\n".encode() + content
     content = dkim_keys.sign(content)  # RFC 6376: for our own From: domains
     body = message_store().put(content)
-    subject, header_from = inbound.summary_headers(content)
+    subject, header_from = summary_headers(content)
     try:
-        return Message.objects.create(
-            queue_id=queue_id,
-            body_ref=body.ref,
-            size=body.size,
-            sha256=body.sha256,
-            mail_from=submission.mail_from,
-            rcpt_tos=list(submission.rcpt_tos),
-            client_address=submission.client_address,
-            helo_name=submission.helo_name,
-            tls=submission.tls,
-            transport=submission.transport,
-            verification=Verification.VERIFIED,
-            subject=subject,
-            header_from=header_from,
-        )
+        return Message.objects.create(**message_row(envelope, body, queue_id, subject=subject, header_from=header_from))
     except BaseException:
         message_store().delete(body.ref)
         raise
@@ -378,7 +215,7 @@ def notify(recipient: str, content: bytes, *, about: str) -> None:
         log.warning("notification about %s not sent: malformed recipient %r", about, recipient)
         return
     if accounts.is_local_domain(domain_of(recipient)):
-        envelope = inbound.Envelope(
+        envelope = Envelope(
             mail_from="",
             rcpt_tos=[recipient],
             helo_name=settings.MAIL_HOSTNAME,
@@ -392,7 +229,7 @@ def notify(recipient: str, content: bytes, *, about: str) -> None:
         )
         try:
             inbound.receive(envelope, content)
-        except inbound.PolicyRejection:
+        except PolicyRejection:
             log.warning("notification about %s to %s dropped: no such local recipient", about, recipient)
         return
     message = _store_for_queue(
@@ -403,6 +240,18 @@ def notify(recipient: str, content: bytes, *, about: str) -> None:
 
 
 # --- the queue runner's side: claim, record ---------------------------------------------------
+
+
+def may_source(message: Message) -> bool:
+    """Whether we may vouch for `message` by SOURCE (reverse-delivery.md §6, Forwarding).
+
+    Sourcing says "this came from my domain". A forwarded copy whose From: is in one of our
+    domains came from outside unless a local user submitted it with AUTH: it goes by DATA, and
+    the next server sees it as unverified rather than as ours.
+    """
+    if message.forwarded_from_id is None or message.transport == Transport.SUBMISSION:
+        return True
+    return not (message.header_from and accounts.is_local_domain(domain_of(message.header_from)))
 
 
 def due_items(now: datetime | None = None):

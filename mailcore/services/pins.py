@@ -42,14 +42,6 @@ def is_pinned(domain: str, now: datetime | None = None) -> bool:
     return SourcePin.objects.filter(domain=domain.lower().rstrip("."), last_verified_at__gte=horizon).exists()
 
 
-def pinned_among(domains: set[str], now: datetime | None = None) -> set[str]:
-    """Which of `domains` are remembered now (one query for a batch of messages)."""
-    horizon = _horizon(now)
-    if horizon is None or not domains:
-        return set()
-    return set(SourcePin.objects.filter(domain__in=domains, last_verified_at__gte=horizon).values_list("domain", flat=True))
-
-
 @dataclass(frozen=True)
 class Pin:
     domain: str

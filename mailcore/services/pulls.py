@@ -11,7 +11,10 @@ from django.db import connection, transaction
 from django.db.models import Count, F
 from django.utils import timezone
 
+from mailcore.envelope import Envelope
+from mailcore.headers import first_part, trace_headers
 from mailcore.models import Announcement, AnnouncementState, Transport, Verification
+from mailcore.rejections import PolicyRejection
 from mailcore.reverse_delivery.alignment import from_aligned
 from mailcore.services import inbound, pins
 from mailcore.services.login_failures import AddressCounter
@@ -222,7 +225,7 @@ def deliver_pulled(claim: Claim, content: bytes | list, origin_host: str, origin
     both or neither (and then the lease lapses and the pull is made again): nothing is lost and
     nothing is delivered twice.
     """
-    aligned, why_not = from_aligned(claim.mail_from, inbound.first_part(content))
+    aligned, why_not = from_aligned(claim.mail_from, first_part(content))
     if aligned:
         envelope_extra = dict(
             verification=Verification.VERIFIED,
@@ -234,7 +237,7 @@ def deliver_pulled(claim: Claim, content: bytes | list, origin_host: str, origin
         envelope_extra = dict(
             verification=Verification.UNVERIFIED, auth_result="neutral", auth_comment="header.from not aligned"
         )
-    envelope = inbound.Envelope(
+    envelope = Envelope(
         mail_from=claim.mail_from,
         rcpt_tos=list(claim.rcpt_tos),
         client_address=claim.client_address,
@@ -251,9 +254,9 @@ def deliver_pulled(claim: Claim, content: bytes | list, origin_host: str, origin
     try:
         recipients = inbound.spam_recipients(envelope, content)
         verdict = inbound.spam_scored(
-            envelope, inbound.trace_headers(envelope, claim.source_id), content, recipients, f"SOURCE {claim.source_id}"
+            envelope, trace_headers(envelope, claim.source_id), content, recipients, f"SOURCE {claim.source_id}"
         )
-    except inbound.PolicyRejection as exc:  # SpamRejection or SenderBlocked: every recipient refuses it
+    except PolicyRejection as exc:  # SpamRejection or SenderBlocked: every recipient refuses it
         refused = exc
     now = timezone.now()
     with transaction.atomic():
@@ -269,7 +272,7 @@ def deliver_pulled(claim: Claim, content: bytes | list, origin_host: str, origin
             if refused is not None:
                 raise refused
             receipt = inbound.receive(envelope, content, spam=verdict)
-        except inbound.PolicyRejection as exc:
+        except PolicyRejection as exc:
             # No recipient takes it any more (unverified-mail policy `reject`, or gone). Never a
             # bounce: the sender may be forged (spec §6, "No backscatter").
             announcement.state = AnnouncementState.UNVERIFIED if not aligned else AnnouncementState.FAILED

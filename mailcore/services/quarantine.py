@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 from django.db import transaction
 
 from mailcore.models import AuditAction, Delivery, DeliveryState
-from mailcore.services import audit, outbound, quota
+from mailcore.services import audit, queueing, quota
+from mailcore.spam import learn
 
 
 class QuarantineError(Exception):
@@ -50,9 +51,9 @@ def _move(delivery_id: int, state: str, mailbox=None, action: str = "") -> Deliv
         # Reverse delivery §6, Forwarding: the message's copies for remote alias targets waited
         # for this decision: released, they go; once no copy is held any more, they never will.
         if state == DeliveryState.INBOX:
-            outbound.release_forwards(delivery.message_id)
+            queueing.release_forwards(delivery.message_id)
         elif not Delivery.objects.filter(message_id=delivery.message_id, state=DeliveryState.QUARANTINED).exists():
-            outbound.drop_forwards(delivery.message_id)
+            queueing.drop_forwards(delivery.message_id)
     return delivery
 
 
@@ -61,8 +62,6 @@ def release(delivery_id: int, mailbox=None) -> Delivery:
 
     Mail held as spam is then reported to spamd as ham (when spamd allows it to learn).
     """
-    from mailcore.spam import learn
-
     delivery = _move(delivery_id, DeliveryState.INBOX, mailbox, AuditAction.RELEASE)
     learn.after_release(delivery)
     return delivery
@@ -73,8 +72,6 @@ def delete(delivery_id: int, mailbox=None, as_spam: bool = False) -> Delivery:
 
     `as_spam`: the person deleting it says it is spam, and spamd is told so (when it learns).
     """
-    from mailcore.spam import learn
-
     delivery = _move(delivery_id, DeliveryState.DELETED, mailbox, AuditAction.DELETE_AS_SPAM if as_spam else AuditAction.DELETE)
     if as_spam:
         learn.report(delivery, "spam")

@@ -12,6 +12,8 @@ import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+import dns.nameserver
+import dns.resolver
 from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.db.models import F
@@ -19,9 +21,13 @@ from django.utils import timezone
 
 from mailcore import jobs
 from mailcore.addresses import domain_of
+from mailcore.delivery import dsn
 from mailcore.models import Announcement, AnnouncementState, Message, QueueItem, QueueState, SourcedMessage
 from mailcore.reverse_delivery.envelope import envelope_lines
 from mailcore.reverse_delivery.ids import new_source_id
+from mailcore.services import accounts, outbound
+from mailcore.services.maildrop import release_unreferenced_bodies
+from mailcore.store import message_store
 
 log = logging.getLogger("mailcore.reverse_delivery")
 
@@ -145,9 +151,6 @@ def client_serves_domains(client_address: str, domains: set[str]) -> bool:
 
     DNS errors propagate: the listener answers them with a temporary failure.
     """
-    import dns.exception
-    import dns.resolver
-
     try:
         client = ipaddress.ip_address(client_address)
     except ValueError:
@@ -172,9 +175,6 @@ def client_serves_domains(client_address: str, domains: set[str]) -> bool:
 
 
 def _resolver():
-    import dns.nameserver
-    import dns.resolver
-
     if settings.MAIL_DNS_SERVERS:
         resolver = dns.resolver.Resolver(configure=False)
         resolver.nameservers = [dns.nameserver.Do53Nameserver(h, p) for h, p in settings.MAIL_DNS_SERVERS]
@@ -249,10 +249,6 @@ def expire_sourced(now: datetime | None = None, limit: int = 500) -> ExpiryCount
     row is settled in its own transaction, conditional on still being unexpired, so two workers
     never notify twice. Then bodies nothing else refers to are released.
     """
-    from mailcore.delivery import dsn
-    from mailcore.services import accounts, outbound
-    from mailcore.services.maildrop import release_unreferenced_bodies
-
     now = now or timezone.now()
     counts = ExpiryCounts()
     due = SourcedMessage.objects.filter(expired=False, expires_at__lte=now).select_related("message").order_by("expires_at", "pk")
@@ -282,7 +278,7 @@ def expire_sourced(now: datetime | None = None, limit: int = 500) -> ExpiryCount
             if not accounts.is_local_domain(domain_of(sourced.mail_from)):
                 log.info("SOURCE %s: no expiry notice to <%s>, not a local sender", sourced.source_id, sourced.mail_from)
                 continue
-            _notify_never_collected(sourced, recipients, now, dsn, outbound)
+            _notify_never_collected(sourced, recipients)
     if message_ids:
         counts.released = release_unreferenced_bodies(sorted(message_ids))
     if counts.ids:
@@ -290,9 +286,7 @@ def expire_sourced(now: datetime | None = None, limit: int = 500) -> ExpiryCount
     return counts
 
 
-def _notify_never_collected(sourced: SourcedMessage, recipients: list[str], now: datetime, dsn, outbound) -> None:
-    from mailcore.store import message_store
-
+def _notify_never_collected(sourced: SourcedMessage, recipients: list[str]) -> None:
     message = sourced.message
     try:
         original = message_store().read(message.body_ref)

@@ -18,10 +18,11 @@ import ipaddress
 from dataclasses import dataclass
 
 from django.db import transaction
+from django.db.models import Q
 
 from mailcore.addresses import AddressError, domain_of, normalize_address, normalize_domain
 from mailcore.models import AuditAction, DeliveryState, Domain, Mailbox, SenderAction, SenderRule, SenderScope, Transport
-from mailcore.services import audit
+from mailcore.services import audit, quarantine
 
 ALLOW, BLOCK = SenderAction.ALLOW, SenderAction.BLOCK
 # Narrowest first: the first scope with a matching entry decides.
@@ -142,8 +143,6 @@ NO_RULES = Rules()
 
 def rules_for(address: str) -> Rules:
     """The entries that apply to mail for the local recipient `address` (one query)."""
-    from django.db.models import Q
-
     try:
         address = normalize_address(address)
     except AddressError:
@@ -280,8 +279,6 @@ def entries(scope: Scope | None = None):
 def set_from_message(action: str, delivery, scope: Scope, kind: str = "address") -> tuple[str, str | None]:
     """"Always allow" / "block" the sender of a delivery's message at `scope`, and then release /
     delete the delivery if it is still held: (the pattern, "released" / "deleted" or None)."""
-    from mailcore.services import quarantine
-
     pattern = sender_pattern(delivery.message, kind)
     set_entry(action, pattern, scope)
     if delivery.state != DeliveryState.QUARANTINED:

@@ -9,8 +9,9 @@ from dataclasses import dataclass, field
 from django.conf import settings
 
 from mailcore.addresses import AddressError, domain_of, normalize_address
+from mailcore.envelope import Envelope
 from mailcore.models import Domain, SpamStatus, Transport, Verification
-from mailcore.services.inbound import Envelope, PolicyRejection
+from mailcore.rejections import PolicyRejection
 from mailcore.spam.policy import SpamAction, Thresholds, decide
 from mailcore.spam.spamd import SpamdClient, SpamdError, SpamdTimeout
 

@@ -9,7 +9,7 @@ from django.utils import timezone
 
 from mailcore.headers import strip_return_path
 from mailcore.models import Delivery, Message, QueueItem, QueueState, SourcedMessage
-from mailcore.services import accounts, inbound, outbound, reverse_delivery
+from mailcore.services import accounts, inbound, queueing, reverse_delivery
 from mailcore.store import message_store
 from tests.dkim_support import unsigned
 
@@ -125,6 +125,6 @@ def test_forwarding_keeps_a_local_sender_and_a_null_reverse_path(local):
     accounts.add_alias("fwd@b.test", "dave@elsewhere.test")
     local_sender = queued_message(mail_from="alice@a.test", rcpt="fwd@b.test")
     bounce = queued_message(mail_from="", rcpt="fwd@b.test")
-    assert outbound.forwarding_reverse_path(local_sender) == "alice@a.test"
-    [item] = outbound.forward(bounce, ["dave@elsewhere.test"])
+    assert queueing.forwarding_reverse_path(local_sender) == "alice@a.test"
+    [item] = queueing.forward(bounce, ["dave@elsewhere.test"])
     assert item.message.mail_from == ""  # a bounce stays a bounce (RFC 5321 §4.5.5)

@@ -71,7 +71,7 @@ def test_one_message_the_database_refuses_does_not_fail_its_batch(mail_store, ma
     from django.db import DatabaseError
 
     carol = Mailbox.objects.get(address="carol@a.test").pk
-    real_insert = inbound._insert_rows
+    real_insert = inbound.insert_rows
     inserts = []
 
     def insert(model, rows, **kwargs):
@@ -81,7 +81,7 @@ def test_one_message_the_database_refuses_does_not_fail_its_batch(mail_store, ma
                 raise DatabaseError("constraint on carol")
         return real_insert(model, rows, **kwargs)
 
-    monkeypatch.setattr("mailcore.services.inbound._insert_rows", insert)
+    monkeypatch.setattr("mailcore.services.inbound.insert_rows", insert)
     stored = record_stored(monkeypatch)
     items = [
         (inbound.Envelope(mail_from="x@else.test", rcpt_tos=[rcpt]), f"Subject: to {rcpt}\r\n\r\nhi\r\n".encode(), None)

@@ -51,14 +51,14 @@ def test_failed_commit_leaves_no_row_and_no_body(mail_store, monkeypatch):
     add_domain("a.test")
     add_mailbox("bob@a.test", "pw")
 
-    real_insert = inbound._insert_rows
+    real_insert = inbound.insert_rows
 
     def fail(model, rows, **kwargs):
         if model is Delivery:  # after the Message row: the transaction must undo it
             raise RuntimeError("database gone")
         return real_insert(model, rows, **kwargs)
 
-    monkeypatch.setattr("mailcore.services.inbound._insert_rows", fail)
+    monkeypatch.setattr("mailcore.services.inbound.insert_rows", fail)
     stored = record_stored(monkeypatch)
     envelope = inbound.Envelope(mail_from="x@else.test", rcpt_tos=["bob@a.test"])
     with pytest.raises(RuntimeError):
