@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import end_process, unavailable
+from tests.programs import end_process, unavailable
 from tests.sockets import free_port, wait_for_port
 
 ACCESS_KEY = "testing"
