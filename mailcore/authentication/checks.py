@@ -31,6 +31,9 @@ from mailcore.authentication.results import Authentication
 
 # The header block that is read for From: (a larger one is malformed mail anyway).
 _MAX_HEAD = 256 * 1024
+# The largest header block that check_at_once parses on the caller's thread (an event loop):
+# usual mail has a few KiB; a hostile one of hundreds would hold every other session there.
+AT_ONCE_HEAD = 32 * 1024
 
 _pool: ThreadPoolExecutor | None = None
 _pool_lock = threading.Lock()
@@ -125,6 +128,8 @@ def check_sender(resolver: TXTResolver, client_address: str, mail_from: str, hel
 def check_at_once(content: bytes, sender: SenderChecks) -> Authentication | None:
     """`check` with the envelope's results, in the calling thread, when nothing is left to look up
     or verify (no DKIM-Signature, no ARC-Seal, the From domain's DMARC record known); else None."""
+    if content.find(b"\r\n\r\n", 0, AT_ONCE_HEAD) < 0:
+        return None  # a header block this large is parsed in a worker thread, never on a loop
     if dkim.has_field(content, b"dkim-signature:") or dkim.has_field(content, b"arc-seal:"):
         return None
     author = from_domain(content)

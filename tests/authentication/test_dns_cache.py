@@ -211,6 +211,10 @@ def test_sender_checks_from_the_cache_give_what_the_full_checks_give(settings):
         assert checks.check_at_once(plain, sender) == checks.check(TXTResolver(servers(server)), plain, *identity)
         assert checks.check_at_once(other_author, sender) is None
         assert checks.check_at_once(signed, sender) is None
+        # A header block too large to parse on a listener's event loop goes to a worker thread.
+        padded = plain.replace(b"Subject:", b"X-Padding: " + b"x" * 70 + (b"\r\n " + b"x" * 70) * 500 + b"\r\nSubject:")
+        assert checks.check_at_once(padded, sender) is None
+        assert checks.check(TXTResolver(servers(server)), padded, *identity).dmarc.result == "pass"
         for content in (plain, other_author, signed):
             split = checks.check(TXTResolver(servers(server)), content, *identity, sender=sender)
             whole = checks.check(TXTResolver(servers(server)), content, *identity)
