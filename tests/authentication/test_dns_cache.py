@@ -144,9 +144,13 @@ def test_dns_cache_off(settings):
 
 @pytest.mark.django_db(transaction=True)
 def test_the_mx_asks_for_a_senders_records_once_per_ttl(mx, b_test):
-    """runsmtp with the checks on: messages from one sender within the TTL cost one lookup of each record."""
+    """runsmtp with the checks on: messages from one sender within the TTL cost one lookup of each record.
+
+    One SMTP process: the cache is each process's, and a second one (which takes the first
+    connections while the first is still starting) would ask for the records once more.
+    """
     with TestDNSServer(RECORDS, ttl=6) as server:
-        smtpd = mx(MAIL_AUTH_CHECKS="1", MAIL_DNS_SERVERS=server.address)
+        smtpd = mx(MAIL_AUTH_CHECKS="1", MAIL_DNS_SERVERS=server.address, MAIL_SMTP_PROCESSES="1")
 
         def send(n: int) -> None:
             with smtplib.SMTP("127.0.0.1", smtpd.port, timeout=30) as client:
