@@ -37,7 +37,6 @@ import json
 import os
 import shutil
 import smtplib
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -83,18 +82,7 @@ def dns_records() -> dict[str, dict[str, list]]:
 
 def common_port(addresses: list[str]) -> int:
     """A TCP port free on every one of `addresses` (both MX listeners must share it)."""
-    for _ in range(100):
-        with socket.socket() as s:
-            s.bind((addresses[0], 0))
-            port = s.getsockname()[1]
-        try:
-            for address in addresses[1:]:
-                with socket.socket() as s:
-                    s.bind((address, port))
-        except OSError:
-            continue
-        return port
-    raise RuntimeError("no port free on all of " + ", ".join(addresses))
+    return free_port(*addresses)
 
 
 def _base_env() -> dict[str, str]:

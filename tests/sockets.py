@@ -2,15 +2,43 @@
 
 from __future__ import annotations
 
+import itertools
+import os
 import socket
 import subprocess
 import time
 
+# A port the kernel hands out (bind to port 0) is free only until the caller closes its socket; a
+# server process started afterwards binds it seconds later, and a test in another xdist worker may
+# have been handed the same number meanwhile (one test's MX once answered on another's submission
+# port). So each worker hands out ports from a block of its own, below the kernel's ephemeral range
+# (32768 on Linux), where neither the kernel nor another worker picks them.
+PORT_BLOCK_START = 10000
+PORT_BLOCK_SIZE = 1500
+_WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")
+_BLOCKS = (32768 - PORT_BLOCK_START) // PORT_BLOCK_SIZE
+_BLOCK = int(_WORKER[2:]) % _BLOCKS if _WORKER.startswith("gw") and _WORKER[2:].isdigit() else 0
+_next_ports = itertools.cycle(
+    range(PORT_BLOCK_START + _BLOCK * PORT_BLOCK_SIZE, PORT_BLOCK_START + (_BLOCK + 1) * PORT_BLOCK_SIZE)
+)
 
-def free_port(host: str = "127.0.0.1") -> int:
+
+def _bindable(host: str, port: int) -> bool:
     with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port(host: str = "127.0.0.1", *more_hosts: str) -> int:
+    """A TCP port of this worker's block that is free on `host` and on each of `more_hosts`."""
+    for _ in range(PORT_BLOCK_SIZE):
+        port = next(_next_ports)
+        if all(_bindable(h, port) for h in (host, *more_hosts)):
+            return port
+    raise RuntimeError(f"no free port left in this worker's block on {', '.join((host, *more_hosts))}")
 
 
 # A Django process starts in seconds, but on a loaded machine (CI beside other jobs) it has taken
