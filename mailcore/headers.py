@@ -158,7 +158,7 @@ def first_part(content: bytes | list) -> bytes:
 def without_forged_verdicts(content: bytes | list) -> bytes | list:
     """`without_forged_headers` of a message that may be in parts: the header block is in the first.
 
-    A spooled message's first part holds its header block whole (smtp.data, HEADER_TOO_BIG).
+    A spooled message's first part holds its header block whole (wire.data, HEADER_TOO_BIG).
     """
     if isinstance(content, bytes):
         return without_forged_headers(content)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from mailcore import tls
 from mailcore.delivery.mx import MailHost
-from mailcore.transparency import dot_stuff
+from mailcore.wire.transparency import dot_stuff
 
 log = logging.getLogger("mailcore.delivery")
 

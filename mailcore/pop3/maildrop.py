@@ -11,12 +11,12 @@ from collections.abc import AsyncIterator
 from typing import Protocol
 
 from mailcore.database_bridge import DatabaseBridge
-from mailcore.pop3.wire import retr_reply
 from mailcore.services import maildrop as service
 from mailcore.services.accounts import LoginBlocked
 from mailcore.services.login_failures import LoginFailures
 from mailcore.services.maildrop import Account, LockLost, MaildropEntry
-from mailcore.transparency import TERMINATOR
+from mailcore.wire.pop3 import retr_reply
+from mailcore.wire.transparency import TERMINATOR
 
 log = logging.getLogger("mailcore.pop3")
 

@@ -16,8 +16,8 @@ import ssl
 from dataclasses import dataclass
 
 from mailcore.pop3.maildrop import Account, LockLost, LoginBlocked, Maildrop, MaildropEntry, ReadAhead
-from mailcore.sasl import parse_plain
-from mailcore.transparency import CRLF, TERMINATOR, BodyEncoder
+from mailcore.wire.sasl import parse_plain
+from mailcore.wire.transparency import CRLF, TERMINATOR, BodyEncoder
 
 log = logging.getLogger("mailcore.pop3")
 

@@ -12,9 +12,9 @@ from mailcore import tls
 from mailcore.reverse_delivery.envelope import GetEnvelope, parse_envelope_lines
 from mailcore.reverse_delivery.ids import offers_source
 from mailcore.reverse_delivery.origins import OriginHost
-from mailcore.smtp import replies
-from mailcore.smtp.data import DataOutcome, DataReceiver
 from mailcore.store import spool
+from mailcore.wire import replies
+from mailcore.wire.data import DataOutcome, DataReceiver
 
 log = logging.getLogger("mailcore.reverse_delivery")
 
@@ -62,7 +62,7 @@ class Reply:
 class Pulled:
     """What one GET gave: a body, a permanent refusal, or nothing yet (`body` and `refusal` both None).
 
-    A body larger than smtp.data.PART_SIZE is its first part and its spool (store.spool), open
+    A body larger than wire.data.PART_SIZE is its first part and its spool (store.spool), open
     while `on_pulled` runs and closed once it has returned.
     """
 

@@ -196,7 +196,7 @@ def check_recipient(address: str) -> RecipientCheck:
 def receive(envelope: Envelope, content: bytes | list, spam: SpamVerdict | None = None) -> Receipt:
     """Store `content` once and deliver it to the local recipients of `envelope`.
 
-    `content` may be a large message's first part and spool (smtp.data.DataReceiver); the
+    `content` may be a large message's first part and spool (wire.data.DataReceiver); the
     caller closes the spool once this has returned.
 
     Unverified mail follows each recipient domain's policy: accept, quarantine, or reject. Raises
@@ -457,7 +457,7 @@ class _Prepared:
     rejected: list[str]
     spam: SpamVerdict
     headers: bytes  # trace and spam headers, prepended when stored
-    content: bytes | list  # a large message: its first part, then its spool (smtp.data.DataReceiver)
+    content: bytes | list  # a large message: its first part, then its spool (wire.data.DataReceiver)
     subject: str
     header_from: str
     allowed: frozenset[str] = frozenset()  # recipients (normalized) whose sender list allows this sender

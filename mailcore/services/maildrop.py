@@ -13,11 +13,11 @@ from django.db import IntegrityError, close_old_connections, connection, transac
 from django.utils import timezone
 
 from mailcore.models import ACTIVE_STATES, Delivery, DeliveryState, MailboxLock, Message
-from mailcore.pop3.wire import wire_size
 from mailcore.services import accounts, quota
 from mailcore.services.login_failures import LoginFailures
 from mailcore.store import message_store, segments
 from mailcore.store.bodies import CHUNK_SIZE
+from mailcore.wire.pop3 import wire_size
 
 log = logging.getLogger("mailcore.pop3")
 

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("mailcore.smtp")
 
-# The content of a large message is its first part and its spool (smtp.data.DataReceiver): the
+# The content of a large message is its first part and its spool (wire.data.DataReceiver): the
 # batch copies the spool into the store, and the session closes it once `deliver` has returned.
 Item = tuple[inbound.Envelope, "bytes | list", "SpamVerdict | None", asyncio.Future]
 

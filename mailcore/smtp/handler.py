@@ -28,13 +28,13 @@ from mailcore.database_bridge import DatabaseBridge
 from mailcore.models import Transport, UnverifiedPolicy, Verification
 from mailcore.services import inbound, reverse_delivery, senders
 from mailcore.services.login_failures import AddressCounter
-from mailcore.smtp import replies
 from mailcore.smtp.groupcommit import GroupCommit
-from mailcore.smtp.replies import Reply
 from mailcore.smtp.session import SMTPSession, Transaction, envelope_fields, unsafe
 from mailcore.spam.check import SpamRejection
 from mailcore.store import message_store
 from mailcore.store.bodies import CHUNK_SIZE
+from mailcore.wire import replies
+from mailcore.wire.replies import Reply
 
 log = logging.getLogger("mailcore.smtp")
 

@@ -18,8 +18,8 @@ from typing import Protocol
 
 from django.conf import settings
 
-from mailcore.smtp import replies
-from mailcore.smtp.replies import Reply
+from mailcore.wire import replies
+from mailcore.wire.replies import Reply
 
 log = logging.getLogger("mailcore.smtp")
 

@@ -29,12 +29,12 @@ from django.conf import settings
 from mailcore import tls
 from mailcore.reverse_delivery.ids import EHLO_KEYWORD, is_valid_id
 from mailcore.services import inbound
-from mailcore.smtp import replies
-from mailcore.smtp.data import DataReceiver
-from mailcore.smtp.replies import Reply
 from mailcore.smtp.session import SMTPSession, Transaction, unsafe
 from mailcore.store import spool
-from mailcore.transparency import BodyEncoder
+from mailcore.wire import replies
+from mailcore.wire.data import DataReceiver
+from mailcore.wire.replies import Reply
+from mailcore.wire.transparency import BodyEncoder
 
 if TYPE_CHECKING:
     from mailcore.smtp.handler import InboundHandler

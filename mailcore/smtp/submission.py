@@ -18,15 +18,15 @@ import logging
 from aiosmtpd.smtp import MISSING, AuthResult
 from django.conf import settings
 
-from mailcore.sasl import parse_plain
 from mailcore.services import accounts, outbound
 from mailcore.services.login_failures import LoginFailures
-from mailcore.smtp import replies
 from mailcore.smtp.handler import InboundHandler, TemporaryFault
-from mailcore.smtp.replies import Reply
 from mailcore.smtp.server import InboundSMTP, SMTPConfig
 from mailcore.smtp.session import SMTPSession, Transaction, envelope_fields
 from mailcore.store import spool
+from mailcore.wire import replies
+from mailcore.wire.replies import Reply
+from mailcore.wire.sasl import parse_plain
 
 log = logging.getLogger("mailcore.submission")
 

@@ -1,6 +1,6 @@
 """The spool: the part of a large message that is not held in memory while it is received.
 
-A message larger than the DATA reader keeps in memory (smtp.data.PART_SIZE) is handed on as its
+A message larger than the DATA reader keeps in memory (wire.data.PART_SIZE) is handed on as its
 first part (bytes, holding the whole header block) and a `SpoolFile` with the rest. The store
 copies a spool into the body's file or segment in the kernel (copy_file_range(2)) and fsyncs
 it there with the rest of its group commit, so the spool itself never needs a sync of its own.

@@ -14,6 +14,8 @@ from mailcore.authentication import arc, checks, dkim, dmarc, keys, spf
 from mailcore.authentication.resolver import TXTResolver
 from mailcore.authentication.results import Authentication, verdict
 from mailcore.authentication.signing import SigningKey, arc_seal, dkim_signatures
+from mailcore.services import inbound
+from mailcore.wire.data import PART_SIZE
 from tests.dnsserver import TestDNSServer
 
 MESSAGE = (
@@ -216,10 +218,7 @@ def test_hostile_messages_cost_little_and_never_raise(dns):
 
 
 def test_a_message_received_in_parts_is_checked_whole(dns, settings):
-    # DATA hands a message over 1 MiB on in parts (smtp.data.PART_SIZE): the checks read it whole.
-    from mailcore.services import inbound
-    from mailcore.smtp.data import PART_SIZE
-
+    # DATA hands a message over 1 MiB on in parts (wire.data.PART_SIZE): the checks read it whole.
     host, port = dns.address.split(":")
     settings.MAIL_AUTH_CHECKS, settings.MAIL_DNS_SERVERS = True, [(host, int(port))]
     message = MESSAGE + (b"x" * 900 + b"\r\n") * (2 * PART_SIZE // 902)

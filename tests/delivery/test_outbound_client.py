@@ -8,7 +8,7 @@ import pytest
 
 from mailcore.delivery.client import OutboundClient, OutboundMessage
 from mailcore.delivery.mx import MailHost
-from mailcore.transparency import dot_stuff
+from mailcore.wire.transparency import dot_stuff
 from tests.conftest import free_port, self_signed_cert
 from tests.factories import start_listener
 from tests.smtppeer import ScriptedPeer

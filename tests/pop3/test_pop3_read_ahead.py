@@ -10,9 +10,9 @@ import pytest
 from mailcore.models import Message
 from mailcore.pop3 import protocol as replies
 from mailcore.pop3.maildrop import READ_AHEAD_COUNT, WHOLE_READ, ReadAhead, ServiceMaildrop
-from mailcore.pop3.wire import encode
 from mailcore.services import maildrop
 from mailcore.store import message_store
+from mailcore.wire.pop3 import encode
 from tests.factories import deliver, make_mailbox, stored
 from tests.pop3_support import RawPop3, start_pop3
 

@@ -6,8 +6,8 @@ import random
 
 import pytest
 
-from mailcore.pop3.wire import encode, encode_stored, wire_size
-from mailcore.transparency import BodyEncoder
+from mailcore.wire.pop3 import encode, encode_stored, wire_size
+from mailcore.wire.transparency import BodyEncoder
 
 
 def line_by_line(body: bytes, size: int, *, stuff: bool = True) -> bytes:

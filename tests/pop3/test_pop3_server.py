@@ -15,8 +15,8 @@ from django.utils import timezone
 
 from mailcore.models import Delivery, DeliveryState, MailboxLock, Message
 from mailcore.pop3 import protocol as replies
-from mailcore.pop3.wire import encode
 from mailcore.store import message_store
+from mailcore.wire.pop3 import encode
 from tests.factories import ADDRESS, PASSWORD, deliver, make_mailbox, stored
 from tests.pop3_support import RawPop3, start_pop3, start_pop3_process
 

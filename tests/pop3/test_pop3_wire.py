@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from mailcore.pop3.wire import encode, wire_size
-from mailcore.transparency import BodyEncoder
+from mailcore.wire.pop3 import encode, wire_size
+from mailcore.wire.transparency import BodyEncoder
 
 BODY = b"A: 1\r\nB: 2\n\r\n.line\r\nx\rz\n..\r\n.\r\nlast"
 

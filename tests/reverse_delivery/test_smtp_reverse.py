@@ -10,8 +10,8 @@ from django.utils import timezone
 
 from mailcore.models import Announcement, AnnouncementState, Message, SourcedMessage, Transport, Verification
 from mailcore.services.accounts import add_domain, add_mailbox
-from mailcore.smtp import replies
 from mailcore.store import message_store
+from mailcore.wire import replies
 from tests.smtp_wire import RawSMTP, starts
 from tests.sockets import free_port
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from mailcore.models import SourcedMessage
-from mailcore.smtp import replies
+from mailcore.wire import replies
 from tests.dnsserver import TestDNSServer
 from tests.reverse_delivery.test_smtp_reverse import ID, read_data_form, sourced
 from tests.smtp_wire import RawSMTP, starts

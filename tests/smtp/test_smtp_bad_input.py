@@ -7,7 +7,7 @@ import smtplib
 import pytest
 
 from mailcore.models import Message
-from mailcore.smtp import replies
+from mailcore.wire import replies
 from tests.smtp_wire import RawSMTP, starts
 
 pytestmark = pytest.mark.django_db(transaction=True)

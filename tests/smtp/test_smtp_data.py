@@ -6,11 +6,11 @@ import random
 
 import pytest
 
-from mailcore.smtp import replies
-from mailcore.smtp.data import PART_SIZE, DataReceiver
-from mailcore.smtp.replies import Reply
 from mailcore.store.spool import SpoolFile
-from mailcore.transparency import BodyEncoder, dot_stuff
+from mailcore.wire import replies
+from mailcore.wire.data import MAX_LINE_OCTETS, PART_SIZE, DataReceiver, has_long_line
+from mailcore.wire.replies import Reply
+from mailcore.wire.transparency import BodyEncoder, dot_stuff
 
 
 def receive(wire: bytes, chunk: int, max_size: int = 10_000) -> DataReceiver:
@@ -177,8 +177,6 @@ def test_end_and_unstuffing_agree_with_the_plain_reading_for_any_input_and_chunk
 def test_line_length_check_agrees_with_counting_each_line():
     # The check looks at one LF per block of 500 octets, never at each line: random bodies of
     # lines around the limit (with and without a stuffing dot), compared with a line-by-line count.
-    from mailcore.smtp.data import MAX_LINE_OCTETS, has_long_line
-
     rng = random.Random(1000)
     for _ in range(400):
         lines = []

@@ -10,8 +10,8 @@ import time
 import pytest
 
 from mailcore.models import Message
-from mailcore.smtp import replies
 from mailcore.store import message_store
+from mailcore.wire import replies
 from tests.smtp_wire import RawSMTP, starts
 from tests.sockets import peak_rss_kb
 

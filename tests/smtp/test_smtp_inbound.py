@@ -11,7 +11,7 @@ import pytest
 
 from mailcore.models import Delivery, DeliveryState, Message
 from mailcore.services.accounts import add_alias, add_domain, add_mailbox
-from mailcore.smtp import replies
+from mailcore.wire import replies
 from tests.conftest import require_program
 from tests.factories import stored
 from tests.smtp_wire import RawSMTP, starts

@@ -11,8 +11,8 @@ import socket
 import pytest
 
 from mailcore.models import Delivery
-from mailcore.smtp import replies
 from mailcore.smtp.listener import SharedCounts, Spillover
+from mailcore.wire import replies
 from tests.smtp_wire import RawSMTP, admitted, starts
 from tests.sockets import wait_until
 

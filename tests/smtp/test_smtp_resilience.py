@@ -13,8 +13,8 @@ import time
 import pytest
 
 from mailcore.models import Message
-from mailcore.smtp import replies
 from mailcore.store import message_store
+from mailcore.wire import replies
 from tests.conftest import self_signed_cert, wait_for_port
 from tests.smtp_wire import RawSMTP, admitted, send_from_many_clients, starts
 from tests.sockets import accepts, wait_until

@@ -12,8 +12,9 @@ import pytest
 from mailcore.models import Announcement, AnnouncementState, Message
 from mailcore.reverse_delivery.sweep import run_sweep
 from mailcore.services import accounts
-from mailcore.smtp import replies
 from mailcore.store import message_store
+from mailcore.wire import replies
+from mailcore.wire.data import DataReceiver
 from tests.dnsserver import TestDNSServer
 from tests.origin_peer import ScriptedOrigin, body_reply
 from tests.smtp_wire import RawSMTP, starts
@@ -165,8 +166,6 @@ def test_a_large_pulled_body_is_stored_exactly_and_its_spool_closed(settings, dn
 
 def spooled(content: bytes) -> list:
     """`content` as the DATA reader hands a large message on: [first part, SpoolFile]."""
-    from mailcore.smtp.data import DataReceiver
-
     receiver = DataReceiver(max_size=len(content) * 2)
     wire = wire_of(content)
     for at in range(0, len(wire), 300_000):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from mailcore.transparency import CRLF, TERMINATOR, BodyEncoder
+from mailcore.wire.transparency import CRLF, TERMINATOR, BodyEncoder
 
 
 def encode_stored(body: bytes, size: int) -> bytes:

@@ -88,7 +88,7 @@ DATA_TOO_BIG = Reply(552, "5.3.4", "Message size exceeds fixed maximum message s
 DATA_LINE_TOO_LONG = Reply(554, "5.6.0", "Message has a line longer than 1000 octets (RFC 5321 §4.5.3.1.6)")
 DATA_BARE_LF = Reply(554, "5.6.0", "Message has a bare LF or CR: lines must end in CRLF (RFC 5321 §2.3.8)")
 DATA_NUL = Reply(554, "5.6.0", "Message contains NUL characters")
-# The header block must end within the part of a message held in memory (smtp.data.PART_SIZE), as
+# The header block must end within the part of a message held in memory (wire.data.PART_SIZE), as
 # Exim's header_maxsize: what checks and cleans the header fields reads that part only.
 HEADER_TOO_BIG = Reply(552, "5.3.4", "Message header block exceeds 1 MiB")
 ONLY_VERIFIED = Reply(

@@ -11,9 +11,9 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from mailcore.smtp import replies
-from mailcore.smtp.replies import Reply
 from mailcore.store.spool import SpoolFile
+from mailcore.wire import replies
+from mailcore.wire.replies import Reply
 
 log = logging.getLogger("mailcore.smtp")
 
