@@ -1,15 +1,35 @@
-"""What a session knows about a message besides its content, and the Message row it is recorded as."""
+"""What a session knows about a message besides its content, and the Message row it is recorded as.
+
+How a message reached us (`Transport`) and how its sender was verified (`Verification`) are values
+of the envelope, kept here and stored by the models (which import them from here, never the reverse)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from mailcore.models.message import Transport, Verification
+from django.db import models
 
 if TYPE_CHECKING:
     from mailcore.authentication.results import Authentication
     from mailcore.store import StoredBody
+
+
+class Transport(models.TextChoices):
+    """How a message reached us."""
+
+    DATA = "data", "SMTP DATA"
+    SOURCE = "source", "SOURCE / GET"
+    SUBMISSION = "submission", "authenticated submission"
+    LOCAL = "local", "local (sendmail, bounce)"
+
+
+class Verification(models.TextChoices):
+    VERIFIED = "verified", "verified"
+    AUTHENTICATED = "authenticated", "authenticated"  # DMARC pass (RFC 7489), without a verified SOURCE
+    UNVERIFIED = "unverified", "unverified"
+    PENDING = "pending", "pending"
+    FAILED = "failed", "failed"
 
 
 @dataclass

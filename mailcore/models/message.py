@@ -6,6 +6,8 @@ import secrets
 
 from django.db import models
 
+from mailcore.envelope import Transport, Verification
+
 
 def new_queue_id() -> str:
     """A short, unique, log-friendly id, like Postfix's queue ids."""
@@ -15,23 +17,6 @@ def new_queue_id() -> str:
 def new_uid() -> str:
     """A POP3 unique-id (RFC 1939 §7): printable, never reused, never changed."""
     return secrets.token_hex(12)
-
-
-class Transport(models.TextChoices):
-    """How a message reached us."""
-
-    DATA = "data", "SMTP DATA"
-    SOURCE = "source", "SOURCE / GET"
-    SUBMISSION = "submission", "authenticated submission"
-    LOCAL = "local", "local (sendmail, bounce)"
-
-
-class Verification(models.TextChoices):
-    VERIFIED = "verified", "verified"
-    AUTHENTICATED = "authenticated", "authenticated"  # DMARC pass (RFC 7489), without a verified SOURCE
-    UNVERIFIED = "unverified", "unverified"
-    PENDING = "pending", "pending"
-    FAILED = "failed", "failed"
 
 
 class SpamStatus(models.TextChoices):

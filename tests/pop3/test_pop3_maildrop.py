@@ -8,8 +8,8 @@ import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
+from mailcore.envelope import Transport, Verification
 from mailcore.models import Delivery, DeliveryState, Mailbox, MailboxLock, Message
-from mailcore.models.message import Transport, Verification
 from mailcore.services import maildrop
 from mailcore.store import message_store
 from tests.factories import ADDRESS, deliver, make_mailbox
