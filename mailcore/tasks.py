@@ -9,12 +9,12 @@ from django.db import close_old_connections
 from django_q.models import Schedule
 
 from mailcore import jobs
-from mailcore.delivery import queue
 from mailcore.quarantine.digest import send_due
 from mailcore.quarantine.retention import expire_held
-from mailcore.reverse_delivery.sweep import run_sweep
 from mailcore.services import outbound, reverse_delivery
 from mailcore.services.bodies import collect_orphans
+from mailcore.workers import outbound_queue
+from mailcore.workers.pull_sweep import run_sweep
 
 log = logging.getLogger("mailcore.tasks")
 
@@ -31,7 +31,7 @@ RETENTION_SCHEDULE = "mailcore quarantine retention"
 
 def deliver_domain(domain: str) -> dict:
     """Task: one delivery run for `domain` (two workers on one domain never share an item)."""
-    counts = queue.deliver_domain(domain)
+    counts = outbound_queue.deliver_domain(domain)
     return {"sent": counts.sent, "deferred": counts.deferred, "bounced": counts.bounced}
 
 
@@ -75,7 +75,7 @@ def pull_domain(sender_domain: str) -> str:
 
 
 def sweep() -> str:
-    """Scheduled task (mailcore.reverse_delivery.sweep.SCHEDULE): pull what is due, fail what is too old."""
+    """Scheduled task (mailcore.workers.pull_sweep.SCHEDULE): pull what is due, fail what is too old."""
     return run_sweep().summary()
 
 

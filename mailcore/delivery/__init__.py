@@ -1,1 +1,3 @@
-"""Outbound delivery: the queue runner, MX routing, the SMTP client and bounces."""
+"""Outbound delivery's clients, which know no database: MX routing, the SMTP client and bounces.
+
+The queue runner that drives them from the database is a worker (mailcore.workers.outbound_queue)."""

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from mailcore.delivery.mx import MXResolver, RoutingError
+
 
 @dataclass(frozen=True)
 class OriginHost:
@@ -34,8 +36,6 @@ async def origin_hosts(domain: str, resolver=None) -> list[OriginHost]:
     No MX record: the domain itself (implicit MX). A null MX (RFC 7505), a domain that does not
     exist, or hosts with only non-public addresses (guard on) are permanent; DNS trouble is temporary.
     """
-    from mailcore.delivery.mx import MXResolver, RoutingError
-
     try:
         hosts = await (resolver or MXResolver()).hosts(domain)
     except RoutingError as exc:

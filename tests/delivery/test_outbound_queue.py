@@ -11,11 +11,11 @@ from django.db import close_old_connections
 from django.utils import timezone
 
 from mailcore import tasks
-from mailcore.delivery.queue import DomainRun
 from mailcore.headers import strip_return_path
 from mailcore.models import Delivery, QueueItem, QueueState
 from mailcore.services import accounts, outbound
 from mailcore.store import message_store
+from mailcore.workers.outbound_queue import DomainRun
 from tests.conftest import free_port
 from tests.dkim_support import unsigned
 from tests.dnsserver import TestDNSServer

@@ -10,10 +10,10 @@ from django.utils import timezone
 from django_q.models import Schedule
 
 from mailcore.models import Announcement, AnnouncementState, Delivery, Message, UnverifiedPolicy
-from mailcore.reverse_delivery import sweep
-from mailcore.reverse_delivery.sweep import run_sweep
 from mailcore.services import accounts, pulls
 from mailcore.store import message_store
+from mailcore.workers import pull_sweep
+from mailcore.workers.pull_sweep import run_sweep
 from tests.dnsserver import TestDNSServer
 from tests.origin_peer import ScriptedOrigin, body_reply
 
@@ -275,7 +275,7 @@ def test_callbacks_command_lists_and_runs(receiver, capsys):
 
 
 def test_sweep_schedule_is_registered_once_by_name(receiver):
-    sweep.register_schedule()
-    sweep.register_schedule()
-    [schedule] = Schedule.objects.filter(name=sweep.SCHEDULE)
+    pull_sweep.register_schedule()
+    pull_sweep.register_schedule()
+    [schedule] = Schedule.objects.filter(name=pull_sweep.SCHEDULE)
     assert schedule.func == "mailcore.tasks.sweep" and schedule.minutes == 1 and schedule.repeats == -1

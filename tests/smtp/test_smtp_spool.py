@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 
 from mailcore.models import Announcement, AnnouncementState, Message
-from mailcore.reverse_delivery.sweep import run_sweep
 from mailcore.services import accounts
 from mailcore.store import message_store
 from mailcore.wire import replies
 from mailcore.wire.data import DataReceiver
+from mailcore.workers.pull_sweep import run_sweep
 from tests.dnsserver import TestDNSServer
 from tests.origin_peer import ScriptedOrigin, body_reply
 from tests.smtp_wire import RawSMTP, starts

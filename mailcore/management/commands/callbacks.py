@@ -6,6 +6,7 @@ from mailcore.addresses import AddressError, normalize_domain
 from mailcore.management.base import MailCommand
 from mailcore.models import AnnouncementState
 from mailcore.services import pins, pulls
+from mailcore.workers.pull_sweep import run_sweep
 
 
 class Command(MailCommand):
@@ -47,8 +48,6 @@ class Command(MailCommand):
             self.stdout.write(line)
 
     def run_sweep(self):
-        from mailcore.reverse_delivery.sweep import run_sweep
-
         report = run_sweep()
         for connection in report.connections:
             self.stdout.write(f"connected {connection}")

@@ -1,8 +1,8 @@
 """manage.py flushq: try every deferred outbound message now, in the foreground."""
 
-from mailcore.delivery.queue import deliver_domain
 from mailcore.management.base import MailCommand
 from mailcore.services import outbound
+from mailcore.workers.outbound_queue import deliver_domain
 
 
 class Command(MailCommand):

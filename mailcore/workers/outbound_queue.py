@@ -16,6 +16,7 @@ from mailcore.headers import strip_return_path
 from mailcore.models import QueueItem
 from mailcore.services import outbound
 from mailcore.store import message_store
+from mailcore.workers.sourcing_client import SourcingClient
 
 log = logging.getLogger("mailcore.delivery")
 
@@ -27,11 +28,7 @@ RUN_BUDGET_SECONDS = 200.0
 
 def default_client() -> OutboundClient:
     """The client of a queue run: it announces with SOURCE where it can unless MAIL_USE_SOURCE is off."""
-    client_class = OutboundClient
-    if settings.MAIL_USE_SOURCE:
-        from mailcore.reverse_delivery.source import SourcingClient
-
-        client_class = SourcingClient
+    client_class = SourcingClient if settings.MAIL_USE_SOURCE else OutboundClient
     return client_class(
         settings.MAIL_HOSTNAME,
         settings.MAIL_REMOTE_SMTP_PORT,
