@@ -34,6 +34,7 @@ from mailcore.models.message import new_queue_id
 from mailcore.models.rows import insert_rows, inserted_instance
 from mailcore.rejections import DMARCRejection, MailLoop, PolicyRejection, QuotaExceeded, SenderBlocked
 from mailcore.services import accounts, pins, queueing, quota, senders
+from mailcore.services.spam import recipient_thresholds
 from mailcore.spam import check as spam_check
 from mailcore.spam.check import SpamVerdict
 from mailcore.store import StoredBody, message_store, spool
@@ -203,7 +204,7 @@ def receive(envelope: Envelope, content: bytes | list, spam: SpamVerdict | None 
     PolicyRejection when every recipient rejects it, so that DATA can answer 550 before anything
     is stored. Returns only after the body is durable and the rows are committed.
 
-    `spam`: a verdict from `mailcore.spam.check.check` made beforehand, by a caller that holds a
+    `spam`: a verdict from `spam_verdict` made beforehand, by a caller that holds a
     transaction and must not wait for spamd inside it; otherwise the check is made here.
     """
     lookups = Lookups()
@@ -236,7 +237,7 @@ def spam_scored(envelope: Envelope, headers: bytes, content: bytes | list, recip
     skipped = spam_check.skipped(envelope, len(headers) + spool.size_of(content), queue_id)
     if skipped is not None:
         return skipped
-    return spam_check.check(envelope, headers + spool.joined(content), recipients, queue_id)
+    return spam_check.check(envelope, headers + spool.joined(content), recipient_thresholds(recipients), queue_id)
 
 
 def spam_recipients(envelope: Envelope, content: bytes | list) -> list[str]:

@@ -1,4 +1,4 @@
-"""Per-domain spam thresholds: reading and changing them for the operator."""
+"""Per-domain spam thresholds: reading them for the spam check, and changing them for the operator."""
 
 from __future__ import annotations
 
@@ -6,12 +6,23 @@ import math
 
 from django.db import transaction
 
+from mailcore.addresses import domain_of
 from mailcore.models import AuditAction, Domain
 from mailcore.services import audit
 from mailcore.services.accounts import AccountError, get_domain, list_domains
+from mailcore.spam.check import normalized
+from mailcore.spam.policy import Thresholds
 
 # `reject=KEEP` leaves the reject score as it is; None switches refusing off.
 KEEP = object()
+
+
+def recipient_thresholds(recipients: list[str]) -> dict[str, Thresholds]:
+    """Each recipient's spam thresholds, by normalized address: its domain's, or a new domain's defaults."""
+    recipients = [normalized(rcpt) for rcpt in recipients]
+    names = {domain_of(rcpt) for rcpt in recipients}
+    by_name = {d.name: Thresholds.of_domain(d) for d in Domain.objects.filter(name__in=names)}
+    return {rcpt: by_name.get(domain_of(rcpt), Thresholds()) for rcpt in recipients}
 
 
 def _score(value: float, what: str) -> float:

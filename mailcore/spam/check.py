@@ -1,4 +1,6 @@
-"""The spam step of `inbound.receive`: score with spamd, decide per recipient, record it in headers and rows."""
+"""The spam step of `inbound.receive`: score with spamd, decide per recipient, record it in headers and rows.
+
+Knows no database: the recipients' thresholds come from the caller (services.spam.recipient_thresholds)."""
 
 from __future__ import annotations
 
@@ -8,9 +10,9 @@ from dataclasses import dataclass, field
 
 from django.conf import settings
 
-from mailcore.addresses import AddressError, domain_of, normalize_address
-from mailcore.envelope import Envelope
-from mailcore.models import Domain, SpamStatus, Transport, Verification
+from mailcore.addresses import AddressError, normalize_address
+from mailcore.envelope import Envelope, Transport, Verification
+from mailcore.models import SpamStatus
 from mailcore.rejections import PolicyRejection
 from mailcore.spam.policy import SpamAction, Thresholds, decide
 from mailcore.spam.spamd import SpamdClient, SpamdError, SpamdTimeout
@@ -55,7 +57,7 @@ class SpamVerdict:
     announce: bool = True  # False: no X-Spam headers (the check is off or does not apply)
 
     def quarantines(self, address: str) -> bool:
-        return self.actions.get(_normalized(address), SpamAction.DELIVER) != SpamAction.DELIVER
+        return self.actions.get(normalized(address), SpamAction.DELIVER) != SpamAction.DELIVER
 
     @property
     def is_spam(self) -> bool:
@@ -124,18 +126,12 @@ def configured_client() -> SpamdClient | None:
     return SpamdClient(host, port, settings.MAIL_SPAMD_TIMEOUT)
 
 
-def _normalized(address: str) -> str:
+def normalized(address: str) -> str:
+    """`address` as the verdict's actions are keyed: normalized, or as it is when it is no address."""
     try:
         return normalize_address(address)
     except AddressError:
         return address
-
-
-def recipient_thresholds(recipients: list[str]) -> dict[str, Thresholds]:
-    recipients = [_normalized(rcpt) for rcpt in recipients]
-    names = {domain_of(rcpt) for rcpt in recipients}
-    by_name = {d.name: Thresholds.of_domain(d) for d in Domain.objects.filter(name__in=names)}
-    return {rcpt: by_name.get(domain_of(rcpt), Thresholds()) for rcpt in recipients}
 
 
 def skipped(envelope: Envelope, size: int, queue_id: str = "") -> SpamVerdict | None:
@@ -152,17 +148,16 @@ def skipped(envelope: Envelope, size: int, queue_id: str = "") -> SpamVerdict | 
     return None
 
 
-def check(envelope: Envelope, content: bytes, recipients: list[str] | None = None, queue_id: str = "") -> SpamVerdict:
+def check(envelope: Envelope, content: bytes, thresholds: dict[str, Thresholds], queue_id: str = "") -> SpamVerdict:
     """Score `content` and decide for each local recipient; raises SpamRejection when all refuse it.
+
+    `thresholds`: each recipient's, by normalized address (services.spam.recipient_thresholds).
 
     Runs before the body is stored, so that a refusal is still a 550 to DATA. spamd down, slow
     or confused never loses mail: the message is accepted as unscored, and the log says why.
-    Returns within MAIL_SPAMD_TIMEOUT seconds (plus a database lookup), so a caller that holds
-    a transaction (a row lock, SQLite's write lock) should call it first and hand the verdict
-    to `inbound.receive(..., spam=verdict)`. `recipients` defaults to the envelope's.
+    Returns within MAIL_SPAMD_TIMEOUT seconds, so a caller that holds a transaction (a row lock,
+    SQLite's write lock) should call it first and hand the verdict to `inbound.receive(..., spam=verdict)`.
     """
-    if recipients is None:
-        recipients = list(envelope.rcpt_tos)
     not_scored = skipped(envelope, len(content), queue_id)
     if not_scored is not None:
         return not_scored
@@ -176,7 +171,6 @@ def check(envelope: Envelope, content: bytes, recipients: list[str] | None = Non
         note = "spamd timed out" if isinstance(exc, SpamdTimeout) else "spamd unavailable"
         return SpamVerdict(SpamStatus.UNSCORED, note=note)
     verified = envelope.verification == Verification.VERIFIED
-    thresholds = recipient_thresholds(recipients)
     actions = {rcpt: decide(report.score, t.treats_as_verified(envelope.verification), t) for rcpt, t in thresholds.items()}
     verdict = SpamVerdict(
         SpamStatus.SCORED,

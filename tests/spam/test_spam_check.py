@@ -11,8 +11,8 @@ import pytest
 
 from mailcore.models import Delivery, DeliveryState, Domain, Message, SpamStatus, Transport, Verification
 from mailcore.services import accounts
-from mailcore.services.inbound import Envelope, PolicyRejection, receive
-from mailcore.spam.check import SpamRejection, check
+from mailcore.services.inbound import Envelope, PolicyRejection, receive, spam_verdict
+from mailcore.spam.check import SpamRejection
 from tests.factories import stored
 from tests.spamd_server import GTUBE
 
@@ -223,7 +223,7 @@ def test_message_above_the_size_limit_is_skipped_and_delivered(spam_on, settings
 def test_verdict_made_beforehand_is_used_by_receive_without_asking_spamd_again(spam_on, settings, alice):
     # A caller inside a transaction (the GET pull) scores first, then receives with the verdict.
     envelope = by_data(["Alice@A.Test"])
-    verdict = check(envelope, SPAM)
+    verdict = spam_verdict(envelope, SPAM)
     assert verdict.status == SpamStatus.SCORED and verdict.quarantines("alice@a.test")
     with socket.socket() as closed:
         closed.bind(("127.0.0.1", 0))
@@ -238,4 +238,4 @@ def test_verdict_made_beforehand_is_used_by_receive_without_asking_spamd_again(s
 def test_refusal_made_beforehand_is_raised_before_any_transaction(spam_on, alice):
     thresholds(reject=500.0)
     with pytest.raises(SpamRejection, match="refused as spam"):
-        check(by_data(), SPAM)
+        spam_verdict(by_data(), SPAM)
