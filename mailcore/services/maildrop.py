@@ -1,4 +1,8 @@
-"""A mailbox as POP3 sees it: the session lock, the listing of its inbox, and the UPDATE state."""
+"""A mailbox as POP3 sees it: the session lock, the listing of its inbox, and the UPDATE state.
+
+The POP3 listener calls these through its DatabaseBridge, each call a unit of work that drops the
+connections a failure left unusable before and after it (database_bridge.drop_unusable_connections):
+the one place where a long-running listener's connections are looked after."""
 
 from __future__ import annotations
 
@@ -9,7 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 
-from django.db import IntegrityError, close_old_connections, connection, transaction
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from mailcore.models import ACTIVE_STATES, Delivery, DeliveryState, MailboxLock, Message
@@ -48,22 +52,14 @@ class LockLost(Exception):
     """The session's lock expired and another session took the maildrop: UPDATE must not run."""
 
 
-def _fresh_connection() -> None:
-    """A long-running listener drops a connection the database closed, before a unit of work (not inside one)."""
-    if not connection.in_atomic_block:
-        close_old_connections()
-
-
 def authenticate(address: str, password: str, client: str, failures: LoginFailures) -> Account | None:
     """The account for these credentials, or None; raises LoginBlocked (accounts.login)."""
-    _fresh_connection()
     mailbox = accounts.login(client, address, password, failures)
     return Account(mailbox.pk, mailbox.address) if mailbox is not None else None
 
 
 def acquire_lock(mailbox_id: int, holder: str, ttl: float) -> bool:
     """Take the maildrop's lock (RFC 1939 §4) unless a live session holds it; an expired lock lapses."""
-    _fresh_connection()
     now = timezone.now()
     with transaction.atomic():
         MailboxLock.objects.filter(mailbox_id=mailbox_id, expires_at__lte=now).delete()
@@ -77,13 +73,11 @@ def acquire_lock(mailbox_id: int, holder: str, ttl: float) -> bool:
 
 def refresh_lock(mailbox_id: int, holder: str, ttl: float) -> bool:
     """Push the expiry of a lock this session holds; False if it lapsed and is gone."""
-    _fresh_connection()
     expires_at = timezone.now() + timedelta(seconds=ttl)
     return MailboxLock.objects.filter(mailbox_id=mailbox_id, holder=holder).update(expires_at=expires_at) == 1
 
 
 def release_lock(mailbox_id: int, holder: str) -> None:
-    _fresh_connection()
     MailboxLock.objects.filter(mailbox_id=mailbox_id, holder=holder).delete()
 
 
@@ -93,7 +87,6 @@ def listing(mailbox_id: int) -> list[MaildropEntry]:
     A body listed for the first time is read once to count its octets as POP3 sends them, and the
     count is kept on the message (RFC 1939 §11 suggests computing sizes when the maildrop opens).
     """
-    _fresh_connection()
     rows = list(
         Delivery.objects.filter(mailbox_id=mailbox_id, state=DeliveryState.INBOX)
         .order_by("id")
@@ -234,7 +227,6 @@ def commit_update(mailbox_id: int, holder: str, deleted: list[int], retrieved: l
     commit, never before: a crash in between leaves an unreferenced file, never a missing one.
     Returns how many messages were deleted.
     """
-    _fresh_connection()
     now = timezone.now()
     with transaction.atomic():
         lock = MailboxLock.objects.select_for_update().filter(mailbox_id=mailbox_id, holder=holder).first()
