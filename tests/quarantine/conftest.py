@@ -1,6 +1,1 @@
-import pytest
-
-
-@pytest.fixture(autouse=True)
-def _fast_password_hashing(fast_password_hashing):
-    """Many users and mailboxes per test: the production hasher's cost is not what is tested here."""
+from tests.fast_hashing import fast_hashing_in_this_folder  # noqa: F401  (autouse: every test of this folder)
