@@ -19,6 +19,7 @@ from django.utils.safestring import mark_safe
 from django.views.decorators.http import require_POST
 
 from mailcore import models
+from mailcore.authentication.results import summary
 from mailcore.quarantine import admin as quarantine_admin
 from mailcore.services import accounts, dkim_keys, pins, quarantine, queue_control
 from mailcore.services.trace import trace
@@ -357,8 +358,6 @@ class DeliveryAdmin(admin.ModelAdmin):
     @admin.display(description="authentication", ordering="message__verification")
     def authentication(self, obj):
         """The verdict class and each method's result (SPF, DKIM, DMARC, ARC), as recorded on arrival."""
-        from mailcore.authentication.results import summary
-
         methods = summary(obj.message.auth_methods or {})
         return format_html(
             '<span class="mail-badge mail-{}">{}</span> {}',

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
+import getpass
 import sys
 
 from django.core.management.base import BaseCommand, CommandError
 
 from mailcore.addresses import AddressError
+from mailcore.services import audit
 from mailcore.services.accounts import AccountError
 
 
 def _operator() -> str:
-    import getpass
-
     try:
         return getpass.getuser()
     except (KeyError, OSError):
@@ -25,8 +25,6 @@ class MailCommand(BaseCommand):
     expected_errors: tuple[type[Exception], ...] = (AccountError, AddressError)
 
     def execute(self, *args, **options):
-        from mailcore.services import audit
-
         # The audit log names the operator's command line as the actor of what a command changes.
         try:
             with audit.acting(audit.Actor("cli", f"{_operator()} (manage.py {self._command_name()})")):

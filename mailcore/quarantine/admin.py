@@ -6,6 +6,9 @@ from __future__ import annotations
 
 from django import forms
 from django.contrib import admin, messages
+from django.http import Http404
+from django.urls import reverse
+from django.utils.html import format_html
 
 from mailcore import models
 from mailcore.services import quarantine, senders
@@ -124,9 +127,6 @@ def delete_selected_as_spam(modeladmin, request, queryset):
 
 def sender_buttons(delivery, button) -> str:
     """The quarantine list's "always allow" / "block" buttons: an administrator's scope is the recipient's domain."""
-    from django.urls import reverse
-    from django.utils.html import format_html
-
     domain = delivery.mailbox.domain.name
     return format_html(
         " {} {}",
@@ -136,9 +136,6 @@ def sender_buttons(delivery, button) -> str:
 
 
 def sender_view(request, delivery, action: str, back):
-    from django.http import Http404
-    from django.urls import reverse
-
     if action not in (senders.ALLOW, senders.BLOCK):
         raise Http404("no such action")
     domain = delivery.mailbox.domain

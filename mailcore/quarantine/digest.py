@@ -16,11 +16,13 @@ from email.utils import formatdate, make_msgid
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import Max
 from django.template.loader import render_to_string
 from django.utils import timezone
 
 from mailcore.models import Delivery, DeliveryState, Mailbox, QuarantineDigest
 from mailcore.quarantine import links
+from mailcore.services import outbound
 
 log = logging.getLogger("mailcore.quarantine")
 
@@ -124,8 +126,6 @@ def build(mailbox: Mailbox, since_id: int = 0) -> Digest:
 
 def mailboxes_with_new_held_mail():
     """(mailbox, its QuarantineDigest or None) of each mailbox with mail held since its last digest."""
-    from django.db.models import Max
-
     newest = dict(
         Delivery.objects.filter(state=DeliveryState.QUARANTINED, mailbox__active=True, mailbox__domain__active=True)
         .values_list("mailbox")
@@ -140,8 +140,6 @@ def mailboxes_with_new_held_mail():
 
 def send(mailbox: Mailbox, state: QuarantineDigest | None) -> Digest:
     """Mail the digest to `mailbox` and remember what it listed."""
-    from mailcore.services import outbound
-
     digest = build(mailbox, state.last_held_id if state else 0)
     with transaction.atomic():
         outbound.notify(mailbox.address, digest.email(), about="quarantine digest")

@@ -11,10 +11,11 @@ from __future__ import annotations
 import hashlib
 import time
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from django.conf import settings
 from django.core import signing
+from django.urls import reverse
 
 ACTIONS = ("release", "delete", "allow")
 _SALT = "mailcore.quarantine.link"
@@ -39,8 +40,6 @@ class Link:
 
     @property
     def expires_at(self) -> datetime:
-        from datetime import UTC
-
         return datetime.fromtimestamp(self.expires, UTC)
 
 
@@ -76,6 +75,4 @@ def link_id(value: str) -> str:
 
 
 def url(delivery, action: str) -> str:
-    from django.urls import reverse
-
     return settings.MAIL_WEB_URL + reverse("quarantine-link", args=[action, token(delivery, action)])

@@ -8,6 +8,8 @@ from django.contrib.auth.models import User
 
 from mailcore.addresses import AddressError, domain_of, normalize_address, normalize_domain
 from mailcore.models import Alias, AuthenticatedPolicy, Domain, Mailbox
+from mailcore.services import accounts
+from mailcore.services.login_failures import LoginFailures
 
 
 def _password_user(address: str) -> User:
@@ -151,9 +153,6 @@ class OwnerLoginForm(forms.Form):
         super().__init__(*args, **kwargs)
 
     def clean(self):
-        from mailcore.services import accounts
-        from mailcore.services.login_failures import LoginFailures
-
         cleaned = super().clean()
         address, password = cleaned.get("address"), cleaned.get("password")
         if address and password:

@@ -1,5 +1,7 @@
 """manage.py alias add|list|remove."""
 
+from django.db import transaction
+
 from mailcore.management.base import MailCommand
 from mailcore.services import accounts
 
@@ -19,8 +21,6 @@ class Command(MailCommand):
 
     def handle(self, *args, action, **options):
         if action == "add":
-            from django.db import transaction
-
             with transaction.atomic():
                 aliases = [accounts.add_alias(options["source"], t) for t in options["targets"]]
             for alias in aliases:

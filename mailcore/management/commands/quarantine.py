@@ -1,6 +1,9 @@
 """manage.py quarantine list | release ID | delete ID [--spam] | digest [--send] | expire."""
 
+from mailcore.authentication.results import summary_line
 from mailcore.management.base import MailCommand
+from mailcore.quarantine import digest
+from mailcore.quarantine.retention import expire_held
 from mailcore.services import quarantine
 
 
@@ -24,8 +27,6 @@ class Command(MailCommand):
 
     def handle(self, *args, action, **options):
         if action == "list":
-            from mailcore.authentication.results import summary_line
-
             for d in quarantine.held():
                 m = d.message
                 self.stdout.write(
@@ -41,13 +42,9 @@ class Command(MailCommand):
         elif action == "digest":
             self.digest(options["send"])
         else:
-            from mailcore.quarantine.retention import expire_held
-
             self.stdout.write(f"deleted {expire_held()} held message(s) past the retention")
 
     def digest(self, send: bool) -> None:
-        from mailcore.quarantine import digest
-
         if send:
             # On demand: every mailbox with mail held since its last digest, whatever the interval.
             for address in digest.send_due(force=True):
