@@ -1,4 +1,5 @@
-"""Rows without the ORM's per-row machinery: the INSERTs of a group commit, and instances of what they wrote.
+"""Rows without the ORM's per-row machinery: the INSERTs of a group commit, the counters it moves,
+and instances of what they wrote.
 
 bulk_create builds a model instance per row, compiles its INSERT anew and runs every value of
 every field through get_db_prep_save: most of the CPU time of a group commit. These rows have
@@ -119,6 +120,53 @@ def insert_rows(model: type[models.Model], rows: list[dict], key: str | None = N
     if insert is None:
         insert = _INSERTS[db.vendor, model] = _Insert(model, db)
     return insert.execute(db, rows, key, now or timezone.now())
+
+
+class _CounterUpdate:
+    """`UPDATE table SET column = max(column + delta, 0) WHERE key = id` for one model, column and database.
+
+    A counter moved in every delivering transaction (a mailbox's usage) otherwise costs the
+    compilation of an UPDATE with F() and Greatest() per message, more CPU than the statement.
+    """
+
+    # The two-argument maximum of each database: Django's Greatest compiles to these.
+    _GREATEST = {"sqlite": "MAX", "postgresql": "GREATEST"}
+
+    def __init__(self, model: type[models.Model], attname: str, db: BaseDatabaseWrapper):
+        opts = model._meta
+        quote, mark = db.ops.quote_name, _PLACEHOLDERS[db.Database.paramstyle]
+        column = quote(opts.get_field(attname).column)
+        self.sql = (
+            f"UPDATE {quote(opts.db_table)} SET {column} = {self._GREATEST[db.vendor]}({column} + {mark}, 0)"
+            f" WHERE {quote(opts.pk.column)} = {mark}"
+        )
+
+    def execute(self, db: BaseDatabaseWrapper, changes: list[tuple[int, int]]) -> None:
+        db.ensure_connection()
+        cursor = db.connection.cursor()
+        try:
+            with db.wrap_database_errors:
+                cursor.executemany(self.sql, [(delta, pk) for pk, delta in changes])
+        finally:
+            cursor.close()
+
+
+_COUNTER_UPDATES: dict[tuple[str, type[models.Model], str], _CounterUpdate] = {}
+
+
+def add_to_counters(model: type[models.Model], attname: str, changes: list[tuple[int, int]]) -> None:
+    """Add each (primary key, delta) of `changes` to the integer field `attname` of that row, never below 0.
+
+    The rows are updated in the order given: callers that may run concurrently give one order
+    (by key), so that two transactions never wait for each other's rows.
+    """
+    if not changes:
+        return
+    db = connections[DEFAULT_DB_ALIAS]
+    update = _COUNTER_UPDATES.get((db.vendor, model, attname))
+    if update is None:
+        update = _COUNTER_UPDATES[db.vendor, model, attname] = _CounterUpdate(model, attname, db)
+    update.execute(db, changes)
 
 
 def inserted_instance(model: type[ModelT], pk: int, row: dict) -> ModelT:

@@ -10,10 +10,8 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable
 
-from django.db.models import F
-from django.db.models.functions import Greatest
-
 from mailcore.models import Mailbox
+from mailcore.models.rows import add_to_counters
 
 
 def charge(deliveries: Iterable[tuple[int, int]]) -> None:
@@ -30,10 +28,9 @@ def _change(deliveries: Iterable[tuple[int, int]], sign: int) -> None:
     totals: dict[int, int] = defaultdict(int)
     for mailbox_id, size in deliveries:
         totals[mailbox_id] += size
-    for mailbox_id, size in sorted(totals.items()):  # one order for every transaction: no deadlocks
-        if size:
-            # Never below 0: a count made before usage was counted must not go negative.
-            Mailbox.objects.filter(pk=mailbox_id).update(used_bytes=Greatest(F("used_bytes") + sign * size, 0))
+    # One order for every transaction: no deadlocks. Never below 0: a count made before usage
+    # was counted must not go negative.
+    add_to_counters(Mailbox, "used_bytes", [(mailbox_id, sign * size) for mailbox_id, size in sorted(totals.items()) if size])
 
 
 def over_quota(mailbox_ids: Iterable[int], size: int) -> set[int]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -29,7 +30,7 @@ from mailcore.models import Transport, UnverifiedPolicy, Verification
 from mailcore.services import inbound, reverse_delivery, senders
 from mailcore.services.login_failures import AddressCounter
 from mailcore.smtp.groupcommit import GroupCommit
-from mailcore.smtp.session import SMTPSession, Transaction, envelope_fields, unsafe
+from mailcore.smtp.session import SMTPSession, Transaction, envelope_fields, hook_names, unsafe
 from mailcore.spam.check import SpamRejection
 from mailcore.store import message_store
 from mailcore.store.bodies import CHUNK_SIZE
@@ -133,7 +134,7 @@ class InboundHandler:
 
     def __dir__(self) -> list[str]:
         """Only aiosmtpd's hooks: each session lists them (dir, inspect.getmembers) when it starts."""
-        return [name for name in dir(type(self)) if name.startswith(("handle_", "auth_"))]
+        return hook_names(type(self), ("handle_", "auth_"))
 
     # --- the greeting --------------------------------------------------------------------------
 
@@ -391,6 +392,11 @@ class InboundHandler:
     @staticmethod
     def rejects_unverified(policy: str | None) -> bool:
         return policy == UnverifiedPolicy.REJECT
+
+
+# aiosmtpd reads handle_EHLO's signature on each new session (to tell its old four-argument form);
+# a function's __signature__ is returned by inspect.signature without parsing the function again.
+InboundHandler.handle_EHLO.__signature__ = inspect.signature(InboundHandler.handle_EHLO)
 
 
 def received_protocol(session: SMTPSession, transaction: Transaction) -> str:

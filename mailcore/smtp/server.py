@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import functools
 import logging
 import re
 import ssl
@@ -29,7 +28,7 @@ from django.conf import settings
 from mailcore import tls
 from mailcore.reverse_delivery.ids import EHLO_KEYWORD, is_valid_id
 from mailcore.services import inbound
-from mailcore.smtp.session import SMTPSession, Transaction, unsafe
+from mailcore.smtp.session import SMTPSession, Transaction, hook_names, unsafe
 from mailcore.store import spool
 from mailcore.wire import replies
 from mailcore.wire.data import DataReceiver
@@ -230,7 +229,7 @@ class InboundSMTP(SMTP):
         aiosmtpd's __init__ finds them with dir() and inspect.getmembers(), which read every
         attribute of the session: a third of a millisecond per connection.
         """
-        return _hook_names(type(self))
+        return hook_names(type(self), ("smtp_", "auth_"))
 
     # --- the connection ------------------------------------------------------------------------
 
@@ -706,7 +705,3 @@ def _with_status_code(status: str) -> str:
             return str(reply)
     return status
 
-
-@functools.cache
-def _hook_names(cls: type) -> list[str]:
-    return [name for name in dir(cls) if name.startswith(("smtp_", "auth_"))]

@@ -9,6 +9,7 @@ protocol object.
 from __future__ import annotations
 
 import asyncio
+import functools
 import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -21,6 +22,13 @@ if TYPE_CHECKING:
 # What no value that reaches a header may hold: the C0 controls (CR and LF among them), DEL, and
 # the surrogates that stand for octets that are not UTF-8 (aiosmtpd decodes with surrogateescape).
 _UNSAFE = re.compile("[\x00-\x1f\x7f\ud800-\udfff]")
+
+
+@functools.cache
+def hook_names(cls: type, prefixes: tuple[str, ...]) -> list[str]:
+    """The names of `cls` that start with one of `prefixes`: what aiosmtpd looks for with dir()
+    and inspect.getmembers() on each new session, which otherwise read every attribute."""
+    return [name for name in dir(cls) if name.startswith(prefixes)]
 
 
 def unsafe(text: str) -> bool:

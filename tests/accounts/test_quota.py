@@ -121,3 +121,15 @@ def test_quarantine_delete_frees_space_and_zero_means_no_quota(alice):
     delivery.save()
     quarantine.delete(delivery.pk)
     assert used() == 0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_usage_moves_per_mailbox_and_never_below_zero(alice):
+    from mailcore.services import quota
+
+    bob = accounts.add_mailbox("bob@a.test", PASSWORD)
+    quota.charge([(alice.pk, 300), (bob.pk, 50), (alice.pk, 200)])
+    assert (used(), used("bob@a.test")) == (500, 50)
+    # A count made before usage was counted may refund more than was charged: usage stops at 0.
+    quota.refund([(alice.pk, 400), (bob.pk, 80)])
+    assert (used(), used("bob@a.test")) == (100, 0)
