@@ -130,12 +130,9 @@ class MailboxAdmin(admin.ModelAdmin):
 
     def save_model(self, request, obj, form, change):
         if change:
-            obj.save(update_fields=["active", "quota_bytes"])
+            accounts.set_mailbox(obj.address, active=obj.active, quota_bytes=obj.quota_bytes)
             return
-        created = accounts.add_mailbox(form.cleaned_data["address"], form.cleaned_data["password1"], obj.quota_bytes)
-        if not obj.active:
-            created.active = False
-            created.save(update_fields=["active"])
+        created = accounts.add_mailbox(form.cleaned_data["address"], form.cleaned_data["password1"], obj.quota_bytes, obj.active)
         obj.pk, obj.domain, obj.password, obj.created_at = created.pk, created.domain, created.password, created.created_at
 
     def get_urls(self):

@@ -7,11 +7,9 @@ from django.db.models.signals import post_migrate
 def register_schedules(sender, **kwargs) -> None:
     """After `migrate`: the periodic django-q2 jobs exist, once each (registered by name)."""
     # Imported here, not at the top: Django imports apps.py before the app registry is ready,
-    # and these modules import the models.
+    # and tasks imports the models.
     from mailcore import tasks
-    from mailcore.workers import pull_sweep
 
-    pull_sweep.register_schedule()
     tasks.register_schedules()
 
 

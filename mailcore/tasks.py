@@ -10,14 +10,16 @@ from django_q.models import Schedule
 
 from mailcore import jobs
 from mailcore.quarantine.digest import send_due
-from mailcore.quarantine.retention import expire_held
-from mailcore.services import outbound, reverse_delivery
+from mailcore.services import outbound, quarantine, reverse_delivery
 from mailcore.services.bodies import collect_orphans
 from mailcore.workers import outbound_queue
 from mailcore.workers.pull_sweep import run_sweep
 
 log = logging.getLogger("mailcore.tasks")
 
+# The schedule of the pull sweep (mailcore.workers.pull_sweep): announcements due for a retry,
+# and those too old to keep trying.
+PULL_SWEEP_SCHEDULE = "mailcore callback sweep"
 # The schedule that picks up deferred outbound items; registered by name, idempotently.
 QUEUE_SWEEP_SCHEDULE = "mailcore outbound queue sweep"
 # The schedule that ends the retention of sourced messages (reverse-delivery.md §3 rule 5).
@@ -44,7 +46,8 @@ def deliver_due() -> list[str]:
 
 
 def register_schedules() -> None:
-    """Create or update the periodic schedules (queue sweep, sourced expiry, store GC), idempotently.
+    """Create or update the periodic schedules (pull sweep, queue sweep, sourced expiry, store GC,
+    quarantine digests and retention), idempotently.
 
     Safe to run any number of times (after every migrate).
 
@@ -54,6 +57,11 @@ def register_schedules() -> None:
     own due time (`next_attempt_at`) and is retried at the first sweep after it.
     """
     periodic = [
+        # No schedule runs more often than once a minute, so the pull sweep runs every
+        # max(1, MAIL_CALLBACK_INTERVAL / 60) minutes. Each announcement keeps its own retry time
+        # (`next_attempt_at`), taken at the first sweep after it is due; the first attempt is a
+        # task enqueued when SOURCE is committed, not a sweep.
+        (PULL_SWEEP_SCHEDULE, "mailcore.tasks.sweep", -(-settings.MAIL_CALLBACK_INTERVAL // 60)),
         (QUEUE_SWEEP_SCHEDULE, "mailcore.tasks.deliver_due", settings.MAIL_QUEUE_SWEEP_MINUTES),
         (SOURCE_EXPIRY_SCHEDULE, "mailcore.tasks.expire_sourced", settings.MAIL_SOURCE_EXPIRY_MINUTES),
         (STORE_GC_SCHEDULE, "mailcore.tasks.collect_orphaned_bodies", settings.MAIL_STORE_GC_MINUTES),
@@ -75,7 +83,7 @@ def pull_domain(sender_domain: str) -> str:
 
 
 def sweep() -> str:
-    """Scheduled task (mailcore.workers.pull_sweep.SCHEDULE): pull what is due, fail what is too old."""
+    """Scheduled task (PULL_SWEEP_SCHEDULE): pull what is due, fail what is too old."""
     return run_sweep().summary()
 
 
@@ -100,4 +108,4 @@ def send_digests() -> list[str]:
 def expire_quarantine() -> int:
     """Scheduled task: delete held mail older than MAIL_QUARANTINE_RETENTION_DAYS."""
     close_old_connections()
-    return expire_held()
+    return quarantine.expire_held()

@@ -1,1 +1,1 @@
-"""The quarantine as its owners meet it: digests with signed one-click links, and the retention of held mail."""
+"""The quarantine as its owners meet it: digests with signed one-click links, and the pages those links open."""

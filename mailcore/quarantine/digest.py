@@ -15,14 +15,12 @@ from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 
 from django.conf import settings
-from django.db import transaction
-from django.db.models import Max
 from django.template.loader import render_to_string
 from django.utils import timezone
 
-from mailcore.models import Delivery, DeliveryState, Mailbox, QuarantineDigest
+from mailcore.models import Delivery, Mailbox, QuarantineDigest
 from mailcore.quarantine import links
-from mailcore.services import outbound
+from mailcore.services import quarantine
 
 log = logging.getLogger("mailcore.quarantine")
 
@@ -104,11 +102,6 @@ class Digest:
 
 def build(mailbox: Mailbox, since_id: int = 0) -> Digest:
     """The digest of everything held for `mailbox`; lines above `since_id` are marked new."""
-    held = (
-        Delivery.objects.filter(mailbox=mailbox, state=DeliveryState.QUARANTINED)
-        .select_related("message")
-        .order_by("-delivered_at", "-id")
-    )
     lines = [
         Line(
             delivery=d,
@@ -119,33 +112,15 @@ def build(mailbox: Mailbox, since_id: int = 0) -> Digest:
             allow_url=links.url(d, "allow"),
             new=d.pk > since_id,
         )
-        for d in held
+        for d in quarantine.held(mailbox)
     ]
     return Digest(mailbox, lines)
-
-
-def mailboxes_with_new_held_mail():
-    """(mailbox, its QuarantineDigest or None) of each mailbox with mail held since its last digest."""
-    newest = dict(
-        Delivery.objects.filter(state=DeliveryState.QUARANTINED, mailbox__active=True, mailbox__domain__active=True)
-        .values_list("mailbox")
-        .annotate(Max("id"))
-    )
-    states = {s.mailbox_id: s for s in QuarantineDigest.objects.filter(mailbox_id__in=newest)}
-    for mailbox in Mailbox.objects.filter(pk__in=newest).select_related("domain"):
-        state = states.get(mailbox.pk)
-        if newest[mailbox.pk] > (state.last_held_id if state else 0):
-            yield mailbox, state
 
 
 def send(mailbox: Mailbox, state: QuarantineDigest | None) -> Digest:
     """Mail the digest to `mailbox` and remember what it listed."""
     digest = build(mailbox, state.last_held_id if state else 0)
-    with transaction.atomic():
-        outbound.notify(mailbox.address, digest.email(), about="quarantine digest")
-        QuarantineDigest.objects.update_or_create(
-            mailbox=mailbox, defaults={"last_sent_at": timezone.now(), "last_held_id": digest.newest_id}
-        )
+    quarantine.send_digest(mailbox, digest.email(), digest.newest_id)
     log.info("quarantine digest to %s: %d held, %d new", mailbox.address, len(digest.lines), sum(x.new for x in digest.lines))
     return digest
 
@@ -157,7 +132,7 @@ def send_due(interval: int | None = None, force: bool = False) -> list[str]:
         return []
     now = timezone.now()
     sent = []
-    for mailbox, state in mailboxes_with_new_held_mail():
+    for mailbox, state in quarantine.mailboxes_with_new_held_mail():
         if not force and state is not None and state.last_sent_at > now - timedelta(seconds=interval):
             continue
         send(mailbox, state)

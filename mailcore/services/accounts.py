@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from django.contrib.auth import get_user_model
 from django.db import IntegrityError, transaction
 
 from mailcore.addresses import AddressError, domain_of, normalize_address
@@ -78,11 +80,11 @@ def _check_policy(policy: str) -> None:
 # --- mailboxes -------------------------------------------------------------------------------
 
 
-def add_mailbox(address: str, password: str, quota_bytes: int | None = None) -> Mailbox:
+def add_mailbox(address: str, password: str, quota_bytes: int | None = None, active: bool = True) -> Mailbox:
     address = _address(address)
     _check_password(password)
     domain = get_domain(domain_of(address))
-    mailbox = Mailbox(domain=domain, address=address, quota_bytes=quota_bytes)
+    mailbox = Mailbox(domain=domain, address=address, quota_bytes=quota_bytes, active=active)
     mailbox.set_password(password)
     try:
         with transaction.atomic():
@@ -107,6 +109,15 @@ def set_password(address: str, password: str) -> Mailbox:
     with transaction.atomic():
         mailbox.save(update_fields=["password"])
         audit.record(AuditAction.PASSWORD, f"mailbox {mailbox.address}", mailbox=mailbox.address)
+    return mailbox
+
+
+def set_mailbox(address: str, *, active: bool, quota_bytes: int | None) -> Mailbox:
+    """Turn a mailbox on or off and set its quota (None or 0: none)."""
+    mailbox = get_mailbox(address)
+    mailbox.active, mailbox.quota_bytes = active, quota_bytes
+    with transaction.atomic():
+        mailbox.save(update_fields=["active", "quota_bytes"])
     return mailbox
 
 
@@ -221,6 +232,12 @@ def add_alias(source: str, target: str) -> Alias:
         raise AccountError(f"alias {source} -> {target} already exists") from None
 
 
+def add_aliases(source: str, targets: list[str]) -> list[Alias]:
+    """`source` to each of `targets`, all or none."""
+    with transaction.atomic():
+        return [add_alias(source, target) for target in targets]
+
+
 def remove_alias(source: str, target: str | None = None) -> int:
     source = source.strip().lower()
     aliases = Alias.objects.filter(source=source)
@@ -288,3 +305,15 @@ def _expand(address: str, result: Route, seen: set[str], depth: int) -> None:
         targets = list(Alias.objects.filter(source=f"@{domain}").values_list("target", flat=True))
     for target in targets:
         _expand(target, result, seen, depth + 1)
+
+
+def first_administrator() -> str | None:
+    """On a first run (no superuser yet): create the web UI's administrator `admin` with a random
+    password and return that password; None when an administrator exists."""
+    User = get_user_model()
+    with transaction.atomic():
+        if User.objects.filter(is_superuser=True).exists():
+            return None
+        password = secrets.token_urlsafe(12)
+        User.objects.create_superuser("admin", "", password)
+    return password

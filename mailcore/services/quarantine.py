@@ -1,14 +1,22 @@
-"""The quarantine: held deliveries that an administrator or the mailbox owner releases or deletes."""
+"""The quarantine: held deliveries that an administrator or the mailbox owner releases or deletes,
+that the retention expires, and that the digests list."""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
+from datetime import timedelta
 
+from django.conf import settings
 from django.db import transaction
+from django.db.models import Max
+from django.utils import timezone
 
-from mailcore.models import AuditAction, Delivery, DeliveryState
-from mailcore.services import audit, queueing, quota
+from mailcore.models import AuditAction, Delivery, DeliveryState, Mailbox, QuarantineDigest
+from mailcore.services import audit, outbound, queueing, quota
 from mailcore.spam import learn
+
+log = logging.getLogger("mailcore.quarantine")
 
 
 class QuarantineError(Exception):
@@ -27,7 +35,7 @@ def held(mailbox=None):
     deliveries = Delivery.objects.filter(state=DeliveryState.QUARANTINED).select_related("message", "mailbox", "mailbox__domain")
     if mailbox is not None:
         deliveries = deliveries.filter(mailbox=mailbox)
-    return deliveries.order_by("-delivered_at")
+    return deliveries.order_by("-delivered_at", "-id")
 
 
 def _held_one(delivery_id: int, mailbox=None) -> Delivery:
@@ -99,3 +107,58 @@ def delete_many(delivery_ids, mailbox=None, as_spam: bool = False) -> BulkResult
     if as_spam:
         return _bulk(lambda delivery_id, mailbox=None: delete(delivery_id, mailbox, as_spam=True), delivery_ids, mailbox)
     return _bulk(delete, delivery_ids, mailbox)
+
+
+def expire_held(now=None) -> int:
+    """Delete held mail older than MAIL_QUARANTINE_RETENTION_DAYS; each one is an entry in the audit log. Returns the count."""
+    now = now or timezone.now()
+    cutoff = now - timedelta(days=settings.MAIL_QUARANTINE_RETENTION_DAYS)
+    expired = 0
+    ids = list(
+        Delivery.objects.filter(state=DeliveryState.QUARANTINED, delivered_at__lt=cutoff).values_list("pk", flat=True)[:10000]
+    )
+    for delivery_id in ids:
+        with transaction.atomic():
+            delivery = (
+                Delivery.objects.select_for_update(of=("self",))
+                .select_related("message", "mailbox")
+                .filter(pk=delivery_id, state=DeliveryState.QUARANTINED)
+                .first()
+            )
+            if delivery is None:  # released or deleted meanwhile
+                continue
+            delivery.state = DeliveryState.DELETED
+            delivery.save(update_fields=["state", "changed_at"])
+            quota.refund([(delivery.mailbox_id, delivery.message.size)])
+            audit.record(
+                AuditAction.EXPIRE,
+                audit.describe_delivery(delivery),
+                mailbox=delivery.mailbox.address,
+                detail=f"held since {delivery.delivered_at:%Y-%m-%d %H:%M}, retention {settings.MAIL_QUARANTINE_RETENTION_DAYS:g} days",
+                actor=audit.SYSTEM,
+            )
+            expired += 1
+    if expired:
+        log.info("quarantine retention: %d held message(s) older than %g days deleted", expired, settings.MAIL_QUARANTINE_RETENTION_DAYS)
+    return expired
+
+
+def mailboxes_with_new_held_mail():
+    """(mailbox, its QuarantineDigest or None) of each mailbox with mail held since its last digest."""
+    newest = dict(
+        Delivery.objects.filter(state=DeliveryState.QUARANTINED, mailbox__active=True, mailbox__domain__active=True)
+        .values_list("mailbox")
+        .annotate(Max("id"))
+    )
+    states = {s.mailbox_id: s for s in QuarantineDigest.objects.filter(mailbox_id__in=newest)}
+    for mailbox in Mailbox.objects.filter(pk__in=newest).select_related("domain"):
+        state = states.get(mailbox.pk)
+        if newest[mailbox.pk] > (state.last_held_id if state else 0):
+            yield mailbox, state
+
+
+def send_digest(mailbox: Mailbox, content: bytes, newest_id: int) -> None:
+    """Queue the digest `content` to `mailbox` and remember the newest held delivery it lists, together."""
+    with transaction.atomic():
+        outbound.notify(mailbox.address, content, about="quarantine digest")
+        QuarantineDigest.objects.update_or_create(mailbox=mailbox, defaults={"last_sent_at": timezone.now(), "last_held_id": newest_id})

@@ -9,7 +9,6 @@ from dataclasses import dataclass, field
 
 from asgiref.sync import async_to_sync
 from django.conf import settings
-from django_q.models import Schedule
 
 from mailcore.database_bridge import DatabaseBridge
 from mailcore.reverse_delivery import origins
@@ -192,27 +191,3 @@ def run_sweep(domains: list[str] | None = None) -> SweepReport:
     if report.outcomes or report.expired:
         log.info("callback sweep: %s", report.summary())
     return report
-
-
-SCHEDULE = "mailcore callback sweep"
-
-
-def register_schedule() -> None:
-    """The sweep as a django-q2 Schedule, created or updated by name (idempotent; `schedule()` is not).
-
-    django-q2's scheduler wakes every 30 s and no schedule type runs more often than once a
-    minute, so the sweep runs every max(1, MAIL_CALLBACK_INTERVAL / 60) minutes. The retry
-    timing is kept per announcement instead (`next_attempt_at`: MAIL_CALLBACK_INTERVAL after the
-    first attempt, doubling after each further one), and a retry happens at the first sweep after
-    it is due: up to a minute late. The first attempt does not wait for any sweep: it is a task
-    enqueued when SOURCE is committed.
-    """
-    Schedule.objects.update_or_create(
-        name=SCHEDULE,
-        defaults={
-            "func": "mailcore.tasks.sweep",
-            "schedule_type": Schedule.MINUTES,
-            "minutes": max(1, -(-settings.MAIL_CALLBACK_INTERVAL // 60)),
-            "repeats": -1,
-        },
-    )

@@ -10,9 +10,9 @@ from django_q.models import Schedule
 
 from mailcore import tasks
 from mailcore.models import AuditEntry, Delivery, DeliveryState
-from mailcore.quarantine.retention import expire_held
 from mailcore.services.accounts import add_domain, add_mailbox
 from mailcore.services.inbound import Envelope, receive
+from mailcore.services.quarantine import expire_held
 
 pytestmark = pytest.mark.django_db
 

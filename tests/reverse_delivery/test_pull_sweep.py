@@ -9,10 +9,10 @@ from django.core.management import call_command
 from django.utils import timezone
 from django_q.models import Schedule
 
+from mailcore import tasks
 from mailcore.models import Announcement, AnnouncementState, Delivery, Message, UnverifiedPolicy
 from mailcore.services import accounts, pulls
 from mailcore.store import message_store
-from mailcore.workers import pull_sweep
 from mailcore.workers.pull_sweep import run_sweep
 from tests.dnsserver import TestDNSServer
 from tests.origin_peer import ScriptedOrigin, body_reply
@@ -275,7 +275,7 @@ def test_callbacks_command_lists_and_runs(receiver, capsys):
 
 
 def test_sweep_schedule_is_registered_once_by_name(receiver):
-    pull_sweep.register_schedule()
-    pull_sweep.register_schedule()
-    [schedule] = Schedule.objects.filter(name=pull_sweep.SCHEDULE)
+    tasks.register_schedules()
+    tasks.register_schedules()
+    [schedule] = Schedule.objects.filter(name=tasks.PULL_SWEEP_SCHEDULE)
     assert schedule.func == "mailcore.tasks.sweep" and schedule.minutes == 1 and schedule.repeats == -1

@@ -1,7 +1,5 @@
 """manage.py alias add|list|remove."""
 
-from django.db import transaction
-
 from mailcore.management.base import MailCommand
 from mailcore.services import accounts
 
@@ -21,8 +19,7 @@ class Command(MailCommand):
 
     def handle(self, *args, action, **options):
         if action == "add":
-            with transaction.atomic():
-                aliases = [accounts.add_alias(options["source"], t) for t in options["targets"]]
+            aliases = accounts.add_aliases(options["source"], options["targets"])
             for alias in aliases:
                 self.stdout.write(f"added {alias.source} -> {alias.target}")
         elif action == "list":

@@ -3,7 +3,6 @@
 from mailcore.authentication.results import summary_line
 from mailcore.management.base import MailCommand
 from mailcore.quarantine import digest
-from mailcore.quarantine.retention import expire_held
 from mailcore.services import quarantine
 
 
@@ -42,7 +41,7 @@ class Command(MailCommand):
         elif action == "digest":
             self.digest(options["send"])
         else:
-            self.stdout.write(f"deleted {expire_held()} held message(s) past the retention")
+            self.stdout.write(f"deleted {quarantine.expire_held()} held message(s) past the retention")
 
     def digest(self, send: bool) -> None:
         if send:
@@ -50,6 +49,6 @@ class Command(MailCommand):
             for address in digest.send_due(force=True):
                 self.stdout.write(f"digest sent to {address}")
             return
-        for mailbox, state in digest.mailboxes_with_new_held_mail():
+        for mailbox, state in quarantine.mailboxes_with_new_held_mail():
             self.stdout.write(f"==> {mailbox.address}")
             self.stdout.write(digest.build(mailbox, state.last_held_id if state else 0).text())

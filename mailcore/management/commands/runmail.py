@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import secrets
 import signal
 import subprocess
 import sys
 import time
 
 from django.conf import settings
-from django.contrib.auth import get_user_model
 from django.core.management import call_command, get_commands
 from django.core.management.base import BaseCommand
+
+from mailcore.services import accounts
 
 # (command, what it is); a listener whose command does not exist yet is skipped with a log line.
 CHILDREN = [
@@ -86,11 +86,9 @@ class Command(BaseCommand):
         self.stdout.write("runmail: stopped")
 
     def _first_run_login(self) -> None:
-        User = get_user_model()
-        if User.objects.filter(is_superuser=True).exists():
+        password = accounts.first_administrator()
+        if password is None:
             return
-        password = secrets.token_urlsafe(12)
-        User.objects.create_superuser("admin", "", password)
         self.stdout.write(
             "runmail: first run: created the web UI administrator 'admin' with password "
             f"{password} (shown once; change it with `manage.py changepassword admin`)"
