@@ -20,7 +20,7 @@ from django.utils import timezone
 
 from mailcore.models import Delivery, Mailbox, QuarantineDigest
 from mailcore.quarantine import links
-from mailcore.services import quarantine
+from mailcore.services import digests, quarantine
 
 log = logging.getLogger("mailcore.quarantine")
 
@@ -120,7 +120,7 @@ def build(mailbox: Mailbox, since_id: int = 0) -> Digest:
 def send(mailbox: Mailbox, state: QuarantineDigest | None) -> Digest:
     """Mail the digest to `mailbox` and remember what it listed."""
     digest = build(mailbox, state.last_held_id if state else 0)
-    quarantine.send_digest(mailbox, digest.email(), digest.newest_id)
+    digests.send_digest(mailbox, digest.email(), digest.newest_id)
     log.info("quarantine digest to %s: %d held, %d new", mailbox.address, len(digest.lines), sum(x.new for x in digest.lines))
     return digest
 
@@ -132,7 +132,7 @@ def send_due(interval: int | None = None, force: bool = False) -> list[str]:
         return []
     now = timezone.now()
     sent = []
-    for mailbox, state in quarantine.mailboxes_with_new_held_mail():
+    for mailbox, state in digests.mailboxes_with_new_held_mail():
         if not force and state is not None and state.last_sent_at > now - timedelta(seconds=interval):
             continue
         send(mailbox, state)

@@ -1,5 +1,5 @@
 """The quarantine: held deliveries that an administrator or the mailbox owner releases or deletes,
-that the retention expires, and that the digests list."""
+and that the retention expires."""
 
 from __future__ import annotations
 
@@ -9,11 +9,10 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Max
 from django.utils import timezone
 
-from mailcore.models import AuditAction, Delivery, DeliveryState, Mailbox, QuarantineDigest
-from mailcore.services import audit, outbound, queueing, quota
+from mailcore.models import AuditAction, Delivery, DeliveryState
+from mailcore.services import audit, queueing, quota
 from mailcore.spam import learn
 
 log = logging.getLogger("mailcore.quarantine")
@@ -142,23 +141,3 @@ def expire_held(now=None) -> int:
         log.info("quarantine retention: %d held message(s) older than %g days deleted", expired, settings.MAIL_QUARANTINE_RETENTION_DAYS)
     return expired
 
-
-def mailboxes_with_new_held_mail():
-    """(mailbox, its QuarantineDigest or None) of each mailbox with mail held since its last digest."""
-    newest = dict(
-        Delivery.objects.filter(state=DeliveryState.QUARANTINED, mailbox__active=True, mailbox__domain__active=True)
-        .values_list("mailbox")
-        .annotate(Max("id"))
-    )
-    states = {s.mailbox_id: s for s in QuarantineDigest.objects.filter(mailbox_id__in=newest)}
-    for mailbox in Mailbox.objects.filter(pk__in=newest).select_related("domain"):
-        state = states.get(mailbox.pk)
-        if newest[mailbox.pk] > (state.last_held_id if state else 0):
-            yield mailbox, state
-
-
-def send_digest(mailbox: Mailbox, content: bytes, newest_id: int) -> None:
-    """Queue the digest `content` to `mailbox` and remember the newest held delivery it lists, together."""
-    with transaction.atomic():
-        outbound.notify(mailbox.address, content, about="quarantine digest")
-        QuarantineDigest.objects.update_or_create(mailbox=mailbox, defaults={"last_sent_at": timezone.now(), "last_held_id": newest_id})

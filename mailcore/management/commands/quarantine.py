@@ -3,7 +3,7 @@
 from mailcore.authentication.results import summary_line
 from mailcore.management.base import MailCommand
 from mailcore.quarantine import digest
-from mailcore.services import quarantine
+from mailcore.services import digests, quarantine
 
 
 class Command(MailCommand):
@@ -49,6 +49,6 @@ class Command(MailCommand):
             for address in digest.send_due(force=True):
                 self.stdout.write(f"digest sent to {address}")
             return
-        for mailbox, state in quarantine.mailboxes_with_new_held_mail():
+        for mailbox, state in digests.mailboxes_with_new_held_mail():
             self.stdout.write(f"==> {mailbox.address}")
             self.stdout.write(digest.build(mailbox, state.last_held_id if state else 0).text())
