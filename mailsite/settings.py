@@ -134,7 +134,7 @@ MAIL_SMTP_PROCESSES = env.get_int("MAIL_SMTP_PROCESSES", os.cpu_count() or 1)
 # Group commit on the MX: at most this many messages per batch, this many batches at
 # once (on SQLite they store bodies in parallel and take turns to commit).
 MAIL_SMTP_COMMIT_BATCH = env.get_int("MAIL_SMTP_COMMIT_BATCH", 64)
-MAIL_SMTP_COMMITTERS = env.get_int("MAIL_SMTP_COMMITTERS", 2)
+MAIL_SMTP_COMMITTERS = env.get_int("MAIL_SMTP_COMMITTERS", 1)
 # Seconds an RCPT verdict (mailbox exists, domain policy) is reused by the MX; 0 turns it off.
 MAIL_SMTP_RECIPIENT_CACHE = env.get_float("MAIL_SMTP_RECIPIENT_CACHE", 2.0)
 MAIL_SOURCE_MAX_PENDING_PER_CLIENT = env.get_int("MAIL_SOURCE_MAX_PENDING_PER_CLIENT", 500)

@@ -3,9 +3,16 @@
 A session that has read a message hands it to `GroupCommit.deliver` and waits. A committer takes
 every message waiting at that moment (up to `max_batch`) to a worker thread, which stores all
 bodies in one round of fsyncs (`inbound.stage_many`), then records all rows in one transaction
-(`inbound.commit_staged`); each session then gets its own outcome and only then answers 250. Nothing waits for a batch to
-fill: while one batch is being made durable the next one gathers, so one lone session pays for
-one message and fifty concurrent sessions share the cost of each fsync and commit.
+(`inbound.commit_staged`); each session then gets its own outcome and only then answers 250.
+Nothing waits for a batch to fill: while one batch is being made durable the next one gathers,
+so one lone session pays for one message and fifty concurrent sessions share the cost of each
+fsync and commit.
+
+One committer (MAIL_SMTP_COMMITTERS) is the default: its batch goes to the worker thread in one
+trip, and the messages that arrive meanwhile make the next batch, larger than if a second
+committer had taken them. Each batch has a fixed cost (thread hops, a transaction, two fsyncs)
+that more committers pay more often; more of them pay off only where fsync is slow enough that
+the disk, not this cost, bounds a batch's turn.
 """
 
 from __future__ import annotations
@@ -68,7 +75,7 @@ class GroupCommit:
         call: Callable[..., Awaitable[Any]],
         call_here: Callable[..., Any] | None = None,
         max_batch: int = 64,
-        committers: int = 2,
+        committers: int = 1,
         lookup_seconds: float = 0.0,
         writer_lock_path: str | None = None,
     ):
@@ -131,9 +138,9 @@ class GroupCommit:
         started = asyncio.get_running_loop().time()
         lookups = self.lookups()
         try:
-            if self.in_flight == 1 and not self.waiting:
-                # Alone: nothing to overlap with, so one trip to a worker thread instead of two
-                # (a lone session's latency is what its throughput is).
+            if self.in_flight == 1:
+                # No other batch in flight to overlap with: one trip to a worker thread instead
+                # of two (a lone session's latency is what its throughput is).
                 async with self._writer():
                     outcomes = await self.call(self._receive_alone, items, lookups)
             else:
@@ -171,7 +178,7 @@ class GroupCommit:
         return (asyncio.get_running_loop().time() - started) * 1000
 
     def _receive_alone(self, items: list, lookups: inbound.Lookups | None) -> list:
-        """`inbound.receive_many` for a lone batch, with the writer's turn held for the commit only.
+        """`inbound.receive_many` for a batch with no other in flight, the writer's turn held for the commit only.
 
         It runs in a worker thread, or on the event loop's own thread for a lone session
         (`deliver`, `call_here`).

@@ -99,8 +99,9 @@ def test_one_message_the_database_refuses_does_not_fail_its_batch(mail_store, ma
 
 
 @pytest.mark.django_db(transaction=True)
-def test_concurrent_sessions_are_all_stored_once(mx, b_test):
-    server = mx(MAIL_SMTP_COMMIT_BATCH="8")
+@pytest.mark.parametrize("committers", ["1", "3"])  # one batch in flight (one trip), or several (stage, then commit)
+def test_concurrent_sessions_are_all_stored_once(mx, b_test, committers):
+    server = mx(MAIL_SMTP_COMMIT_BATCH="8", MAIL_SMTP_COMMITTERS=committers)
     assert send_from_many_clients(server.port, 20, 5, lambda tag: f"Subject: {tag}\r\n\r\nhello\r\n".encode(), timeout=30) == []
     subjects = list(Message.objects.values_list("subject", flat=True))
     assert sorted(subjects) == sorted(f"c{n}m{i}" for n in range(20) for i in range(5))
